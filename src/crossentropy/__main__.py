@@ -1,0 +1,3 @@
+from crossentropy.cli import main
+
+raise SystemExit(main())
