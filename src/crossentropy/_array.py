@@ -46,7 +46,9 @@ def namespace(*arrays: Any) -> Any:
 
 def check_reduction(reduction: str, allowed: tuple[str, ...] = REDUCTIONS) -> str:
     if reduction not in allowed:
-        raise ValueError(f"reduction must be one of {', '.join(map(repr, allowed))}; got {reduction!r}")
+        raise ValueError(
+            f"reduction must be one of {', '.join(map(repr, allowed))}; got {reduction!r}"
+        )
     return reduction
 
 
@@ -57,5 +59,7 @@ def log_base_divisor(base: float | None) -> float:
     if isinstance(base, bool) or not isinstance(base, (int, float)):
         raise TypeError(f"base must be a positive number other than 1 or None (nats); got {base!r}")
     if not math.isfinite(base) or base <= 0 or base == 1:
-        raise ValueError(f"base must be a positive finite number other than 1, or None (nats); got {base!r}")
+        raise ValueError(
+            f"base must be a positive finite number other than 1, or None (nats); got {base!r}"
+        )
     return math.log(base)
