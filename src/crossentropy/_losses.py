@@ -304,8 +304,8 @@ def _index_loss(
     if weight is None:
         w_t = xp.astype(valid, log_p.dtype)
     else:
-        w_t = _zero_where(xp, ~valid, xp.take(weight, xp.reshape(labels, (-1,)), axis=0))
-        w_t = xp.reshape(w_t, labels.shape)
+        w_t = xp.reshape(xp.take(weight, xp.reshape(labels, (-1,)), axis=0), labels.shape)
+        w_t = _zero_where(xp, ~valid, w_t)
     nll = _zero_where(xp, ~valid, -_safe_product(xp, w_t, picked))
     denominator = xp.sum(w_t)
     if eps == 0:

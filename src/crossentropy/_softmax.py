@@ -17,17 +17,25 @@ from ._array import as_array, as_float, namespace, normalize_axis
 __all__ = ["log_softmax", "logsumexp", "softmax"]
 
 
-def _lse_keepdims(xp: Any, x: Any, axis: int) -> Any:
-    # Shift by the row maximum so exp never overflows; rows whose maximum is not finite
-    # (all -inf, or containing +inf) are shifted by 0 and their result is fixed below.
+def _shift_and_log_total(xp: Any, x: Any, axis: int) -> tuple[Any, Any, Any]:
+    """``(shifted, log_total, m)`` with ``logsumexp(x) = m + log_total`` on finite-max slices.
+
+    The shift is the slice maximum so exp never overflows; slices whose maximum is not finite
+    (all -inf, containing +inf, or NaN) are shifted by 0 and fixed by the callers using ``m``.
+    """
     m = xp.max(x, axis=axis, keepdims=True)
     finite_m = xp.isfinite(m)
     shift = xp.where(finite_m, m, xp.zeros_like(m))
     shifted = xp.where(finite_m, x - shift, xp.zeros_like(x))
-    total = xp.sum(xp.exp(shifted), axis=axis, keepdims=True)
-    lse = xp.log(total) + shift
-    # Non-finite maximum: -inf row -> -inf, a +inf entry -> +inf, NaN -> NaN; m itself is the answer.
-    return xp.where(finite_m, lse, m)
+    # On finite-max slices the maximum contributes exp(0) = 1, so the total is >= 1.
+    log_total = xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+    return shifted, log_total, m
+
+
+def _lse_keepdims(xp: Any, x: Any, axis: int) -> Any:
+    _, log_total, m = _shift_and_log_total(xp, x, axis)
+    # Non-finite maximum: -inf slice -> -inf, a +inf entry -> +inf, NaN -> NaN; m is the answer.
+    return xp.where(xp.isfinite(m), m + log_total, m)
 
 
 def logsumexp(x: Any, *, axis: int = -1, keepdims: bool = False) -> Any:
@@ -64,10 +72,15 @@ def logsumexp(x: Any, *, axis: int = -1, keepdims: bool = False) -> Any:
 
 
 def _log_softmax(xp: Any, x: Any, axis: int) -> Any:
-    lse = _lse_keepdims(xp, x, axis)
-    # An all -inf row has lse = -inf and x - lse = NaN; it has no distribution, so log p = -inf.
-    empty_row = xp.isinf(lse) & (lse < 0)
-    return xp.where(empty_row, xp.full_like(x, -float("inf")), x - lse)
+    # (x - m) - log_total, not x - logsumexp: the latter rounds away log_total when |m| is huge.
+    shifted, log_total, m = _shift_and_log_total(xp, x, axis)
+    finite_m = xp.isfinite(m)
+    # An all -inf slice has no distribution: log p = -inf everywhere (never NaN). Slices with
+    # +inf or NaN are rejected by the losses; here they give NaN like x - logsumexp(x) would.
+    empty = xp.isinf(m) & (m < 0)
+    nan = xp.full_like(x, float("nan"))
+    out = xp.where(finite_m, shifted - log_total, nan)
+    return xp.where(empty, xp.full_like(x, -float("inf")), out)
 
 
 def log_softmax(x: Any, *, axis: int = -1) -> Any:
