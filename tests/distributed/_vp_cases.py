@@ -46,13 +46,14 @@ def _case(cid: str, **kw: Any) -> Case:
         "chunk": None,
         "aux": False,
         "all_ignored": False,
+        "mask_inf": False,
     }
     base.update(kw)
     return base
 
 
 def good_cases() -> list[Case]:
-    """Grid of configurations; each runs for the logits path and the linear path, fp64 and fp32."""
+    """Grid of configurations: logits path and linear path, fp64 and fp32 (a few in bf16)."""
     grid: list[Case] = []
     configs: list[tuple[str, dict[str, Any]]] = [
         ("plain-mean", {}),
@@ -76,10 +77,18 @@ def good_cases() -> list[Case]:
         ("aux", {"aux": True, "z_loss": 0.05, "reduction": "sum"}),
         # A single position with no batch dim: logits (V_r,), target ().
         ("scalar-target", {"batch": (), "ignore_frac": 0.0}),
+        # -inf logits (a vocabulary mask): a whole shard of one row, all but the target of another.
+        ("masked-neg-inf", {"mask_inf": True, "z_loss": 1e-2}),
     ]
-    for dtype in ("float64", "float32"):
+    # bfloat16: a few configurations, fp32 math inside, gradients rounded to bf16 at the end.
+    low = ("weight-smooth-mean", "none-softcap-zloss", "probs-none", "kdim-none")
+    for dtype in ("float64", "float32", "bfloat16"):
         for name, kw in configs:
+            if dtype == "bfloat16" and name not in low:
+                continue
             for path in ("ce", "lce"):
+                if path == "lce" and name == "masked-neg-inf":
+                    continue  # logits path only: hidden states cannot produce -inf logits
                 extra: dict[str, Any] = {}
                 if path == "lce":
                     # Bias and tiny chunks exercise the chunked linear path.
@@ -101,6 +110,10 @@ def full_inputs(case: Case, seed: int) -> dict[str, Any]:
         # torch layout: class dim 1, or (V,) for a single position.
         lshape = (v,) if batch == () else (batch[0], v, *batch[1:])
         out["logits"] = 2.0 * torch.randn(lshape, generator=g, dtype=f64)
+        if case["mask_inf"]:
+            out["logits"][0, :5] = -torch.inf
+            out["logits"][1, :] = -torch.inf
+            out["logits"][1, 2] = 0.0
     else:
         out["x"] = torch.randn((*batch, d), generator=g, dtype=f64)
         out["W"] = torch.randn((v, d), generator=g, dtype=f64)
@@ -114,6 +127,8 @@ def full_inputs(case: Case, seed: int) -> dict[str, Any]:
         if case["all_ignored"]:
             drop = torch.ones(batch, dtype=torch.bool)
         out["target"] = torch.where(drop, case["ignore_index"], y)
+        if case["mask_inf"]:
+            out["target"][0], out["target"][1] = v - 1, 2
     out["weight"] = torch.rand((v,), generator=g, dtype=f64) + 0.25 if case["weight"] else None
     shape = () if case["reduction"] != "none" else batch
     out["upstream"] = torch.randn(shape, generator=g, dtype=f64)
