@@ -66,6 +66,7 @@ def _logit_tile(
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     # (BLOCK_N, BLOCK_V) tile of X W^T, accumulated in fp32 over the hidden dim.
     acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
@@ -83,6 +84,11 @@ def _logit_tile(
             mask=col_ok[None, :] & d_ok[:, None],
             other=0.0,
         )
+        if UPCAST:
+            # The interpreter's dot multiplies bf16's raw uint16 storage; exact either way, since
+            # products of bf16 values are exact in fp32.
+            xa = xa.to(tl.float32)
+            wb = wb.to(tl.float32)
         acc = tl.dot(xa, wb, acc, input_precision=PRECISION)
     return acc
 
@@ -114,6 +120,7 @@ def _linear_ce_fwd_kernel(
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -148,6 +155,7 @@ def _linear_ce_fwd_kernel(
             BLOCK_V,
             BLOCK_D,
             PRECISION,
+            UPCAST,
         )
         if HAS_BIAS:
             z += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
@@ -215,6 +223,7 @@ def _linear_ce_dz_kernel(
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -238,6 +247,7 @@ def _linear_ce_dz_kernel(
         BLOCK_V,
         BLOCK_D,
         PRECISION,
+        UPCAST,
     )
     if HAS_BIAS:
         z += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
@@ -350,6 +360,7 @@ class _LinearCERows(torch.autograd.Function):
                 BLOCK_V=cfg.block_v,
                 BLOCK_D=cfg.block_d,
                 PRECISION=_precision(x.dtype),
+                UPCAST=interp and x.dtype == torch.bfloat16,
                 num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages,
             )
@@ -444,6 +455,7 @@ class _LinearCERows(torch.autograd.Function):
                     BLOCK_V=cfg.block_v,
                     BLOCK_D=cfg.block_d,
                     PRECISION=_precision(x.dtype),
+                    UPCAST=_interpreting(_linear_ce_dz_kernel) and x.dtype == torch.bfloat16,
                     num_warps=cfg.num_warps,
                     num_stages=cfg.num_stages,
                 )

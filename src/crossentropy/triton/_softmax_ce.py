@@ -347,7 +347,7 @@ class _SoftmaxCERows(torch.autograd.Function):
         )
         # In place: each element is read and then overwritten by the same program, so aliasing the
         # logits buffer is safe; the caller has promised not to reuse the logits.
-        dx = logits if inplace else torch.empty_like(logits)
+        dx = logits.detach() if inplace else torch.empty_like(logits)
         cfg = softmax_config(n, v, interpret=_interpreting(_softmax_ce_bwd_kernel))
         if n > 0:
             _softmax_ce_bwd_kernel[(triton.cdiv(n, cfg.block_n),)](
