@@ -313,7 +313,7 @@ def _fused_causal_lm_loss(
     **_: Any,
 ) -> torch.Tensor:
     """transformers' ``ForCausalLMLoss`` computed from the probe without the logits."""
-    from crossentropy.torch import linear_cross_entropy  # type: ignore[attr-defined]
+    from crossentropy.torch import linear_cross_entropy
 
     trace: Trace = logits._ce_trace
     transform = logit_transform(trace)
