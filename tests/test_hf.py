@@ -212,6 +212,22 @@ def test_unpatch_restores_everything() -> None:
     assert model(**batch).logits is not None
 
 
+def test_deepcopy_of_a_patched_model_uses_its_own_weights() -> None:
+    # Reference/EMA models are often deep copies of the training model.
+    reference = _build("gemma")
+    model = hf.patch(copy.deepcopy(reference), impl="torch")
+    twin = copy.deepcopy(model)
+    assert hf.is_patched(twin)
+    with torch.no_grad():
+        for net in (reference, twin):
+            net.model.norm.weight.add_(0.5)  # gemma ties lm_head to the input embedding
+    batch = _batch(seed=15)
+    got, want = twin(**batch), reference(**batch)
+    assert got.logits is None
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+    assert abs(float(model(**batch).loss.detach()) - float(want.loss.detach())) > 1e-3
+
+
 def test_label_smoothing_and_z_loss_options() -> None:
     # Optional extras: compare with an explicit computation from the model's own logits.
     reference = _build("llama")
