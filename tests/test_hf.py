@@ -138,6 +138,33 @@ def test_loss_and_gradients_match_the_model(name: str, with_num_items: bool) -> 
         torch.testing.assert_close(got_grads[key], value, atol=1e-5, rtol=1e-4, msg=key)
 
 
+def test_no_tensor_as_large_as_the_logits_is_created() -> None:
+    # Record every tensor the fused forward+backward creates: with chunks of 8 rows none may hold
+    # the N x V logits (N = 33 tokens here), while the unpatched model's largest tensor does.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    batch = _batch(seed=4)
+    n_logits = batch["input_ids"].numel() * VOCAB
+    for fused in (False, True):
+        model = _build("gemma2")
+        if fused:
+            hf.patch(model, impl="torch", chunk_size=8)
+        Largest.numel = 0
+        with Largest():
+            model(**batch).loss.backward()
+        assert (Largest.numel >= n_logits) is not fused, (fused, Largest.numel, n_logits)
+
+
 def test_soft_capping_is_applied() -> None:
     # The fused loss must differ from the uncapped loss by as much as the model's own does.
     model = _build("gemma2")
