@@ -165,6 +165,26 @@ def test_no_tensor_as_large_as_the_logits_is_created() -> None:
         assert (Largest.numel >= n_logits) is not fused, (fused, Largest.numel, n_logits)
 
 
+def test_bfloat16_model_is_at_least_as_accurate_as_its_own_loss() -> None:
+    # Same final hidden states in both; the float64 reference applies the soft-cap to exact logits.
+    model = _build("gemma2").to(torch.bfloat16)
+    batch = _batch(seed=6)
+    with torch.no_grad():
+        hidden = model.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+    logits64 = hidden.double() @ model.lm_head.weight.detach().double().T
+    cap = model.config.final_logit_softcapping
+    logits64 = cap * torch.tanh(logits64 / cap)
+    target = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[:, 1:].reshape(-1)
+    ref = float(torch.nn.functional.cross_entropy(logits64.reshape(-1, VOCAB), target))
+    own = float(model(**batch).loss.detach())
+    with hf.patched(model, impl="torch"):
+        fused = model(**batch).loss
+    assert fused.dtype == torch.float32
+    assert abs(float(fused.detach()) - ref) <= abs(own - ref) + 1e-4
+
+
 def test_soft_capping_is_applied() -> None:
     # The fused loss must differ from the uncapped loss by as much as the model's own does.
     model = _build("gemma2")
