@@ -288,9 +288,16 @@ def softmax_cross_entropy(
     return out / div if div != 1.0 else out
 
 
-def _one_hot(xp: Any, labels: Any, n_classes: int) -> Any:
-    classes = xp.arange(n_classes, dtype=labels.dtype, device=getattr(labels, "device", None))
-    return labels[..., None] == classes
+def _pick(xp: Any, values: Any, labels: Any) -> Any:
+    """``values[..., labels]`` per position: the entry of the class axis (last) named by ``labels``."""
+    if hasattr(xp, "take_along_axis"):
+        return xp.take_along_axis(values, labels[..., None], axis=-1)[..., 0]
+    # Older namespaces: select with a one-hot mask (select, not multiply, so -inf never meets 0).
+    classes = xp.arange(
+        _shape(values)[-1], dtype=labels.dtype, device=getattr(labels, "device", None)
+    )
+    hot = labels[..., None] == classes
+    return xp.sum(xp.where(hot, values, xp.zeros_like(values)), axis=-1)
 
 
 def _index_loss(
@@ -298,9 +305,7 @@ def _index_loss(
 ) -> tuple[Any, Any]:
     """Per-position class-index loss (0 where ignored) and the ``mean`` denominator."""
     n_classes = _shape(log_p)[-1]
-    hot = _one_hot(xp, labels, n_classes)
-    # Select, rather than multiply by the one-hot, so -inf on other classes never meets a 0.
-    picked = xp.sum(xp.where(hot, log_p, xp.zeros_like(log_p)), axis=-1)
+    picked = _pick(xp, log_p, labels)
     if weight is None:
         w_t = xp.astype(valid, log_p.dtype)
     else:
@@ -553,10 +558,8 @@ def focal_loss(
                     f"{outer}; got {_shape(target)}"
                 )
             valid, labels = _labels(xp, target, n_classes, ignore_index, func)
-            hot = _one_hot(xp, labels, n_classes)
-            zeros = xp.zeros_like(log_p)
-            picked = xp.sum(xp.where(hot, log_p, zeros), axis=-1)
-            picked_factor = xp.sum(xp.where(hot, factor, zeros), axis=-1)
+            picked = _pick(xp, log_p, labels)
+            picked_factor = _pick(xp, factor, labels)
             if alpha is None:
                 a_t = xp.astype(valid, log_p.dtype)
             else:
