@@ -10,6 +10,7 @@ differences: an all-ignored ``mean`` is 0 rather than NaN; ``0 * log 0`` and ``0
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -93,7 +94,7 @@ def _check_weight(xp: Any, weight: Any, n_classes: int, func: str, name: str = "
 
 
 def _check_smoothing(label_smoothing: float, func: str) -> float:
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(
             f"{func}: label_smoothing must be a float in [0, 1]; got {label_smoothing!r}"
         )
@@ -139,9 +140,11 @@ def _labels(
 ) -> tuple[Any, Any]:
     """Validate class indices; return ``(valid_mask, labels with ignored entries set to 0)``."""
     if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
         raise TypeError(f"{func}: ignore_index must be an int or None; got {ignore_index!r}")
+    if ignore_index is not None:
+        ignore_index = int(ignore_index)
     if ignore_index is None:
         valid = xp.ones(target.shape, dtype=xp.bool, device=getattr(target, "device", None))
     else:
@@ -532,12 +535,12 @@ def focal_loss(
     func = "focal_loss"
     check_reduction(reduction)
     div = log_base_divisor(base)
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
         raise TypeError(f"{func}: gamma must be a non-negative float; got {gamma!r}")
     if not (math.isfinite(gamma) and gamma >= 0):
         raise ValueError(f"{func}: gamma must be a non-negative finite float; got {gamma!r}")
     scalar_alpha = None
-    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+    if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
         if not (math.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"{func}: alpha must be non-negative and finite; got {alpha!r}")
         scalar_alpha, alpha = float(alpha), None
