@@ -3,8 +3,14 @@
 ``softmax_cross_entropy`` and ``sigmoid_cross_entropy`` follow the normalisation rules of
 ``torch.nn.functional.cross_entropy`` and ``binary_cross_entropy_with_logits`` exactly (with the class
 axis at ``axis`` instead of torch's dim 1), so results agree with torch to rounding. Deliberate
-differences: an all-ignored ``mean`` is 0 rather than NaN; ``0 * log 0`` and ``0 * (-inf)`` terms
-(no target mass on a masked class) are 0 rather than NaN; NaN or ``+inf`` logits raise.
+differences, all of which replace a NaN by a defined value or an error:
+
+* ``mean`` over nothing (all positions ignored, a zero weight sum, or an empty input) is 0;
+* terms with a zero coefficient are 0, so ``0 * log 0`` and ``0 * (-inf)`` (no target mass on a
+  masked class, or a zero class weight there) cost nothing;
+* NaN logits raise ``ValueError``, and so does ``+inf`` for the softmax losses;
+* ``binary_cross_entropy`` does not clamp the log at -100: a zero probability on an event that
+  happened costs ``inf``.
 """
 
 from __future__ import annotations
@@ -210,7 +216,9 @@ def softmax_cross_entropy(
 
     Deliberate differences from torch: ``mean`` over no valid positions (or a zero weight sum) is 0
     instead of NaN; a masked class (logit ``-inf``) that the target gives no mass costs 0 rather than
-    NaN, even under a zero class weight; NaN or ``+inf`` logits raise ``ValueError``.
+    NaN, even under a zero class weight; NaN or ``+inf`` logits raise ``ValueError``. Label
+    smoothing gives every class mass ``e / C``, so with ``e > 0`` a masked class in a counted row
+    makes that row's loss ``inf`` (as in torch); an ignored row costs 0 whatever its logits.
 
     Args:
         logits: real floating array, class axis at ``axis``; ``-inf`` marks a masked class.
@@ -253,7 +261,6 @@ def softmax_cross_entropy(
         weight = _check_weight(xp, weight, n_classes, func)
         weight = xp.astype(weight, logits.dtype)
     with np.errstate(all="ignore"):
-        log_p = _log_softmax(xp, logits, -1)
         if is_integral(xp, target):
             if _shape(target) != outer:
                 raise ValueError(
@@ -262,6 +269,7 @@ def softmax_cross_entropy(
                     f"{_shape(xp.moveaxis(logits, -1, ax))}"
                 )
             valid, labels = _labels(xp, target, n_classes, ignore_index, func)
+            log_p = _log_softmax(xp, logits, -1)
             loss, denominator = _index_loss(xp, log_p, labels, valid, weight, eps)
             out = _reduce(xp, loss, reduction, denominator)
         elif is_floating(xp, target):
@@ -277,6 +285,7 @@ def softmax_cross_entropy(
                     "targets (give ignored positions an all-zero target row instead)"
                 )
             _check_range(xp, target, func, "target", 0.0, None)
+            log_p = _log_softmax(xp, logits, -1)
             target = xp.moveaxis(xp.astype(target, logits.dtype), ax, -1)
             if eps > 0:
                 target = (1 - eps) * target + eps / n_classes
