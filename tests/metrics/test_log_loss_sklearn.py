@@ -130,6 +130,7 @@ def test_rows_not_summing_to_one_raise_unless_renormalized():
         ([0, 0], [[0.5, 0.5], [0.5, 0.5]], {}, "only one label"),
         ([0, 3], [[0.5, 0.5], [0.5, 0.5]], {"labels": [0, 1]}, r"y_true\[1\] = 3"),
         ([0, 1], [[0.5, 0.5], [0.5, 0.5]], {"labels": [1, 0]}, "sorted order"),
+        ([0, 1], [[0.5, 0.5], [0.5, 0.5]], {"labels": ["a", "b"]}, "not one of the labels"),
         ([0, 1], [[0.5, 0.5], [0.5, 0.5]], {"eps": 0.7}, "eps must be"),
         ([0, 1], [[0.5, 0.5], [0.5, 0.5]], {"sample_weight": [1.0]}, r"shape \(2,\)"),
         ([0, 1], [[0.5, 0.5], [0.5, 0.5]], {"sample_weight": [1.0, -1.0]}, "non-negative"),

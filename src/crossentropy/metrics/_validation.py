@@ -135,9 +135,13 @@ def encode_labels(
                 f"probabilities (as in sklearn); got {classes.tolist()}, expected "
                 f"{uniq.tolist()}"
             )
-    index = np.searchsorted(classes, y)
-    index = np.minimum(index, classes.shape[0] - 1)
-    unknown = classes[index] != y
+    try:
+        index = np.minimum(np.searchsorted(classes, y), classes.shape[0] - 1)
+        unknown = classes[index] != y
+    except TypeError:
+        raise TypeError(
+            f"{name} (dtype {y.dtype}) cannot be matched with the labels (dtype {classes.dtype})"
+        ) from None
     if np.any(unknown):
         i = int(np.argmax(unknown))
         raise ValueError(
