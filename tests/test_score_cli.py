@@ -196,6 +196,9 @@ BAD_CSV = [
     ("a,b,y\n0.5,0.5,a\nnan,0.5,b\n", [], ["line 3", "NaN"]),
     ("a,b,y\n0.5,0.5,a\n0.5,0.4,b\n", [], ["line 3", "sum to 0.9", "--normalize"]),
     ("a,b,y\n0.5,0.5,a\n0.5,0.5,zebra\n", [], ["line 3", "label 'zebra'", "classes (a, b)"]),
+    # the empty line 3 is skipped but still counted
+    ("a,b,y\n0.5,0.5,a\n\n0.5,0.4,b\n", [], ["line 4", "sum to 0.9"]),
+    ("a,b,y\n0.5,0.5,a\n\n0.5,0.5, zebra\n", [], ["line 4", "label 'zebra'"]),
     ("", [], ["empty file"]),
     ("a,b,y\n", [], ["no data rows"]),
     ("a,b,y\n0.5,0.5,a\n", ["--label-column", "label"], ["line 1", "no column named 'label'"]),
