@@ -52,7 +52,7 @@ def sklearn_reference(p, y):
 
 
 def test_example_file_scores_and_matches_sklearn(capsys):
-    status, out, err = score([EXAMPLE, "--label-column", "observed"], capsys)
+    status, out, err = score([EXAMPLE, "--label-column", "label"], capsys)
     assert status == 0, err
     for word in ("log loss (nats)", "log loss (bits)", "perplexity", "accuracy", "Brier", "ECE"):
         assert word in out
@@ -60,7 +60,7 @@ def test_example_file_scores_and_matches_sklearn(capsys):
     names = lines[0].split(",")[:3]
     p = np.array([[float(v) for v in line.split(",")[:3]] for line in lines[1:]])
     y = np.array([names.index(line.split(",")[3]) for line in lines[1:]])
-    report = score_json([EXAMPLE, "--label-column", "observed"], capsys)
+    report = score_json([EXAMPLE, "--label-column", "label"], capsys)
     assert report["n"] == len(y)
     # sklearn orders columns by sorted label; map our columns to its order
     order = np.argsort(names)
