@@ -374,8 +374,13 @@ def _auto_chunk(v_local: int, chunk_size: int | None) -> int:
     return max(1, _CHUNK_BYTES // (4 * v_local))
 
 
-def _softcap(x: Tensor, cap: float | None) -> Tensor:
-    return x if cap is None else torch.tanh(x / cap) * cap
+def _softcap(x: Tensor, cap: float | None, fresh: bool) -> Tensor:
+    """``cap * tanh(x / cap)``, in place when ``x`` is a temporary of ours (``fresh``)."""
+    if cap is None:
+        return x
+    if fresh:
+        return x.div_(cap).tanh_().mul_(cap)
+    return torch.tanh(x / cap).mul_(cap)
 
 
 def _shard_index(y: Tensor, cfg: _Config) -> tuple[Tensor, Tensor]:
@@ -393,7 +398,7 @@ def _chunk_stats(z: Tensor, t: Tensor, w: Tensor | None, cfg: _Config) -> tuple[
     """
     m = z.amax(dim=1)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    lse = m + torch.log(torch.exp(z - m[:, None]).sum(dim=1))
+    lse = m + torch.log((z - m[:, None]).exp_().sum(dim=1))
     e = cfg.smoothing
     v = cfg.layout.v_total
     zero = z.new_zeros(())
@@ -404,9 +409,8 @@ def _chunk_stats(z: Tensor, t: Tensor, w: Tensor | None, cfg: _Config) -> tuple[
         a = (1.0 - e) * tw.sum(dim=1)
         b = (1.0 - e) * (tw * z).sum(dim=1)
         if e > 0.0:
-            wz = z if w is None else z * w
             a = a + (e / v) * (float(cfg.layout.v_local) if w is None else w.sum())
-            b = b + (e / v) * wz.sum(dim=1)
+            b = b + (e / v) * (z.sum(dim=1) if w is None else z @ w)
         return lse, torch.stack([zero.expand_as(lse), a, b], dim=1)
     idx, inside = _shard_index(t, cfg)
     zy = torch.where(inside, z.gather(1, idx[:, None]).squeeze(1), zero)
@@ -416,7 +420,7 @@ def _chunk_stats(z: Tensor, t: Tensor, w: Tensor | None, cfg: _Config) -> tuple[
         wy = torch.where(inside, w[idx], zero)
     cols = [zero.expand_as(lse), zy, wy]
     if e > 0.0:
-        wz = (z if w is None else z * w).sum(dim=1)
+        wz = z.sum(dim=1) if w is None else z @ w
         cols.append(torch.where(t != cfg.ignore_index, wz, zero))
     return lse, torch.stack(cols, dim=1)
 
@@ -424,6 +428,7 @@ def _chunk_stats(z: Tensor, t: Tensor, w: Tensor | None, cfg: _Config) -> tuple[
 def _forward_rows(
     rows: int,
     make_logits: Callable[[int, int], Tensor],
+    fresh: bool,
     target: Tensor,
     weight: Tensor | None,
     cfg: _Config,
@@ -436,7 +441,7 @@ def _forward_rows(
     w = None if weight is None else weight.to(cfg.cdtype)
     for s in range(0, rows, cfg.chunk):
         stop = min(rows, s + cfg.chunk)
-        z = _softcap(make_logits(s, stop), cfg.softcap)
+        z = _softcap(make_logits(s, stop), cfg.softcap, fresh)
         lse_local[s:stop], sums[s:stop] = _chunk_stats(z, target[s:stop], w, cfg)
     top = lse_local.clone()
     dist.all_reduce(top, op=dist.ReduceOp.MAX, group=cfg.group)
@@ -470,31 +475,47 @@ def _chunk_grad(
     g_lse: Tensor,
     cfg: _Config,
 ) -> Tensor:
-    """d loss / d z for a chunk of rows, z already soft-capped, in the compute dtype."""
-    p = torch.exp(z - lse[:, None])
+    """d loss / d z for a chunk of rows, z already soft-capped, in the compute dtype.
+
+    Works in place on one new ``rows x V_r`` buffer (the probabilities become the gradient).
+    """
+    p = (z - lse[:, None]).exp_()
     e = cfg.smoothing
     if cfg.probs:
         # d/dz_c [lse * A - sum w t' z] = A p_c - w_c t'_c
-        tp = (1.0 - e) * t.to(cfg.cdtype) + e / cfg.layout.v_total
-        wt = tp if w is None else tp * w
-        return (g_ce * coef + g_lse)[:, None] * p - g_ce[:, None] * wt
+        wt = t.to(cfg.cdtype, copy=True).mul_(1.0 - e).add_(e / cfg.layout.v_total)
+        if w is not None:
+            wt.mul_(w)
+        return p.mul_((g_ce * coef + g_lse)[:, None]).addcmul_(g_ce[:, None], wt, value=-1.0)
     valid = (t != cfg.ignore_index).to(cfg.cdtype)
     gv = g_ce * valid
     # d/dz_c = ((1 - e) w_y + (e / V) W) p_c - (1 - e) w_y [c = y] - (e / V) w_c
     scale = (1.0 - e) * coef + (e / cfg.layout.v_total) * cfg.layout.weight_sum
-    dz = (gv * scale + g_lse)[:, None] * p
+    p.mul_((gv * scale + g_lse)[:, None])
     idx, inside = _shard_index(t, cfg)
     hit = torch.where(inside, gv * (1.0 - e) * coef, torch.zeros_like(gv))
-    dz.scatter_add_(1, idx[:, None], -hit[:, None])
+    p.scatter_add_(1, idx[:, None], -hit[:, None])
     if e > 0.0:
-        wc = torch.ones_like(dz[0]) if w is None else w
-        dz = dz - (gv * (e / cfg.layout.v_total))[:, None] * wc
-    return dz
+        smooth = gv * (e / cfg.layout.v_total)
+        if w is None:
+            p.sub_(smooth[:, None])
+        else:
+            p.addr_(smooth, w, alpha=-1.0)
+    return p
 
 
 def _softcap_grad(dz: Tensor, z: Tensor, cap: float | None) -> Tensor:
+    """Chain rule through the soft-cap, in place on ``dz``; consumes ``z`` (ours when capped)."""
+    if cap is None:
+        return dz
     # z = cap tanh(x / cap)  =>  dz/dx = 1 - tanh^2 = 1 - (z / cap)^2
-    return dz if cap is None else dz * (1.0 - (z / cap) ** 2)
+    return dz.mul_(z.div_(cap).square_().neg_().add_(1.0))
+
+
+def _target_grad(z: Tensor, lse: Tensor, w: Tensor | None, g_ce: Tensor, cfg: _Config) -> Tensor:
+    # d/dt_c [-sum_c w_c ((1 - e) t_c + e / V) log p_c] = (1 - e) w_c (lse - z_c)
+    g = (lse[:, None] - z).mul_(((1.0 - cfg.smoothing) * g_ce)[:, None])
+    return g if w is None else g.mul_(w)
 
 
 def _zeros_if_none(g: Tensor | None, like: Tensor) -> Tensor:
@@ -510,6 +531,7 @@ class _LogitsCE(torch.autograd.Function):
         ce, lse, coef = _forward_rows(
             rows,
             lambda s, e: logits[s:e].to(cfg.cdtype),
+            logits.dtype != cfg.cdtype,
             target,
             weight,
             cfg,
@@ -534,14 +556,12 @@ class _LogitsCE(torch.autograd.Function):
         dt = torch.empty_like(target) if want_t else None
         for s in range(0, logits.shape[0], cfg.chunk):
             e = min(logits.shape[0], s + cfg.chunk)
-            z = _softcap(logits[s:e].to(cfg.cdtype), cfg.softcap)
+            z = _softcap(logits[s:e].to(cfg.cdtype), cfg.softcap, logits.dtype != cfg.cdtype)
+            if dt is not None:
+                dt[s:e] = _target_grad(z, lse[s:e], w, g_ce[s:e], cfg)
             if dx is not None:
                 dz = _chunk_grad(z, lse[s:e], coef[s:e], target[s:e], w, g_ce[s:e], g_lse[s:e], cfg)
                 dx[s:e] = _softcap_grad(dz, z, cfg.softcap)
-            if dt is not None:
-                # d/dt_c [-sum_c w_c ((1 - e) t_c + e / V) log p_c] = (1 - e) w_c (lse - z_c)
-                g = (1.0 - cfg.smoothing) * g_ce[s:e, None] * (lse[s:e, None] - z)
-                dt[s:e] = g if w is None else g * w
         return dx, dt, None, None
 
 
@@ -561,6 +581,7 @@ class _LinearCE(torch.autograd.Function):
         ce, lse, coef = _forward_rows(
             x.shape[0],
             lambda s, e: torch.nn.functional.linear(x[s:e].to(cfg.cdtype), w32, b32),
+            True,
             target,
             weight,
             cfg,
@@ -591,7 +612,9 @@ class _LinearCE(torch.autograd.Function):
         for s in range(0, rows, cfg.chunk):
             e = min(rows, s + cfg.chunk)
             xc = x[s:e].to(cfg.cdtype)
-            z = _softcap(torch.nn.functional.linear(xc, w32, b32), cfg.softcap)
+            z = _softcap(torch.nn.functional.linear(xc, w32, b32), cfg.softcap, True)
+            if dt is not None:
+                dt[s:e] = _target_grad(z, lse[s:e], w, g_ce[s:e], cfg)
             if dx is not None or dw is not None or db is not None:
                 dz = _chunk_grad(z, lse[s:e], coef[s:e], target[s:e], w, g_ce[s:e], g_lse[s:e], cfg)
                 dlogit = _softcap_grad(dz, z, cfg.softcap)
@@ -601,9 +624,6 @@ class _LinearCE(torch.autograd.Function):
                     dw.addmm_(dlogit.T, xc)
                 if db is not None:
                     db += dlogit.sum(dim=0)
-            if dt is not None:
-                g = (1.0 - cfg.smoothing) * g_ce[s:e, None] * (lse[s:e, None] - z)
-                dt[s:e] = g if w is None else g * w
         if dx is not None:
             # x is replicated on every rank; its gradient is the sum of the shards' partial sums.
             dist.all_reduce(dx, op=dist.ReduceOp.SUM, group=cfg.group)
