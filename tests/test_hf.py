@@ -436,8 +436,6 @@ def test_gradient_accumulation_loop_matches(tmp_path: Any) -> None:
 
 
 def test_trainer_with_gradient_accumulation_gives_the_same_losses(tmp_path: Any) -> None:
-    # transformers.Trainer needs the accelerate package.
-    pytest.importorskip("accelerate")
     plain = _train(tmp_path, fused=False)
     fused = _train(tmp_path, fused=True)
     assert fused == pytest.approx(plain, rel=1e-5, abs=1e-5)

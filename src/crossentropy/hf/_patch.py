@@ -152,7 +152,13 @@ def patch(
     The patch is applied to this model instance only (its ``forward``, its output embedding's
     ``forward`` and its ``loss_function``); generation, calls without labels and calls in eval mode
     keep the original behaviour and return logits. While fused, the output's ``logits`` is
-    ``None``.
+    ``None``. The one difference from the model's own loss: a batch whose labels are all
+    ``ignore_index`` gives 0 (with zero gradients) instead of NaN. The model's logit
+    post-processing is read from what its forward actually does to the logits (see
+    :mod:`crossentropy.hf._probe`), so a transformation the fused loss cannot reproduce raises
+    :class:`UnsupportedModelError` at the first fused call instead of giving a different loss.
+    Not supported: ``torch.compile`` of a patched model's forward (the logits probe is a tensor
+    subclass).
 
     Args:
         model: a transformers ``*ForCausalLM`` (Llama, Mistral, Qwen2, Gemma, Gemma 2, Phi-3, ...).
