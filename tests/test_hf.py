@@ -68,6 +68,24 @@ def _granite() -> Any:
     )
 
 
+def _mixtral() -> Any:
+    # Mixture of experts: the model adds its router auxiliary loss to the loss it gets back.
+    cfg = transformers.MixtralConfig(
+        **COMMON,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        output_router_logits=True,
+        router_aux_loss_coef=0.1,
+    )
+    return transformers.MixtralForCausalLM(cfg)
+
+
+def _phi() -> Any:
+    # An lm_head with a bias.
+    cfg = transformers.PhiConfig(**{k: v for k, v in COMMON.items() if k != "num_key_value_heads"})
+    return transformers.PhiForCausalLM(cfg)
+
+
 ARCHITECTURES: dict[str, Callable[[], Any]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -77,6 +95,8 @@ ARCHITECTURES: dict[str, Callable[[], Any]] = {
     "phi3": _phi3,
     "cohere": _cohere,
     "granite": _granite,
+    "mixtral": _mixtral,
+    "phi": _phi,
 }
 
 
@@ -110,32 +130,31 @@ def _grads(model: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
-@pytest.mark.parametrize("with_num_items", [False, True])
-def test_loss_and_gradients_match_the_model(name: str, with_num_items: bool) -> None:
+def test_loss_and_gradients_match_the_model(name: str) -> None:
     reference = _build(name)
-    model = copy.deepcopy(reference)
+    model = hf.patch(copy.deepcopy(reference), impl="torch")
     batch = _batch(seed=len(name))
-    extra: dict[str, Any] = {}
-    if with_num_items:
-        # Gradient accumulation: transformers sums and divides by the tokens of all micro-batches.
-        extra["num_items_in_batch"] = torch.tensor(41)
-    upstream = torch.randn(()) * 3
+    # Plain mean, then gradient accumulation: transformers sums and divides by the number of
+    # tokens of all micro-batches, passed as num_items_in_batch.
+    for extra in ({}, {"num_items_in_batch": torch.tensor(41)}):
+        reference.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        upstream = torch.randn(()) * 3
+        torch.manual_seed(1)  # same dropout / router noise in both, where a model has any
+        want = reference(**batch, **extra)
+        (want.loss * upstream).backward()
+        assert want.logits is not None and want.logits.shape[-1] == VOCAB
+        torch.manual_seed(1)
+        got = model(**batch, **extra)
+        (got.loss * upstream).backward()
 
-    want = reference(**batch, **extra)
-    (want.loss * upstream).backward()
-    assert want.logits is not None and want.logits.shape[-1] == VOCAB
-
-    hf.patch(model, impl="torch")
-    got = model(**batch, **extra)
-    (got.loss * upstream).backward()
-
-    assert got.logits is None
-    assert got.loss.dtype == torch.float32
-    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
-    want_grads, got_grads = _grads(reference), _grads(model)
-    assert want_grads.keys() == got_grads.keys()
-    for key, value in want_grads.items():
-        torch.testing.assert_close(got_grads[key], value, atol=1e-5, rtol=1e-4, msg=key)
+        assert got.logits is None
+        assert got.loss.dtype == torch.float32
+        torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+        want_grads, got_grads = _grads(reference), _grads(model)
+        assert want_grads.keys() == got_grads.keys()
+        for key, value in want_grads.items():
+            torch.testing.assert_close(got_grads[key], value, atol=1e-5, rtol=1e-4, msg=key)
 
 
 def test_no_tensor_as_large_as_the_logits_is_created() -> None:
