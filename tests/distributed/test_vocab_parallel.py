@@ -71,7 +71,7 @@ def finish(procs: list[subprocess.Popen[str]], outs: list[Path], timeout: float)
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str, Any]]]:
     # Three processes serve both sizes: the 3-rank world and a 2-rank subgroup of ranks 1 and 2.
-    per_rank = finish(*start(3, tmp_path_factory.mktemp("vp")), timeout=300.0)
+    per_rank = finish(*start(3, tmp_path_factory.mktemp("vp")), timeout=420.0)
     return {3: [r[3] for r in per_rank], 2: [r[2] for r in per_rank[1:]]}
 
 

@@ -192,6 +192,8 @@ def _check_group(fn: str, process_group: Any) -> dist.ProcessGroup:
             f"{fn}: process_group must be a torch.distributed.ProcessGroup; got "
             f"{type(process_group).__name__}"
         )
+    if dist.get_rank(process_group) < 0:
+        raise ValueError(f"{fn}: this process is not a member of process_group")
     return process_group
 
 
@@ -285,15 +287,22 @@ def _agree(
 def _target_fields(target: Tensor, probs: bool, ignore_index: int) -> dict[str, int]:
     if probs:
         return {"target_kind": 1, "target_min": 0, "target_max": -1, "target_hash": 0}
+    if target.numel() == 0:
+        return {"target_kind": 0, "target_min": 0, "target_max": -1, "target_hash": 0}
     valid = target != ignore_index
-    if bool(valid.any()):
-        counted = target[valid]
-        tmin, tmax = int(counted.min()), int(counted.max())
-    else:
-        tmin, tmax = 0, -1
+    big = torch.iinfo(torch.int64).max
     # Two cheap sums that differ when ranks pass different targets (all terms stay < 2**63).
     pos = torch.arange(target.numel(), device=target.device) % 1009 + 1
-    h = int(target.remainder(1_000_003).mul(pos).sum()) ^ (int(target.sum()) & ((1 << 62) - 1))
+    stats = torch.stack(
+        [
+            torch.where(valid, target, big).min(),
+            torch.where(valid, target, -1).max(),
+            target.remainder(1_000_003).mul(pos).sum(),
+            target.sum(),
+        ]
+    ).tolist()  # one device sync for all four
+    tmin, tmax = stats[0], stats[1]
+    h = stats[2] ^ (stats[3] & ((1 << 62) - 1))
     return {"target_kind": 0, "target_min": tmin, "target_max": tmax, "target_hash": h}
 
 
