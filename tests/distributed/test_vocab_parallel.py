@@ -68,10 +68,30 @@ def finish(procs: list[subprocess.Popen[str]], outs: list[Path], timeout: float)
     return [torch.load(o, weights_only=False) for o in outs]
 
 
+def run_workers(tmp: Path) -> list[Any]:
+    return finish(*start(3, tmp), timeout=420.0)
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str, Any]]]:
     # Three processes serve both sizes: the 3-rank world and a 2-rank subgroup of ranks 1 and 2.
-    per_rank = finish(*start(3, tmp_path_factory.mktemp("vp")), timeout=420.0)
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        per_rank = run_workers(tmp_path_factory.mktemp("vp"))
+    else:
+        # Under pytest-xdist the first worker to get here runs the group; the others reuse its
+        # files (the parent of basetemp is shared by the workers of one session).
+        from filelock import FileLock
+
+        shared = tmp_path_factory.getbasetemp().parent / "vocab-parallel"
+        with FileLock(str(shared) + ".lock"):
+            if (shared / "done").exists():
+                per_rank = [
+                    torch.load(shared / f"rank{r}.pt", weights_only=False) for r in range(3)
+                ]
+            else:
+                shared.mkdir(exist_ok=True)
+                per_rank = run_workers(shared)
+                (shared / "done").touch()
     return {3: [r[3] for r in per_rank], 2: [r[2] for r in per_rank[1:]]}
 
 
