@@ -244,8 +244,10 @@ def _agree(
                     "every rank must pass the same (global) targets"
                 )
             shown: list[Any] = [_bits_float(v) if is_float else v for v in values]
-            if name == "dtype":
-                shown = [_DTYPES[v % 4] for v in values]
+            if name == "dtype" and call == _CALL_LINEAR:
+                shown = [f"input {_DTYPES[v % 4]} / weight {_DTYPES[v // 4]}" for v in values]
+            elif name == "dtype":
+                shown = [_DTYPES[v] for v in values]
             elif name == "reduction":
                 shown = [_REDUCTIONS[v] for v in values]
             what = {
@@ -253,7 +255,7 @@ def _agree(
                 "rows": "the number of rows (positions) in input and target",
                 "batch_shape": "the batch shape of input and target",
                 "grad_flags": "which tensors require grad (or whether grad mode is on)",
-                "dtype": "the dtype of input",
+                "dtype": "the dtypes of the inputs",
             }.get(name, name)
             per_rank = ", ".join(f"rank {i}: {v}" for i, v in enumerate(shown))
             raise ValueError(
