@@ -99,10 +99,11 @@ def _torch_ce(x: Any, y: Any, opts: dict[str, Any], *, upcast: bool) -> Any:
     z = x.float() if upcast else x
     if opts["softcap"] is not None:
         z = opts["softcap"] * torch.tanh(z / opts["softcap"])
+    weight = opts["weight"].to(z.dtype) if opts["weight"] is not None else None
     loss = F.cross_entropy(
         z,
         y,
-        weight=opts["weight"],
+        weight=weight,
         ignore_index=IGNORE,
         label_smoothing=opts["smoothing"],
         reduction="mean",

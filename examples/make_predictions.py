@@ -2,9 +2,9 @@
 
 Run ``python examples/make_predictions.py``; the output is deterministic. Each row holds the
 predicted probabilities of ``sunny``, ``cloudy`` and ``rainy`` (four decimals, summing to exactly 1
-in decimal) and the observed weather in the ``observed`` column. Score it with::
+in decimal) and the observed weather in the ``label`` column. Score it with::
 
-    crossentropy score examples/predictions.csv --label-column observed
+    crossentropy score examples/predictions.csv --label-column label
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def make(n: int = 60, seed: int = 7) -> str:
     # the forecaster sharpens the true odds (temperature 0.7): over-confident, so the ECE is visible
     sharp = np.exp(logits / 0.7)
     pred = sharp / sharp.sum(axis=1, keepdims=True)
-    lines = [",".join((*CLASSES, "observed"))]
+    lines = [",".join((*CLASSES, "label"))]
     for row, label in zip(pred, observed):
         ticks = np.round(row[:-1] * 10000).astype(int)
         ticks = np.append(ticks, 10000 - ticks.sum())  # exact decimal sum of 1

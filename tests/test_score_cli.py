@@ -52,7 +52,7 @@ def sklearn_reference(p, y):
 
 
 def test_example_file_scores_and_matches_sklearn(capsys):
-    status, out, err = score([EXAMPLE, "--label-column", "observed"], capsys)
+    status, out, err = score([EXAMPLE, "--label-column", "label"], capsys)
     assert status == 0, err
     for word in ("log loss (nats)", "log loss (bits)", "perplexity", "accuracy", "Brier", "ECE"):
         assert word in out
@@ -60,7 +60,7 @@ def test_example_file_scores_and_matches_sklearn(capsys):
     names = lines[0].split(",")[:3]
     p = np.array([[float(v) for v in line.split(",")[:3]] for line in lines[1:]])
     y = np.array([names.index(line.split(",")[3]) for line in lines[1:]])
-    report = score_json([EXAMPLE, "--label-column", "observed"], capsys)
+    report = score_json([EXAMPLE, "--label-column", "label"], capsys)
     assert report["n"] == len(y)
     # sklearn orders columns by sorted label; map our columns to its order
     order = np.argsort(names)
@@ -196,6 +196,9 @@ BAD_CSV = [
     ("a,b,y\n0.5,0.5,a\nnan,0.5,b\n", [], ["line 3", "NaN"]),
     ("a,b,y\n0.5,0.5,a\n0.5,0.4,b\n", [], ["line 3", "sum to 0.9", "--normalize"]),
     ("a,b,y\n0.5,0.5,a\n0.5,0.5,zebra\n", [], ["line 3", "label 'zebra'", "classes (a, b)"]),
+    # the empty line 3 is skipped but still counted
+    ("a,b,y\n0.5,0.5,a\n\n0.5,0.4,b\n", [], ["line 4", "sum to 0.9"]),
+    ("a,b,y\n0.5,0.5,a\n\n0.5,0.5, zebra\n", [], ["line 4", "label 'zebra'"]),
     ("", [], ["empty file"]),
     ("a,b,y\n", [], ["no data rows"]),
     ("a,b,y\n0.5,0.5,a\n", ["--label-column", "label"], ["line 1", "no column named 'label'"]),

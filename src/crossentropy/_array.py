@@ -112,14 +112,6 @@ def first_true(xp: Any, mask: Any) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(pos, tuple(mask.shape)))
 
 
-def item(x: Any, index: tuple[int, ...]) -> Any:
-    """Python scalar at ``index`` of array ``x``."""
-    value = x[index] if index else x
-    if hasattr(value, "item"):
-        return value.item()
-    return float(value) if not isinstance(value, (int, float)) else value
-
-
 def as_arrays(*pairs: tuple[Any, str]) -> tuple[Any, list[Any]]:
     """Convert ``(value, name)`` pairs to arrays of one namespace; returns ``(xp, arrays)``.
 

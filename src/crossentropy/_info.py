@@ -76,24 +76,120 @@ def _distribution(
     return p, ax
 
 
-def _pair(p: Any, q: Any, func: str, axis: int, normalize: bool) -> tuple[Any, Any, Any, int]:
-    xp, (p, q) = as_arrays((p, "p"), (q, "q"))
-    p = as_float(xp, p, "p")
-    q = as_float(xp, q, "q")
-    if p.dtype != q.dtype:
-        dtype = xp.result_type(p, q)
-        p, q = xp.astype(p, dtype), xp.astype(q, dtype)
-    if tuple(p.shape) != tuple(q.shape):
-        try:
-            p, q = xp.broadcast_arrays(p, q)
-        except (ValueError, RuntimeError) as exc:
-            raise ValueError(
-                f"{func}: p and q must have broadcastable shapes; got p {tuple(p.shape)} and "
-                f"q {tuple(q.shape)}"
-            ) from exc
-    p, ax = _distribution(xp, p, "p", func, axis, normalize)
-    q, _ = _distribution(xp, q, "q", func, axis, normalize)
-    return xp, p, q, ax
+def _prepare(func: str, pairs: tuple[tuple[Any, str], ...]) -> tuple[Any, list[Any]]:
+    """Arrays of one namespace, floating dtype and (broadcast) shape."""
+    xp, arrays = as_arrays(*pairs)
+    arrays = [as_float(xp, a, name) for a, (_, name) in zip(arrays, pairs)]
+    if len(arrays) == 2:
+        p, q = arrays
+        if p.dtype != q.dtype:
+            dtype = xp.result_type(p, q)
+            p, q = xp.astype(p, dtype), xp.astype(q, dtype)
+        if tuple(p.shape) != tuple(q.shape):
+            try:
+                p, q = xp.broadcast_arrays(p, q)
+            except (ValueError, RuntimeError) as exc:
+                raise ValueError(
+                    f"{func}: p and q must have broadcastable shapes; got p {tuple(p.shape)} and "
+                    f"q {tuple(q.shape)}"
+                ) from exc
+        arrays = [p, q]
+    return xp, arrays
+
+
+# Rows per block on the NumPy path are chosen so one block of one operand is about this many
+# elements (256 KiB of float64): the block's temporaries then stay in the CPU cache instead of
+# streaming several full-size intermediate arrays through memory.
+_BLOCK_ELEMENTS = 32768
+
+
+def _apply(
+    func: str,
+    kernel: Any,
+    pairs: tuple[tuple[Any, str], ...],
+    axis: int,
+    normalize: bool,
+    base: float | None,
+) -> Any:
+    """Validate the distributions in ``pairs`` and reduce them with ``kernel(xp, *arrays, axis)``."""
+    div = log_base_divisor(base)
+    xp, arrays = _prepare(func, pairs)
+    names = [name for _, name in pairs]
+    with np.errstate(all="ignore"):
+        out = _numpy_blocks(xp, func, kernel, arrays, names, axis, normalize)
+        if out is None:
+            checked = [
+                _distribution(xp, a, n, func, axis, normalize) for a, n in zip(arrays, names)
+            ]
+            out = kernel(xp, *(a for a, _ in checked), checked[0][1])
+    return out / div if div != 1.0 else out
+
+
+def _numpy_blocks(
+    xp: Any,
+    func: str,
+    kernel: Any,
+    arrays: list[Any],
+    names: list[str],
+    axis: int,
+    normalize: bool,
+) -> Any | None:
+    """Blocked evaluation for large C-ordered NumPy inputs reduced over the last axis, else None.
+
+    Each block is checked as :func:`_distribution` would check it; on the first failure this returns
+    None so that the generic path raises its error, naming the offending entry or slice.
+    """
+    first = arrays[0]
+    if not all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
+        return None
+    if isinstance(normalize, bool) is False or first.ndim == 0 or first.size < 4 * _BLOCK_ELEMENTS:
+        return None
+    if normalize_axis(axis, first.ndim) != first.ndim - 1 or first.shape[-1] == 0:
+        return None
+    n_classes = first.shape[-1]
+    flat = [a.reshape(-1, n_classes) for a in arrays]
+    rows = flat[0].shape[0]
+    step = max(1, _BLOCK_ELEMENTS // n_classes)
+    tol = math.sqrt(float(np.finfo(first.dtype).eps))
+    out = np.empty(rows, dtype=first.dtype)
+    for start in range(0, rows, step):
+        blocks = [f[start : start + step] for f in flat]
+        for k, block in enumerate(blocks):
+            total = np.add.reduce(block, axis=1, keepdims=True)
+            ok = bool(block.min() >= 0) and bool(np.isfinite(total).all())
+            if ok and normalize:
+                ok = bool((total > 0).all())
+                blocks[k] = block / total
+            elif ok:
+                ok = bool(np.abs(total - 1).max() <= tol)
+            if not ok:
+                # The generic path raises the error, naming the offending entry or slice.
+                return None
+        out[start : start + step] = _numpy_block_kernel(kernel, blocks)
+    return out.reshape(first.shape[:-1])
+
+
+def _numpy_block_kernel(kernel: Any, blocks: list[np.ndarray]) -> np.ndarray:
+    """``kernel(np, *blocks, 1)``, with one log per element and a fused multiply-sum for the three
+    plain kernels. A zero probability in ``p`` makes its row NaN here (0 * log 0); only those rows
+    are recomputed with the generic kernel, which applies 0 log 0 = 0."""
+    p = blocks[0]
+    if kernel is _entropy:
+        logs = np.log(p)
+        rows = -np.einsum("ij,ij->i", p, logs)
+    elif kernel is _cross_entropy:
+        logs = np.log(blocks[1])
+        rows = -np.einsum("ij,ij->i", p, logs)
+    elif kernel is _kl:
+        logs = np.divide(p, blocks[1])
+        np.log(logs, out=logs)
+        rows = np.einsum("ij,ij->i", p, logs)
+    else:
+        return np.asarray(kernel(np, *blocks, 1))
+    redo = np.isnan(rows)
+    if redo.any():
+        rows[redo] = kernel(np, *(b[redo] for b in blocks), 1)
+    return rows
 
 
 def _entropy(xp: Any, p: Any, ax: int) -> Any:
@@ -114,6 +210,11 @@ def _kl(xp: Any, p: Any, q: Any, ax: int) -> Any:
     one = xp.ones_like(p)
     ratio = xp.where(positive, p / xp.where(positive, q, one), one)
     return xp.sum(p * xp.log(ratio), axis=ax)
+
+
+def _js(xp: Any, p: Any, q: Any, ax: int) -> Any:
+    m = (p + q) / 2
+    return (_kl(xp, p, m, ax) + _kl(xp, q, m, ax)) / 2
 
 
 def entropy(p: Any, *, axis: int = -1, base: float | None = None, normalize: bool = False) -> Any:
@@ -143,12 +244,7 @@ def entropy(p: Any, *, axis: int = -1, base: float | None = None, normalize: boo
         >>> round(float(entropy([2, 1, 1], base=2, normalize=True)), 4)
         1.5
     """
-    div = log_base_divisor(base)
-    xp, (p,) = as_arrays((p, "p"))
-    p, ax = _distribution(xp, p, "p", "entropy", axis, normalize)
-    with np.errstate(all="ignore"):
-        out = _entropy(xp, p, ax)
-    return out / div if div != 1.0 else out
+    return _apply("entropy", _entropy, ((p, "p"),), axis, normalize, base)
 
 
 def cross_entropy(
@@ -178,11 +274,7 @@ def cross_entropy(
         >>> round(float(cross_entropy([0.5, 0.5], [0.25, 0.75], base=2)), 4)
         1.2075
     """
-    div = log_base_divisor(base)
-    xp, p, q, ax = _pair(p, q, "cross_entropy", axis, normalize)
-    with np.errstate(all="ignore"):
-        out = _cross_entropy(xp, p, q, ax)
-    return out / div if div != 1.0 else out
+    return _apply("cross_entropy", _cross_entropy, ((p, "p"), (q, "q")), axis, normalize, base)
 
 
 def kl_divergence(
@@ -212,11 +304,7 @@ def kl_divergence(
         >>> float(kl_divergence([0.5, 0.5], [1.0, 0.0]))
         inf
     """
-    div = log_base_divisor(base)
-    xp, p, q, ax = _pair(p, q, "kl_divergence", axis, normalize)
-    with np.errstate(all="ignore"):
-        out = _kl(xp, p, q, ax)
-    return out / div if div != 1.0 else out
+    return _apply("kl_divergence", _kl, ((p, "p"), (q, "q")), axis, normalize, base)
 
 
 def js_divergence(
@@ -249,9 +337,4 @@ def js_divergence(
         >>> round(float(js_divergence([1.0, 0.0], [0.0, 1.0], base=2)), 4)
         1.0
     """
-    div = log_base_divisor(base)
-    xp, p, q, ax = _pair(p, q, "js_divergence", axis, normalize)
-    with np.errstate(all="ignore"):
-        m = (p + q) / 2
-        out = (_kl(xp, p, m, ax) + _kl(xp, q, m, ax)) / 2
-    return out / div if div != 1.0 else out
+    return _apply("js_divergence", _js, ((p, "p"), (q, "q")), axis, normalize, base)

@@ -3,13 +3,20 @@
 ``softmax_cross_entropy`` and ``sigmoid_cross_entropy`` follow the normalisation rules of
 ``torch.nn.functional.cross_entropy`` and ``binary_cross_entropy_with_logits`` exactly (with the class
 axis at ``axis`` instead of torch's dim 1), so results agree with torch to rounding. Deliberate
-differences: an all-ignored ``mean`` is 0 rather than NaN; ``0 * log 0`` and ``0 * (-inf)`` terms
-(no target mass on a masked class) are 0 rather than NaN; NaN or ``+inf`` logits raise.
+differences, all of which replace a NaN by a defined value or an error:
+
+* ``mean`` over nothing (all positions ignored, a zero weight sum, or an empty input) is 0;
+* terms with a zero coefficient are 0, so ``0 * log 0`` and ``0 * (-inf)`` (no target mass on a
+  masked class, or a zero class weight there) cost nothing;
+* NaN logits raise ``ValueError``, and so does ``+inf`` for the softmax losses;
+* ``binary_cross_entropy`` does not clamp the log at -100: a zero probability on an event that
+  happened costs ``inf``.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -93,7 +100,7 @@ def _check_weight(xp: Any, weight: Any, n_classes: int, func: str, name: str = "
 
 
 def _check_smoothing(label_smoothing: float, func: str) -> float:
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(
             f"{func}: label_smoothing must be a float in [0, 1]; got {label_smoothing!r}"
         )
@@ -139,9 +146,11 @@ def _labels(
 ) -> tuple[Any, Any]:
     """Validate class indices; return ``(valid_mask, labels with ignored entries set to 0)``."""
     if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
         raise TypeError(f"{func}: ignore_index must be an int or None; got {ignore_index!r}")
+    if ignore_index is not None:
+        ignore_index = int(ignore_index)
     if ignore_index is None:
         valid = xp.ones(target.shape, dtype=xp.bool, device=getattr(target, "device", None))
     else:
@@ -207,7 +216,9 @@ def softmax_cross_entropy(
 
     Deliberate differences from torch: ``mean`` over no valid positions (or a zero weight sum) is 0
     instead of NaN; a masked class (logit ``-inf``) that the target gives no mass costs 0 rather than
-    NaN, even under a zero class weight; NaN or ``+inf`` logits raise ``ValueError``.
+    NaN, even under a zero class weight; NaN or ``+inf`` logits raise ``ValueError``. Label
+    smoothing gives every class mass ``e / C``, so with ``e > 0`` a masked class in a counted row
+    makes that row's loss ``inf`` (as in torch); an ignored row costs 0 whatever its logits.
 
     Args:
         logits: real floating array, class axis at ``axis``; ``-inf`` marks a masked class.
@@ -250,7 +261,6 @@ def softmax_cross_entropy(
         weight = _check_weight(xp, weight, n_classes, func)
         weight = xp.astype(weight, logits.dtype)
     with np.errstate(all="ignore"):
-        log_p = _log_softmax(xp, logits, -1)
         if is_integral(xp, target):
             if _shape(target) != outer:
                 raise ValueError(
@@ -259,6 +269,7 @@ def softmax_cross_entropy(
                     f"{_shape(xp.moveaxis(logits, -1, ax))}"
                 )
             valid, labels = _labels(xp, target, n_classes, ignore_index, func)
+            log_p = _log_softmax(xp, logits, -1)
             loss, denominator = _index_loss(xp, log_p, labels, valid, weight, eps)
             out = _reduce(xp, loss, reduction, denominator)
         elif is_floating(xp, target):
@@ -274,6 +285,7 @@ def softmax_cross_entropy(
                     "targets (give ignored positions an all-zero target row instead)"
                 )
             _check_range(xp, target, func, "target", 0.0, None)
+            log_p = _log_softmax(xp, logits, -1)
             target = xp.moveaxis(xp.astype(target, logits.dtype), ax, -1)
             if eps > 0:
                 target = (1 - eps) * target + eps / n_classes
@@ -288,9 +300,16 @@ def softmax_cross_entropy(
     return out / div if div != 1.0 else out
 
 
-def _one_hot(xp: Any, labels: Any, n_classes: int) -> Any:
-    classes = xp.arange(n_classes, dtype=labels.dtype, device=getattr(labels, "device", None))
-    return labels[..., None] == classes
+def _pick(xp: Any, values: Any, labels: Any) -> Any:
+    """``values[..., labels]`` per position: the entry of the class axis (last) named by ``labels``."""
+    if hasattr(xp, "take_along_axis"):
+        return xp.take_along_axis(values, labels[..., None], axis=-1)[..., 0]
+    # Older namespaces: select with a one-hot mask (select, not multiply, so -inf never meets 0).
+    classes = xp.arange(
+        _shape(values)[-1], dtype=labels.dtype, device=getattr(labels, "device", None)
+    )
+    hot = labels[..., None] == classes
+    return xp.sum(xp.where(hot, values, xp.zeros_like(values)), axis=-1)
 
 
 def _index_loss(
@@ -298,9 +317,7 @@ def _index_loss(
 ) -> tuple[Any, Any]:
     """Per-position class-index loss (0 where ignored) and the ``mean`` denominator."""
     n_classes = _shape(log_p)[-1]
-    hot = _one_hot(xp, labels, n_classes)
-    # Select, rather than multiply by the one-hot, so -inf on other classes never meets a 0.
-    picked = xp.sum(xp.where(hot, log_p, xp.zeros_like(log_p)), axis=-1)
+    picked = _pick(xp, log_p, labels)
     if weight is None:
         w_t = xp.astype(valid, log_p.dtype)
     else:
@@ -527,12 +544,12 @@ def focal_loss(
     func = "focal_loss"
     check_reduction(reduction)
     div = log_base_divisor(base)
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
         raise TypeError(f"{func}: gamma must be a non-negative float; got {gamma!r}")
     if not (math.isfinite(gamma) and gamma >= 0):
         raise ValueError(f"{func}: gamma must be a non-negative finite float; got {gamma!r}")
     scalar_alpha = None
-    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+    if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
         if not (math.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"{func}: alpha must be non-negative and finite; got {alpha!r}")
         scalar_alpha, alpha = float(alpha), None
@@ -553,10 +570,8 @@ def focal_loss(
                     f"{outer}; got {_shape(target)}"
                 )
             valid, labels = _labels(xp, target, n_classes, ignore_index, func)
-            hot = _one_hot(xp, labels, n_classes)
-            zeros = xp.zeros_like(log_p)
-            picked = xp.sum(xp.where(hot, log_p, zeros), axis=-1)
-            picked_factor = xp.sum(xp.where(hot, factor, zeros), axis=-1)
+            picked = _pick(xp, log_p, labels)
+            picked_factor = _pick(xp, factor, labels)
             if alpha is None:
                 a_t = xp.astype(valid, log_p.dtype)
             else:

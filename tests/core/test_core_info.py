@@ -167,3 +167,42 @@ def test_broadcast_against_one_reference_distribution() -> None:
     np.testing.assert_allclose(
         ce.kl_divergence(p, ref), scipy.stats.entropy(p, np.tile(ref, (5, 1)), axis=1), rtol=1e-12
     )
+
+
+@pytest.mark.parametrize("block", [7, 64, 1000])
+def test_blocked_numpy_path_equals_generic_path(
+    monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """The NumPy fast path (cache-sized row blocks) gives the generic results and errors."""
+    import crossentropy._info as info
+
+    rng = np.random.default_rng(block)
+    p = rng.random((300, 9))
+    p[rng.random(p.shape) < 0.2] = 0.0
+    p[:, 0] += 0.1
+    p /= p.sum(axis=1, keepdims=True)
+    q = rng.random((300, 9))
+    q[5, p[5] > 0] = 0.0  # q misses p's support on row 5: KL and H(p, q) are inf there
+    q[5, 0] = 1.0
+    q /= q.sum(axis=1, keepdims=True)
+    funcs = (ce.entropy, ce.cross_entropy, ce.kl_divergence, ce.js_divergence)
+    generic = [np.asarray(f(p) if f is ce.entropy else f(p, q)) for f in funcs]
+    monkeypatch.setattr(info, "_BLOCK_ELEMENTS", block)
+    blocked = [np.asarray(f(p) if f is ce.entropy else f(p, q)) for f in funcs]
+    for g, b in zip(generic, blocked):
+        np.testing.assert_allclose(b, g, rtol=1e-13, atol=1e-15)
+    assert np.isinf(blocked[2][5]) and np.isinf(blocked[1][5])
+    np.testing.assert_allclose(blocked[2], scipy.special.rel_entr(p, q).sum(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(
+        ce.kl_divergence(p * 3, q * 2, normalize=True), blocked[2], rtol=1e-12, atol=1e-15
+    )
+    bad = q.copy()
+    bad[250, 3] = -0.25
+    with pytest.raises(
+        ValueError, match=r"q must hold probabilities >= 0.*-0.25 at index \(250, 3\)"
+    ):
+        ce.kl_divergence(p, bad)
+    off = p.copy()
+    off[299] *= 1.01
+    with pytest.raises(ValueError, match=r"index \(299,\) sums to 1.0(1|09)"):
+        ce.entropy(off)

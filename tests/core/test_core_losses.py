@@ -199,3 +199,50 @@ def test_sigmoid_cross_entropy_infinite_logits_with_matching_targets_cost_zero()
         out = ce.sigmoid_cross_entropy(x, y, reduction="none", pos_weight=np.array(2.0))
     assert out[0] == 0.0 and out[1] == 0.0 and out[2] == np.inf
     assert out[3] == pytest.approx(2 * np.log(2))
+
+
+def test_masked_logits_backprop_finite_gradients_through_torch() -> None:
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(4, 6))
+    logits[:, 4:] = -np.inf
+    logits[3, :] = -np.inf  # a fully masked padding row, ignored
+    labels = np.array([0, 3, 2, -100])
+    x = torch.tensor(logits, requires_grad=True)
+    loss = ce.softmax_cross_entropy(
+        x, torch.from_numpy(labels), ignore_index=-100, reduction="none"
+    )
+    upstream = torch.randn(4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (loss * upstream).sum().backward()
+    assert x.grad is not None
+    grad = x.grad.numpy()
+    assert np.all(np.isfinite(grad))
+    p = np.exp(logits[:3, :4] - logits[:3, :4].max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    expected = upstream.numpy()[:3, None] * (p - np.eye(4)[labels[:3]])
+    np.testing.assert_allclose(grad[:3, :4], expected, rtol=1e-10, atol=1e-14)
+    assert np.all(grad[:, 4:] == 0) and np.all(grad[3] == 0)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_float32_matches_torch_float32(smoothing: float) -> None:
+    rng = np.random.default_rng(4)
+    logits = rng.normal(scale=4.0, size=(64, 11)).astype(np.float32)
+    labels = rng.integers(0, 11, size=64)
+    weight = rng.random(11).astype(np.float32)
+    ours = ce.softmax_cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
+    ref = torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits),
+        torch.from_numpy(labels),
+        weight=torch.from_numpy(weight),
+        label_smoothing=smoothing,
+    )
+    assert np.asarray(ours).dtype == np.float32
+    np.testing.assert_allclose(float(ours), float(ref), rtol=2e-6)
+
+
+def test_numpy_scalar_arguments_are_accepted() -> None:
+    logits = np.zeros((2, 3))
+    out = ce.softmax_cross_entropy(
+        logits, np.array([0, 5]), ignore_index=np.int64(5), label_smoothing=np.float32(0.1)
+    )
+    assert float(out) == pytest.approx(np.log(3))

@@ -130,6 +130,7 @@ def test_rows_not_summing_to_one_raise_unless_renormalized():
         ([0, 0], [[0.5, 0.5], [0.5, 0.5]], {}, "only one label"),
         ([0, 3], [[0.5, 0.5], [0.5, 0.5]], {"labels": [0, 1]}, r"y_true\[1\] = 3"),
         ([0, 1], [[0.5, 0.5], [0.5, 0.5]], {"labels": [1, 0]}, "sorted order"),
+        ([0, 1], [[0.5, 0.5], [0.5, 0.5]], {"labels": ["a", "b"]}, "not one of the labels"),
         ([0, 1], [[0.5, 0.5], [0.5, 0.5]], {"eps": 0.7}, "eps must be"),
         ([0, 1], [[0.5, 0.5], [0.5, 0.5]], {"sample_weight": [1.0]}, r"shape \(2,\)"),
         ([0, 1], [[0.5, 0.5], [0.5, 0.5]], {"sample_weight": [1.0, -1.0]}, "non-negative"),
@@ -165,3 +166,33 @@ def test_two_column_brier_matches_sklearn():
     assert brier_score(y, p, scale_by_half=False) == pytest.approx(
         skm.brier_score_loss(y, p, scale_by_half=False), rel=1e-12
     )
+
+
+def test_one_hot_y_true_matches_sklearn():
+    p, y, w = random_case(8, 20, 4)
+    one_hot = np.eye(4)[y]
+    assert log_loss(one_hot, p, sample_weight=w) == pytest.approx(
+        skm.log_loss(one_hot, p, sample_weight=w), rel=1e-12
+    )
+    with pytest.raises(ValueError, match="row 0 has 2"):
+        log_loss(np.ones((2, 2)), [[0.5, 0.5], [0.5, 0.5]])
+
+
+def test_public_api_is_pinned():
+    import crossentropy.metrics as metrics
+
+    assert sorted(metrics.__all__) == [
+        "Calibration",
+        "PerClassScores",
+        "ScoreAccumulator",
+        "Scores",
+        "bits_per_byte",
+        "bits_per_token",
+        "brier_score",
+        "calibration_error",
+        "log_loss",
+        "per_class_scores",
+        "perplexity",
+    ]
+    for name in metrics.__all__:
+        assert getattr(metrics, name).__doc__

@@ -82,7 +82,7 @@ def _inputs(case: Case, seed: int = 0) -> dict[str, torch.Tensor | None]:
             y[1 % case.n] = -100
         target = y.to(torch.int32 if case.target == "int32" else torch.int64)
     weight = torch.rand(case.v, generator=g) + 0.5 if case.weight else None
-    if weight is not None:
+    if weight is not None and case.v > 3:
         weight[3] = 0.0
     return {"x": x, "w": w, "b": b, "target": target, "weight": weight}
 

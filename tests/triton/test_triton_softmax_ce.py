@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
@@ -52,6 +54,8 @@ CASES = {
     "masked-inf": Case(33, 130, masked=True, ignore=True),
     "masked-inf-prob": Case(7, 130, target="prob", masked=True),
     "masked-inf-softcap": Case(7, 130, masked=True, softcap=3.0, weight=True),
+    # Smoothing puts mass on masked classes: ce = +inf there (as in torch), never NaN.
+    "masked-inf-smoothing": Case(7, 130, masked=True, smoothing=0.1),
     "strided-rows": Case(7, 130, layout="rows", weight=True),
     "transposed": Case(7, 130, layout="transposed", smoothing=0.1),
 }
@@ -86,7 +90,7 @@ def _inputs(case: Case, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torc
         target = y.to(torch.int32 if case.target == "int32" else torch.int64)
     x = x.masked_fill(mask, float("-inf"))
     weight = torch.rand(case.v, generator=g) + 0.5 if case.weight else None
-    if weight is not None:
+    if weight is not None and case.v > 3:
         weight[3] = 0.0  # a zero class weight
     return x, target, weight
 
@@ -114,6 +118,7 @@ def _check(case: Case, *, inplace: bool = False) -> None:
 
     xr = x.detach().double().requires_grad_()  # the same rounded inputs, float64 math
     ce_ref, lse_ref = ref_rows(xr, target, **kw)
+    assert not ce.isnan().any() and not lse.isnan().any()
     torch.testing.assert_close(ce.double(), ce_ref, atol=LOSS_ATOL[case.dtype], rtol=1e-5)
     torch.testing.assert_close(lse.double(), lse_ref, atol=LOSS_ATOL[case.dtype], rtol=1e-5)
 
@@ -236,3 +241,37 @@ class TestCuda:
         )
         torch.testing.assert_close(ce[tail].double(), ce_ref, atol=5e-5, rtol=1e-5)
         torch.testing.assert_close(lse[tail].double(), lse_ref, atol=5e-5, rtol=1e-5)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    v=st.integers(2, 140),
+    target=st.sampled_from(["int64", "int32", "prob"]),
+    weight=st.booleans(),
+    smoothing=st.sampled_from([0.0, 0.05, 1.0]),
+    softcap=st.sampled_from([None, 2.0]),
+    scale=st.sampled_from([0.5, 4.0, 30.0]),
+)
+def test_random_configs_match_float64(
+    n: int,
+    v: int,
+    target: str,
+    weight: bool,
+    smoothing: float,
+    softcap: float | None,
+    scale: float,
+) -> None:
+    # Random sizes hit every tile/tail combination; scale 30 stresses the online max rescaling.
+    _check(
+        Case(
+            n,
+            v,
+            target=target,
+            weight=weight,
+            ignore=target != "prob" and n > 1,
+            smoothing=smoothing,
+            softcap=softcap,
+            scale=scale,
+        )
+    )

@@ -162,8 +162,18 @@ class Chunk:
         return f"{self.unit} {int(self.positions[i])}"
 
 
-def _is_blank(line: str) -> bool:
-    return not line.strip()
+class _LabelTable(dict[str, float]):
+    """Label text -> column (as float, for ``np.loadtxt`` converters); -1.0 for unknown labels."""
+
+    def __init__(self, classes: Classes) -> None:
+        super().__init__((name, float(i)) for i, name in enumerate(classes.names))
+        self.classes = classes
+
+    def __missing__(self, key: str) -> float:
+        value = float(self.classes.lookup(key))
+        if value >= 0:
+            self[key] = value
+        return value
 
 
 class CSVReader:
@@ -217,18 +227,21 @@ class CSVReader:
         classes = self.classes
         converters: dict[int | str, Callable[[str], Any]] | None = None
         if self.label_col is not None:
-            converters = {self.label_col: lambda s: float(classes.lookup(s))}
+            # a dict lookup called from NumPy's C parser; unusual spellings go to __missing__
+            converters = {self.label_col: _LabelTable(classes).__getitem__}
         while True:
             lines = self._read_lines()
             if not lines:
                 return
             first = self.next_line
             self.next_line += len(lines)
-            kept = [line for line in lines if not _is_blank(line)]
-            if len(kept) == len(lines):
-                positions = np.arange(first, first + len(lines))
+            if "\n" in lines or "\r\n" in lines:  # empty lines are skipped (rare: slow path)
+                keep = [bool(line.strip()) for line in lines]
+                kept = [line for line, k in zip(lines, keep) if k]
+                positions = first + np.flatnonzero(keep)
             else:
-                positions = first + np.flatnonzero([not _is_blank(line) for line in lines])
+                kept = lines
+                positions = np.arange(first, first + len(lines))
             if not kept:
                 continue
             try:

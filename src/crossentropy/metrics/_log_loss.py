@@ -69,7 +69,8 @@ def log_loss(
     rows that do not sum to 1 raise instead of warning.
 
     Args:
-        y_true: labels, shape ``(n,)``; numbers, strings or booleans.
+        y_true: labels, shape ``(n,)``; numbers, strings or booleans; or a one-hot indicator
+            matrix of shape ``(n, k)``.
         y_pred: probabilities, shape ``(n, k)`` or ``(n,)`` (positive class); any float dtype.
         labels: all class labels in sorted order, needed when ``y_true`` lacks some classes.
         sample_weight: non-negative weights, shape ``(n,)``.

@@ -175,8 +175,14 @@ class ScoreAccumulator:
                 i = int(np.argmax(bad))
                 raise ValueError(f"y_true[{i}] = {int(y[i])} is not a class index in [0, {k})")
             return y.astype(np.intp, copy=False)
-        pos = np.minimum(np.searchsorted(self._sorted, y), k - 1)
-        unknown = self._sorted[pos] != y
+        try:
+            pos = np.minimum(np.searchsorted(self._sorted, y), k - 1)
+            unknown = self._sorted[pos] != y
+        except TypeError:
+            raise TypeError(
+                f"y_true (dtype {y.dtype}) cannot be matched with the classes (dtype "
+                f"{self.labels.dtype})"
+            ) from None
         if np.any(unknown):
             i = int(np.argmax(unknown))
             raise ValueError(

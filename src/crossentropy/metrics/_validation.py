@@ -108,6 +108,8 @@ def encode_labels(
     y = to_numpy(y_true, name)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
+    if y.ndim == 2 and labels is None:
+        return _decode_one_hot(y, name)
     if y.ndim != 1:
         raise ValueError(f"{name} must have shape (n_samples,); got shape {y.shape}")
     if y.dtype.kind == "f" and np.any(np.isnan(y)):
@@ -135,15 +137,33 @@ def encode_labels(
                 f"probabilities (as in sklearn); got {classes.tolist()}, expected "
                 f"{uniq.tolist()}"
             )
-    index = np.searchsorted(classes, y)
-    index = np.minimum(index, classes.shape[0] - 1)
-    unknown = classes[index] != y
+    try:
+        index = np.minimum(np.searchsorted(classes, y), classes.shape[0] - 1)
+        unknown = classes[index] != y
+    except TypeError:
+        raise TypeError(
+            f"{name} (dtype {y.dtype}) cannot be matched with the labels (dtype {classes.dtype})"
+        ) from None
     if np.any(unknown):
         i = int(np.argmax(unknown))
         raise ValueError(
             f"{name}[{i}] = {y[i].item()!r} is not one of the labels {classes.tolist()}"
         )
     return index.astype(np.intp, copy=False), classes, y
+
+
+def _decode_one_hot(y: np.ndarray, name: str) -> tuple[IntArray, np.ndarray, np.ndarray]:
+    """Column indices of a one-hot ``y_true`` of shape (n, k); classes are ``0..k-1``."""
+    if y.dtype.kind not in "biuf" or not np.all((y == 0) | (y == 1)):
+        raise ValueError(f"a 2-D {name} must be a one-hot indicator matrix of 0s and 1s")
+    ones = np.count_nonzero(y, axis=1)
+    if np.any(ones != 1):
+        i = int(np.argmax(ones != 1))
+        raise ValueError(
+            f"a 2-D {name} must have exactly one 1 per row (one-hot); row {i} has {int(ones[i])}"
+        )
+    classes = np.arange(y.shape[1])
+    return np.argmax(y, axis=1).astype(np.intp), classes, classes[np.argmax(y, axis=1)]
 
 
 def check_sample_weight(sample_weight: Any, n: int) -> FloatArray | None:

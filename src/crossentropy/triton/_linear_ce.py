@@ -29,10 +29,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import triton
 import triton.language as tl
 from torch import Tensor
 
-import triton
 from crossentropy.triton._config import linear_config
 from crossentropy.triton._softmax_ce import (
     _M_FLOOR,

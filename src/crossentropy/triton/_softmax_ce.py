@@ -31,10 +31,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import triton
 import triton.language as tl
 from torch import Tensor
 
-import triton
 from crossentropy.triton._config import softmax_config
 
 __all__ = [
