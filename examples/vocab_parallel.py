@@ -16,10 +16,10 @@ import argparse
 import os
 import tempfile
 
+import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-import torch
 from crossentropy.torch import linear_cross_entropy
 
 

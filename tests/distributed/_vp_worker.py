@@ -10,11 +10,11 @@ import sys
 import traceback
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from _vp_cases import Case, class_dim, full_inputs, good_cases, shard, shard_sizes
 
-import torch
 from crossentropy.torch import cross_entropy, linear_cross_entropy
 from crossentropy.torch._data_parallel import global_valid_count
 from crossentropy.torch._vocab_parallel import (

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import torch.nn.functional as F
 from _vp_cases import Case, class_dim, dp_batches, dp_model, full_inputs, good_cases
 
-import torch
 from crossentropy.torch._data_parallel import global_valid_count
 
 HERE = Path(__file__).resolve().parent

@@ -39,13 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
-import torch.distributed as dist
-
 import torch
+import torch.distributed as dist
+from torch import Tensor
+
 from crossentropy.torch import _validation as V
 from crossentropy.torch._reduce import Counts, CrossEntropyAux, reduce_rows
 from crossentropy.torch._rows import _compute_dtype, default_chunk_size
-from torch import Tensor
 
 __all__ = [
     "vocab_parallel_cross_entropy",
