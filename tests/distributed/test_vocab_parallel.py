@@ -294,3 +294,16 @@ def test_example_runs_under_torchrun_on_two_cpu_processes() -> None:
     # The script itself checks the loss against the single-process loss; here it must have said so.
     assert "split [51, 50]" in out.stdout
     assert "single-process loss" in out.stdout
+
+
+def test_process_group_without_initialised_distributed_is_a_clear_error() -> None:
+    import torch.distributed as dist
+
+    from crossentropy.torch import cross_entropy, linear_cross_entropy
+
+    assert not dist.is_initialized()
+    logits, y = torch.randn(3, 4), torch.tensor([0, 1, 3])
+    with pytest.raises(ValueError, match="not initialized"):
+        cross_entropy(logits, y, process_group=object())
+    with pytest.raises(ValueError, match="not initialized"):
+        linear_cross_entropy(torch.randn(3, 2), torch.randn(4, 2), y, process_group=object())
