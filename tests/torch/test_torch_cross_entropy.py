@@ -268,3 +268,23 @@ def test_shift_invariance_and_value():
     expected = -math.log(math.exp(3) / (math.exp(1) + math.exp(2) + math.exp(3)))
     assert abs(float(cross_entropy(x, t)) - expected) < 1e-12
     assert abs(float(cross_entropy(x + 100.0, t)) - expected) < 1e-12
+
+
+def test_compile_matches_eager():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(6, 3, 9, generator=g)
+    y = torch.randint(0, 3, (6, 9), generator=g)
+
+    def f(a, reduction):
+        return cross_entropy(
+            a, y, reduction=reduction, z_loss=1e-2, softcap=4.0, label_smoothing=0.1
+        )
+
+    compiled = torch.compile(f, backend="aot_eager")
+    for reduction in REDUCTIONS:
+        xe = x.clone().requires_grad_(True)
+        xc = x.clone().requires_grad_(True)
+        le, lc = f(xe, reduction), compiled(xc, reduction)
+        torch.testing.assert_close(lc, le)
+        up = torch.randn_like(le)
+        torch.testing.assert_close(_grads(lc, [xc], up)[0], _grads(le, [xe], up)[0])
