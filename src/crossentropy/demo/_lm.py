@@ -105,7 +105,7 @@ def train_model(
     lr: float,
     device: torch.device,
     seed: int,
-    n_evals: int = 30,
+    n_evals: int = 20,
     on_step: Callable[[int, float, float | None], None] | None = None,
 ) -> TrainHistory:
     """Minimise the mean cross-entropy of ``model`` on ``train`` pairs with Adam (one-cycle lr).

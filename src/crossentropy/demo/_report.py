@@ -125,15 +125,25 @@ def _plot_code_lengths(ax: Any, summary: dict[str, Any]) -> None:
     ax.set_xticks(range(len(groups)), [name for name, _, _ in groups])
     fixed = summary["coding"]["fixed_length_bits_per_symbol"]
     ax.axhline(fixed, color="0.5", ls=":", lw=1)
-    ax.text(-0.45, fixed, f"fixed-length code {fixed:g} bits", va="bottom", fontsize=7, color="0.4")
+    ax.text(
+        0.99,
+        fixed,
+        f"fixed-length code for the source: {fixed:g} bits",
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        color="0.4",
+        transform=ax.get_yaxis_transform(),
+    )
     ax.set_ylabel("bits per coded unit")
     coding = summary["coding"]
     ax.set_title(
-        f"Cross-entropy is code length (range coder {coding['overhead_fraction'] * 100:+.3f}% "
-        f"of the bound, round trip {'ok' if coding['round_trip'] else 'FAILED'})"
+        f"Cross-entropy is code length (coder {coding['overhead_fraction'] * 100:+.3f}% "
+        f"vs bound, round trip {'ok' if coding['round_trip'] else 'FAILED'})"
     )
-    ax.legend(fontsize=8, loc="upper left")
-    ax.set_ylim(0, max(ax.get_ylim()[1], fixed) * 1.15)
+    top = max(ax.get_ylim()[1], fixed)
+    ax.set_ylim(0, top * 1.45)
+    ax.legend(fontsize=8, loc="upper left", ncol=3)
     ax.grid(alpha=0.3, axis="y")
 
 
@@ -170,13 +180,18 @@ def _plot_reliability(ax: Any, part: dict[str, Any]) -> None:
         if not pts:
             continue
         conf, acc = zip(*pts)
-        ax.plot(conf, acc, "o-", color=_COLORS[name], ms=4, lw=1.3,
+        counts = [n for n, c in zip(rel["counts"], rel["confidence"]) if c is not None]
+        ax.plot(conf, acc, "-", color=_COLORS[name], lw=1.2, alpha=0.8,
                 label=f"{LOSS_LABELS[name]} (ECE {r['ece']:.3f})")  # fmt: skip
+        # Marker area follows the number of test samples in the bin: sparse bins are noisy.
+        total = max(sum(counts), 1)
+        sizes = [6 + 400 * n / total for n in counts]
+        ax.scatter(conf, acc, s=sizes, color=_COLORS[name], alpha=0.6, edgecolors="none")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("confidence (mean top-class probability in the bin)")
     ax.set_ylabel("accuracy in the bin")
-    ax.set_title("Reliability diagram (digits test set, 10 bins)")
+    ax.set_title("Reliability diagram (digits test set, 10 bins; marker area ~ samples)")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
 
