@@ -1,0 +1,232 @@
+"""Argument checks at the public boundary of the torch layer, and flattening to 2-D rows.
+
+Every public function (``cross_entropy``, ``linear_cross_entropy``, the vocab-parallel variants) calls
+these before any math, so bad input fails with a ``ValueError``/``TypeError`` that names the function,
+the argument, what was received and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "IMPLS",
+    "REDUCTIONS",
+    "Rows",
+    "check_chunk_size",
+    "check_impl",
+    "check_options",
+    "check_prob_ignore_index",
+    "check_reduction",
+    "check_target_values",
+    "check_weight",
+    "flatten_linear",
+    "flatten_logits",
+    "is_compiling",
+]
+
+REDUCTIONS = ("mean", "sum", "none")
+IMPLS = ("auto", "torch", "triton")
+
+
+def is_compiling() -> bool:
+    """True while torch.compile traces (data-dependent checks are skipped there)."""
+    compiler = getattr(torch, "compiler", None)
+    check = getattr(compiler, "is_compiling", None)
+    return bool(check()) if check is not None else False
+
+
+def check_reduction(fn: str, reduction: object) -> str:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be one of 'mean', 'sum', 'none'; got {reduction!r}")
+    return reduction
+
+
+def check_impl(fn: str, impl: object) -> str:
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"{fn}: impl must be one of 'auto', 'torch', 'triton'; got {impl!r}")
+    return impl
+
+
+def _real(fn: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{fn}: {name} must be a real number; got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def check_options(
+    fn: str,
+    *,
+    ignore_index: object,
+    label_smoothing: object,
+    z_loss: object,
+    softcap: object,
+) -> tuple[int, float, float, float | None]:
+    """Check the scalar options; return them as (ignore_index, label_smoothing, z_loss, softcap)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"{fn}: ignore_index must be an int; got {ignore_index!r}")
+    eps = _real(fn, "label_smoothing", label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"{fn}: label_smoothing must lie in [0, 1]; got {label_smoothing!r}")
+    z = _real(fn, "z_loss", z_loss)
+    if not (math.isfinite(z) and z >= 0.0):
+        raise ValueError(f"{fn}: z_loss must be a finite number >= 0; got {z_loss!r}")
+    cap: float | None = None
+    if softcap is not None:
+        cap = _real(fn, "softcap", softcap)
+        if not (math.isfinite(cap) and cap > 0.0):
+            raise ValueError(f"{fn}: softcap must be None or a finite number > 0; got {softcap!r}")
+    return int(ignore_index), eps, z, cap
+
+
+def check_chunk_size(fn: str, chunk_size: object) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"{fn}: chunk_size must be None or a positive int; got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def _check_tensor(fn: str, name: str, x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor; got {type(x).__name__}")
+    return x
+
+
+def _check_float(fn: str, name: str, x: Tensor) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"{fn}: {name} must be a floating-point tensor; got dtype {x.dtype}")
+
+
+def check_weight(fn: str, weight: Tensor | None, num_classes: int) -> Tensor | None:
+    """Class weights: a 1-D floating tensor with one entry per class, or None."""
+    if weight is None:
+        return None
+    _check_tensor(fn, "weight", weight)
+    _check_float(fn, "weight", weight)
+    if weight.shape != (num_classes,):
+        raise ValueError(
+            f"{fn}: weight must have shape ({num_classes},), one entry per class; "
+            f"got {tuple(weight.shape)}"
+        )
+    return weight
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Inputs reshaped to rows: ``target`` is (N,) class ids or (N, C) probabilities."""
+
+    target: Tensor
+    is_prob: bool
+    out_shape: tuple[int, ...]  # shape of the per-position loss for reduction="none"
+
+
+def _check_target(
+    fn: str, target: Tensor, index_shape: tuple[int, ...], prob_shape: tuple[int, ...]
+) -> bool:
+    """Decide index vs probability targets from shape and dtype; return ``is_prob``."""
+    shape = tuple(target.shape)
+    if shape == index_shape and not (shape == prob_shape and target.is_floating_point()):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(
+                f"{fn}: target of shape {shape} holds class indices and must have an integer "
+                f"dtype (torch.long); got {target.dtype}"
+            )
+        return False
+    if shape == prob_shape:
+        if not target.is_floating_point():
+            raise TypeError(
+                f"{fn}: target of shape {shape} (the input's shape) holds class probabilities "
+                f"and must be floating point; got {target.dtype}"
+            )
+        return True
+    raise ValueError(
+        f"{fn}: target must have shape {index_shape} (class indices) or {prob_shape} "
+        f"(class probabilities) for the given input; got {shape}"
+    )
+
+
+def check_prob_ignore_index(fn: str, ignore_index: int) -> None:
+    """Like torch, refuse an explicit ignore_index with probability targets (it would do nothing)."""
+    if ignore_index != -100:
+        raise ValueError(
+            f"{fn}: ignore_index applies to class-index targets only; got ignore_index="
+            f"{ignore_index} with probability targets (leave it at -100)"
+        )
+
+
+def check_target_values(fn: str, target: Tensor, num_classes: int, ignore_index: int) -> None:
+    """Class ids must lie in [0, num_classes) unless equal to ignore_index (syncs on GPU)."""
+    if is_compiling() or target.numel() == 0:
+        return
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+    if bool(bad.any()):
+        value = int(target[bad].flatten()[0])
+        raise ValueError(
+            f"{fn}: target holds class index {value}, outside [0, {num_classes}) and not "
+            f"ignore_index={ignore_index}"
+        )
+
+
+def flatten_logits(fn: str, input: object, target: object) -> tuple[Tensor, Rows]:
+    """(N, C, d1, ...) or (C,) logits -> (M, C) rows with matching (M,) or (M, C) targets."""
+    x = _check_tensor(fn, "input", input)
+    t = _check_tensor(fn, "target", target)
+    _check_float(fn, "input", x)
+    if x.dim() == 0:
+        raise ValueError(f"{fn}: input must have shape (C,), (N, C) or (N, C, d1, ...); got ()")
+    if x.dim() == 1:
+        num_classes = x.shape[0]
+        is_prob = _check_target(fn, t, (), (num_classes,))
+        rows = x.unsqueeze(0)
+        flat_t = t.reshape(1, num_classes) if is_prob else t.reshape(1)
+        return rows, Rows(flat_t, is_prob, ())
+    num_classes = x.shape[1]
+    index_shape = (x.shape[0], *x.shape[2:])
+    is_prob = _check_target(fn, t, index_shape, tuple(x.shape))
+    if x.dim() == 2:
+        rows = x
+        flat_t = t
+    else:
+        rows = x.movedim(1, -1).reshape(-1, num_classes)
+        flat_t = t.movedim(1, -1).reshape(-1, num_classes) if is_prob else t.reshape(-1)
+    return rows, Rows(flat_t, is_prob, index_shape)
+
+
+def flatten_linear(
+    fn: str,
+    input: object,
+    linear_weight: object,
+    target: object,
+    linear_bias: object,
+) -> tuple[Tensor, Rows]:
+    """(..., D) hidden states with a (V, D) weight -> (N, D) rows and (N,) / (N, V) targets."""
+    x = _check_tensor(fn, "input", input)
+    w = _check_tensor(fn, "linear_weight", linear_weight)
+    t = _check_tensor(fn, "target", target)
+    _check_float(fn, "input", x)
+    _check_float(fn, "linear_weight", w)
+    if w.dim() != 2:
+        raise ValueError(
+            f"{fn}: linear_weight must have shape (V, D) (classes x features); got {tuple(w.shape)}"
+        )
+    vocab, dim = w.shape
+    if x.dim() == 0 or x.shape[-1] != dim:
+        raise ValueError(
+            f"{fn}: input must have shape (..., {dim}) to match linear_weight {tuple(w.shape)}; "
+            f"got {tuple(x.shape)}"
+        )
+    if linear_bias is not None:
+        b = _check_tensor(fn, "linear_bias", linear_bias)
+        _check_float(fn, "linear_bias", b)
+        if b.shape != (vocab,):
+            raise ValueError(f"{fn}: linear_bias must have shape ({vocab},); got {tuple(b.shape)}")
+    lead = tuple(x.shape[:-1])
+    is_prob = _check_target(fn, t, lead, (*lead, vocab))
+    rows = x.reshape(-1, dim)
+    flat_t = t.reshape(-1, vocab) if is_prob else t.reshape(-1)
+    return rows, Rows(flat_t, is_prob, lead)
