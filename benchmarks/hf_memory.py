@@ -45,9 +45,9 @@ def _status_kib(field: str) -> int:
 
 
 def _child(variant: str, device: str, quick: bool) -> dict[str, Any]:
+    import torch
     import transformers
 
-    import torch
     from crossentropy import hf
 
     torch.manual_seed(0)

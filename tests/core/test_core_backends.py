@@ -8,9 +8,9 @@ from typing import Any
 import array_api_strict
 import numpy as np
 import pytest
+import torch
 
 import crossentropy as ce
-import torch
 
 RNG = np.random.default_rng(11)
 LOGITS = RNG.normal(size=(5, 3, 4))  # class axis 1 in some calls, 2 (last) in others

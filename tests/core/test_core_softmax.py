@@ -7,11 +7,11 @@ import warnings
 import numpy as np
 import pytest
 import scipy.special
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import crossentropy as ce
-import torch
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 
+import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-import triton
 from crossentropy.triton import _linear_ce as L
 from crossentropy.triton import _softmax_ce as S
 from crossentropy.triton._config import linear_config, softmax_config

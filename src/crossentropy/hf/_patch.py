@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
+from torch import nn
+
 from crossentropy.hf._errors import UnsupportedModelError
 from crossentropy.hf._probe import LogitsProbe, Trace, logit_transform, make_probe
-from torch import nn
 
 __all__ = [
     "UnsupportedModelError",

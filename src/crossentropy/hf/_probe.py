@@ -24,6 +24,7 @@ from numbers import Real
 from typing import Any
 
 import torch
+
 from crossentropy.hf._errors import UnsupportedModelError
 
 __all__ = [
