@@ -6,8 +6,6 @@ from dataclasses import dataclass, replace
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
@@ -194,6 +192,7 @@ def test_bad_arguments_raise_clear_errors() -> None:
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 class TestCuda:
     """Real shapes on a GPU: run with ``pytest -m cuda``."""
 
@@ -233,48 +232,21 @@ class TestCuda:
             assert torch.equal(a, b)
 
     def test_index_overflow_rows(self) -> None:
-        # N * V > 2**31: row offsets must be computed in int64.
+        # N * V > 2**31: row offsets must be computed in int64 (forward and backward).
         n, v = 8500, 256000
-        x = torch.randn(n, v, device="cuda", dtype=torch.bfloat16) * 4
+        x = (torch.randn(n, v, device="cuda") * 4).to(torch.bfloat16).requires_grad_()
         y = torch.randint(0, v, (n,), device="cuda")
         ce, lse = softmax_ce_rows(x, y)
+        g_ce, g_lse = torch.randn_like(ce), torch.randn_like(lse)
+        (dx,) = torch.autograd.grad((ce, lse), x, (g_ce, g_lse))
         tail = slice(n - 16, n)
+        xr = x.detach()[tail].double().requires_grad_()
         ce_ref, lse_ref = ref_rows(
-            x[tail], y[tail], weight=None, ignore_index=-100, label_smoothing=0.0, softcap=None
+            xr, y[tail], weight=None, ignore_index=-100, label_smoothing=0.0, softcap=None
         )
         torch.testing.assert_close(ce[tail].double(), ce_ref, atol=5e-5, rtol=1e-5)
         torch.testing.assert_close(lse[tail].double(), lse_ref, atol=5e-5, rtol=1e-5)
-
-
-@settings(max_examples=8, deadline=None)
-@given(
-    n=st.integers(1, 9),
-    v=st.integers(2, 140),
-    target=st.sampled_from(["int64", "int32", "prob"]),
-    weight=st.booleans(),
-    smoothing=st.sampled_from([0.0, 0.05, 1.0]),
-    softcap=st.sampled_from([None, 2.0]),
-    scale=st.sampled_from([0.5, 4.0, 30.0]),
-)
-def test_random_configs_match_float64(
-    n: int,
-    v: int,
-    target: str,
-    weight: bool,
-    smoothing: float,
-    softcap: float | None,
-    scale: float,
-) -> None:
-    # Random sizes hit every tile/tail combination; scale 30 stresses the online max rescaling.
-    _check(
-        Case(
-            n,
-            v,
-            target=target,
-            weight=weight,
-            ignore=target != "prob" and n > 1,
-            smoothing=smoothing,
-            softcap=softcap,
-            scale=scale,
+        (dref,) = torch.autograd.grad(
+            (ce_ref, lse_ref), xr, (g_ce[tail].double(), g_lse[tail].double())
         )
-    )
+        assert rel_err(dx[tail], dref) <= GRAD_RTOL[torch.bfloat16] / 2
