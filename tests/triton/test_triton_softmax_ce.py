@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
@@ -189,6 +191,40 @@ def test_bad_arguments_raise_clear_errors() -> None:
         softmax_ce_rows(x, torch.zeros(3, dtype=torch.long, device=x.device), weight=torch.ones(4))
     with pytest.raises(TypeError, match="float32, bfloat16 or float16"):
         softmax_ce_rows(x.double(), torch.zeros(3, dtype=torch.long, device=x.device))
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    v=st.integers(2, 140),
+    target=st.sampled_from(["int64", "int32", "prob"]),
+    weight=st.booleans(),
+    smoothing=st.sampled_from([0.0, 0.05, 1.0]),
+    softcap=st.sampled_from([None, 2.0]),
+    scale=st.sampled_from([0.5, 4.0, 30.0]),
+)
+def test_random_configs_match_float64(
+    n: int,
+    v: int,
+    target: str,
+    weight: bool,
+    smoothing: float,
+    softcap: float | None,
+    scale: float,
+) -> None:
+    # Random sizes hit every tile/tail combination; scale 30 stresses the online max rescaling.
+    _check(
+        Case(
+            n,
+            v,
+            target=target,
+            weight=weight,
+            ignore=target != "prob" and n > 1,
+            smoothing=smoothing,
+            softcap=softcap,
+            scale=scale,
+        )
+    )
 
 
 @pytest.mark.cuda
