@@ -173,6 +173,7 @@ def test_bad_arguments_raise_clear_errors() -> None:
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 class TestCuda:
     """Real shapes on a GPU: run with ``pytest -m cuda``."""
 

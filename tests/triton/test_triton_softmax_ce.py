@@ -133,10 +133,10 @@ def _check(case: Case, *, inplace: bool = False) -> None:
     assert torch.isfinite(dx).all()
     # fp32 rounding of z - lse grows with |z| (scale 30 gives |z| ~ 100): scale the tolerance.
     zmax = float(x.detach()[torch.isfinite(x.detach())].abs().max().float())
-    tol = GRAD_RTOL[case.dtype] * max(1.0, zmax / 10.0)
-    assert rel_err(dx, dx_ref) <= tol, rel_err(dx, dx_ref)
+    factor = max(1.0, zmax / 10.0)
+    assert rel_err(dx, dx_ref) <= GRAD_RTOL[case.dtype] * factor, rel_err(dx, dx_ref)
     if case.dtype == torch.float32:
-        torch.testing.assert_close(dx.double(), dx_ref, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(dx.double(), dx_ref, atol=1e-6 * factor, rtol=1e-5 * factor)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -193,7 +193,42 @@ def test_bad_arguments_raise_clear_errors() -> None:
         softmax_ce_rows(x.double(), torch.zeros(3, dtype=torch.long, device=x.device))
 
 
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(
+    n=st.integers(1, 9),
+    v=st.integers(2, 140),
+    target=st.sampled_from(["int64", "int32", "prob"]),
+    weight=st.booleans(),
+    smoothing=st.sampled_from([0.0, 0.05, 1.0]),
+    softcap=st.sampled_from([None, 2.0]),
+    scale=st.sampled_from([0.5, 4.0, 30.0]),
+)
+def test_random_configs_match_float64(
+    n: int,
+    v: int,
+    target: str,
+    weight: bool,
+    smoothing: float,
+    softcap: float | None,
+    scale: float,
+) -> None:
+    # Random sizes hit every tile/tail combination; scale 30 stresses the online max rescaling.
+    _check(
+        Case(
+            n,
+            v,
+            target=target,
+            weight=weight,
+            ignore=target != "prob" and n > 1,
+            smoothing=smoothing,
+            softcap=softcap,
+            scale=scale,
+        )
+    )
+
+
 @pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 class TestCuda:
     """Real shapes on a GPU: run with ``pytest -m cuda``."""
 
@@ -233,48 +268,21 @@ class TestCuda:
             assert torch.equal(a, b)
 
     def test_index_overflow_rows(self) -> None:
-        # N * V > 2**31: row offsets must be computed in int64.
+        # N * V > 2**31: row offsets must be computed in int64 (forward and backward).
         n, v = 8500, 256000
-        x = torch.randn(n, v, device="cuda", dtype=torch.bfloat16) * 4
+        x = (torch.randn(n, v, device="cuda") * 4).to(torch.bfloat16).requires_grad_()
         y = torch.randint(0, v, (n,), device="cuda")
         ce, lse = softmax_ce_rows(x, y)
+        g_ce, g_lse = torch.randn_like(ce), torch.randn_like(lse)
+        (dx,) = torch.autograd.grad((ce, lse), x, (g_ce, g_lse))
         tail = slice(n - 16, n)
+        xr = x.detach()[tail].double().requires_grad_()
         ce_ref, lse_ref = ref_rows(
-            x[tail], y[tail], weight=None, ignore_index=-100, label_smoothing=0.0, softcap=None
+            xr, y[tail], weight=None, ignore_index=-100, label_smoothing=0.0, softcap=None
         )
         torch.testing.assert_close(ce[tail].double(), ce_ref, atol=5e-5, rtol=1e-5)
         torch.testing.assert_close(lse[tail].double(), lse_ref, atol=5e-5, rtol=1e-5)
-
-
-@settings(max_examples=8, deadline=None)
-@given(
-    n=st.integers(1, 9),
-    v=st.integers(2, 140),
-    target=st.sampled_from(["int64", "int32", "prob"]),
-    weight=st.booleans(),
-    smoothing=st.sampled_from([0.0, 0.05, 1.0]),
-    softcap=st.sampled_from([None, 2.0]),
-    scale=st.sampled_from([0.5, 4.0, 30.0]),
-)
-def test_random_configs_match_float64(
-    n: int,
-    v: int,
-    target: str,
-    weight: bool,
-    smoothing: float,
-    softcap: float | None,
-    scale: float,
-) -> None:
-    # Random sizes hit every tile/tail combination; scale 30 stresses the online max rescaling.
-    _check(
-        Case(
-            n,
-            v,
-            target=target,
-            weight=weight,
-            ignore=target != "prob" and n > 1,
-            smoothing=smoothing,
-            softcap=softcap,
-            scale=scale,
+        (dref,) = torch.autograd.grad(
+            (ce_ref, lse_ref), xr, (g_ce[tail].double(), g_lse[tail].double())
         )
-    )
+        assert rel_err(dx[tail], dref) <= GRAD_RTOL[torch.bfloat16] / 2

@@ -443,7 +443,8 @@ def softmax_ce_rows(
         label_smoothing: epsilon in [0, 1].
         softcap: c > 0 or None.
         inplace_backward: write d(logits) over the logits buffer in the backward pass (the logits'
-            values are destroyed; only for callers that no longer need them).
+            values are destroyed; only for callers that no longer need them). Logits whose last
+            dim is not unit-stride are copied first, and the copy is overwritten instead.
 
     Returns:
         ``(ce_rows, lse_rows)``: float32 of shape (N,), differentiable w.r.t. ``logits``; the
