@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -24,26 +26,45 @@ TEXT = (
 ) * 12
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One `crossentropy demo --quick --text FILE` run shared by the tests below."""
-    base = tmp_path_factory.mktemp("demo")
+def _run_quick(base: Path) -> None:
     text = base / "sample.txt"
     text.write_text(TEXT)
     out = base / "out"
-    capture = pytest.MonkeyPatch()
-    try:
-        import io
-
-        buffer = io.StringIO()
-        capture.setattr(sys, "stdout", buffer)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
         status = main(
             ["demo", "--quick", "--out", str(out), "--text", str(text), "--device", "cpu"]
         )
-    finally:
-        capture.undo()
-    summary = json.loads((out / "demo_summary.json").read_text())
-    return {"status": status, "out": out, "summary": summary, "stdout": buffer.getvalue()}
+    (base / "stdout.txt").write_text(buffer.getvalue())
+    (base / "status.txt").write_text(str(status))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One `crossentropy demo --quick --text FILE` run shared by the tests below.
+
+    Under pytest-xdist the tests of this module may land on several workers; a file lock in the
+    directory the workers share makes the first one run the demo and the others read its output.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        base = tmp_path_factory.mktemp("demo")
+        _run_quick(base)
+    else:
+        from filelock import FileLock  # installed with torch
+
+        shared = tmp_path_factory.getbasetemp().parent
+        base = shared / "crossentropy-demo-quick"
+        with FileLock(str(shared / "crossentropy-demo-quick.lock")):
+            if not (base / "status.txt").exists():
+                base.mkdir(exist_ok=True)
+                _run_quick(base)
+    out = base / "out"
+    return {
+        "status": int((base / "status.txt").read_text()),
+        "out": out,
+        "summary": json.loads((out / "demo_summary.json").read_text()),
+        "stdout": (base / "stdout.txt").read_text(),
+    }
 
 
 def test_quick_run_succeeds_and_prints_the_tables(quick_run: dict[str, Any]) -> None:

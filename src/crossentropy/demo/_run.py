@@ -172,8 +172,9 @@ def run_demo(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    torch_device = resolve_device(device)
+    # Cheap checks first, so that a typo is reported before torch is imported.
     text_data = read_text(text) if text is not None else None
+    torch_device = resolve_device(device)
     out = prepare_out(out_dir)
     settings = Settings.make(quick, steps)
 
