@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from crossentropy.cli import main
+from crossentropy.demo import _run
 from crossentropy.demo._source import random_source
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,3 +209,35 @@ def test_subprocess_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().startswith("crossentropy demo: error: cannot read text file")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "demo_out").exists()
+
+
+def test_read_text_keeps_a_prefix_of_large_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_run, "TEXT_LIMIT", 100)
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * 2)
+    data, size = _run.read_text(big)
+    assert data == bytes(range(100))
+    assert size == 512
+
+
+def test_read_text_rejects_a_file_shorter_than_the_context(tmp_path: Path) -> None:
+    short = tmp_path / "short.txt"
+    short.write_bytes(b"ab")
+    with pytest.raises(ValueError, match="only 2 bytes"):
+        _run.read_text(short)
+
+
+def test_resolve_device_accepts_cpu_and_auto() -> None:
+    import torch
+
+    assert _run.resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert _run.resolve_device("auto").type == expected
+
+
+def test_prepare_out_creates_nested_directories(tmp_path: Path) -> None:
+    out = _run.prepare_out(tmp_path / "a" / "b")
+    assert out.is_dir()
+    assert list(out.iterdir()) == []  # the write check leaves nothing behind
