@@ -83,7 +83,7 @@ def _plot_training(ax: Any, summary: dict[str, Any]) -> None:
     inset.axhline(h, color="k", ls="--", lw=1.0)
     inset.fill_between(ev[late], h, val[late], where=val[late] >= h, color="#1f77b4", alpha=0.2)
     inset.set_title(f"last half, zoomed: final {final:.4f} bits, gap {final - h:.4f}", fontsize=8)
-    span = float(val[late].max()) - h
+    span = max(float(val[late].max()) - h, 0.01)
     inset.set_ylim(h - 0.15 * span, h + 1.1 * span)
     inset.tick_params(labelsize=7)
     inset.grid(alpha=0.3)
