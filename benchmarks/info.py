@@ -83,6 +83,7 @@ def main(argv: list[str]) -> int:
         )
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     lines = [
         "# entropy / kl_divergence vs scipy.stats.entropy",
         "",
@@ -93,6 +94,8 @@ def main(argv: list[str]) -> int:
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}; "
         f"Python {platform.python_version()}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
         f"crossentropy {ce.__version__}; {stamp}",
+        f"- load average when done (1, 5, 15 min): {load}; other processes share the CPU, so "
+        "absolute times are noisy and only the ratios, measured in one run, are comparable",
         "",
         "| function | crossentropy (ms) | scipy.stats.entropy (ms) | ratio | max abs diff |",
         "|---|---:|---:|---:|---:|",

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from crossentropy.torch._vocab_parallel import vocab_parallel_linear_cross_entropy
+from crossentropy.torch import linear_cross_entropy
 
 
 def init() -> tuple[int, int]:
@@ -67,7 +67,7 @@ def main() -> None:
         )
     for step in range(args.steps):
         h = torch.tanh(hidden(features))
-        loss = vocab_parallel_linear_cross_entropy(
+        loss = linear_cross_entropy(
             h, out_shard, target, label_smoothing=0.1, z_loss=1e-4, process_group=group
         )
         opt.zero_grad()
@@ -88,7 +88,7 @@ def main() -> None:
     shards = [p[:s] for p, s in zip(padded, sizes)]
     with torch.no_grad():
         h = torch.tanh(hidden(features))
-        ours = vocab_parallel_linear_cross_entropy(
+        ours = linear_cross_entropy(
             h, out_shard, target, label_smoothing=0.1, z_loss=1e-4, process_group=group
         )
         logits = h @ torch.cat(shards).T

@@ -68,6 +68,24 @@ def _granite() -> Any:
     )
 
 
+def _mixtral() -> Any:
+    # Mixture of experts: the model adds its router auxiliary loss to the loss it gets back.
+    cfg = transformers.MixtralConfig(
+        **COMMON,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        output_router_logits=True,
+        router_aux_loss_coef=0.1,
+    )
+    return transformers.MixtralForCausalLM(cfg)
+
+
+def _phi() -> Any:
+    # An lm_head with a bias.
+    cfg = transformers.PhiConfig(**{k: v for k, v in COMMON.items() if k != "num_key_value_heads"})
+    return transformers.PhiForCausalLM(cfg)
+
+
 ARCHITECTURES: dict[str, Callable[[], Any]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -77,6 +95,8 @@ ARCHITECTURES: dict[str, Callable[[], Any]] = {
     "phi3": _phi3,
     "cohere": _cohere,
     "granite": _granite,
+    "mixtral": _mixtral,
+    "phi": _phi,
 }
 
 
@@ -110,32 +130,78 @@ def _grads(model: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
-@pytest.mark.parametrize("with_num_items", [False, True])
-def test_loss_and_gradients_match_the_model(name: str, with_num_items: bool) -> None:
+def test_loss_and_gradients_match_the_model(name: str) -> None:
     reference = _build(name)
-    model = copy.deepcopy(reference)
+    model = hf.patch(copy.deepcopy(reference), impl="torch")
     batch = _batch(seed=len(name))
-    extra: dict[str, Any] = {}
-    if with_num_items:
-        # Gradient accumulation: transformers sums and divides by the tokens of all micro-batches.
-        extra["num_items_in_batch"] = torch.tensor(41)
-    upstream = torch.randn(()) * 3
+    # Plain mean, then gradient accumulation: transformers sums and divides by the number of
+    # tokens of all micro-batches, passed as num_items_in_batch.
+    for extra in ({}, {"num_items_in_batch": torch.tensor(41)}):
+        reference.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        upstream = torch.randn(()) * 3
+        torch.manual_seed(1)  # same dropout / router noise in both, where a model has any
+        want = reference(**batch, **extra)
+        (want.loss * upstream).backward()
+        assert want.logits is not None and want.logits.shape[-1] == VOCAB
+        torch.manual_seed(1)
+        got = model(**batch, **extra)
+        (got.loss * upstream).backward()
 
-    want = reference(**batch, **extra)
-    (want.loss * upstream).backward()
-    assert want.logits is not None and want.logits.shape[-1] == VOCAB
+        assert got.logits is None
+        assert got.loss.dtype == torch.float32
+        torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+        want_grads, got_grads = _grads(reference), _grads(model)
+        assert want_grads.keys() == got_grads.keys()
+        for key, value in want_grads.items():
+            torch.testing.assert_close(got_grads[key], value, atol=1e-5, rtol=1e-4, msg=key)
 
-    hf.patch(model, impl="torch")
-    got = model(**batch, **extra)
-    (got.loss * upstream).backward()
 
-    assert got.logits is None
-    assert got.loss.dtype == torch.float32
-    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
-    want_grads, got_grads = _grads(reference), _grads(model)
-    assert want_grads.keys() == got_grads.keys()
-    for key, value in want_grads.items():
-        torch.testing.assert_close(got_grads[key], value, atol=1e-5, rtol=1e-4, msg=key)
+def test_no_tensor_as_large_as_the_logits_is_created() -> None:
+    # Record every tensor the fused forward+backward creates: with chunks of 8 rows none may hold
+    # the N x V logits (N = 33 tokens here), while the unpatched model's largest tensor does.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    batch = _batch(seed=4)
+    n_logits = batch["input_ids"].numel() * VOCAB
+    for fused in (False, True):
+        model = _build("gemma2")
+        if fused:
+            hf.patch(model, impl="torch", chunk_size=8)
+        Largest.numel = 0
+        with Largest():
+            model(**batch).loss.backward()
+        assert (Largest.numel >= n_logits) is not fused, (fused, Largest.numel, n_logits)
+
+
+def test_bfloat16_model_is_at_least_as_accurate_as_its_own_loss() -> None:
+    # Same final hidden states in both; the float64 reference applies the soft-cap to exact logits.
+    model = _build("gemma2").to(torch.bfloat16)
+    batch = _batch(seed=6)
+    with torch.no_grad():
+        hidden = model.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+    logits64 = hidden.double() @ model.lm_head.weight.detach().double().T
+    cap = model.config.final_logit_softcapping
+    logits64 = cap * torch.tanh(logits64 / cap)
+    target = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[:, 1:].reshape(-1)
+    ref = float(torch.nn.functional.cross_entropy(logits64.reshape(-1, VOCAB), target))
+    own = float(model(**batch).loss.detach())
+    with hf.patched(model, impl="torch"):
+        fused = model(**batch).loss
+    assert fused.dtype == torch.float32
+    assert abs(float(fused.detach()) - ref) <= abs(own - ref) + 1e-4
 
 
 def test_soft_capping_is_applied() -> None:
@@ -210,6 +276,22 @@ def test_unpatch_restores_everything() -> None:
     assert "_loss_function" not in model.__dict__ and "forward" not in model.__dict__
     batch = _batch(seed=11)
     assert model(**batch).logits is not None
+
+
+def test_deepcopy_of_a_patched_model_uses_its_own_weights() -> None:
+    # Reference/EMA models are often deep copies of the training model.
+    reference = _build("gemma")
+    model = hf.patch(copy.deepcopy(reference), impl="torch")
+    twin = copy.deepcopy(model)
+    assert hf.is_patched(twin)
+    with torch.no_grad():
+        for net in (reference, twin):
+            net.model.norm.weight.add_(0.5)  # gemma ties lm_head to the input embedding
+    batch = _batch(seed=15)
+    got, want = twin(**batch), reference(**batch)
+    assert got.logits is None
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+    assert abs(float(model(**batch).loss.detach()) - float(want.loss.detach())) > 1e-3
 
 
 def test_label_smoothing_and_z_loss_options() -> None:
@@ -373,8 +455,6 @@ def test_gradient_accumulation_loop_matches(tmp_path: Any) -> None:
 
 
 def test_trainer_with_gradient_accumulation_gives_the_same_losses(tmp_path: Any) -> None:
-    # transformers.Trainer needs the accelerate package.
-    pytest.importorskip("accelerate")
     plain = _train(tmp_path, fused=False)
     fused = _train(tmp_path, fused=True)
     assert fused == pytest.approx(plain, rel=1e-5, abs=1e-5)

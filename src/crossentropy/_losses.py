@@ -302,6 +302,8 @@ def softmax_cross_entropy(
 
 def _pick(xp: Any, values: Any, labels: Any) -> Any:
     """``values[..., labels]`` per position: the entry of the class axis (last) named by ``labels``."""
+    # int64 indices: torch's gather and index_select reject narrower index dtypes.
+    labels = xp.astype(labels, xp.int64)
     if hasattr(xp, "take_along_axis"):
         return xp.take_along_axis(values, labels[..., None], axis=-1)[..., 0]
     # Older namespaces: select with a one-hot mask (select, not multiply, so -inf never meets 0).
@@ -321,7 +323,8 @@ def _index_loss(
     if weight is None:
         w_t = xp.astype(valid, log_p.dtype)
     else:
-        w_t = xp.reshape(xp.take(weight, xp.reshape(labels, (-1,)), axis=0), labels.shape)
+        flat = xp.astype(xp.reshape(labels, (-1,)), xp.int64)
+        w_t = xp.reshape(xp.take(weight, flat, axis=0), labels.shape)
         w_t = _zero_where(xp, ~valid, w_t)
     nll = _zero_where(xp, ~valid, -_safe_product(xp, w_t, picked))
     denominator = xp.sum(w_t)
@@ -575,7 +578,8 @@ def focal_loss(
             if alpha is None:
                 a_t = xp.astype(valid, log_p.dtype)
             else:
-                a_t = xp.reshape(xp.take(alpha, xp.reshape(labels, (-1,)), axis=0), labels.shape)
+                flat = xp.astype(xp.reshape(labels, (-1,)), xp.int64)
+                a_t = xp.reshape(xp.take(alpha, flat, axis=0), labels.shape)
                 a_t = _zero_where(xp, ~valid, a_t)
             loss = _zero_where(xp, ~valid, -_safe_product(xp, a_t * picked_factor, picked))
             out = _reduce(xp, loss, reduction, xp.sum(a_t))

@@ -3,7 +3,8 @@
 Entries equal to ``-inf`` are allowed and mean "masked class": they get probability 0. A row that is
 entirely ``-inf`` has no distribution; its ``logsumexp`` is ``-inf``, its ``log_softmax`` is ``-inf``
 everywhere and its ``softmax`` is 0 everywhere (so any probability mass placed on it costs ``inf``),
-and none of these produce NaN or floating-point warnings.
+and none of these produce NaN or floating-point warnings. A row holding ``+inf`` entries gets their
+limit: ``logsumexp`` is ``+inf`` and the ``k`` infinite entries share the probability, ``1/k`` each.
 """
 
 from __future__ import annotations
@@ -74,13 +75,15 @@ def logsumexp(x: Any, *, axis: int = -1, keepdims: bool = False) -> Any:
 def _log_softmax(xp: Any, x: Any, axis: int) -> Any:
     # (x - m) - log_total, not x - logsumexp: the latter rounds away log_total when |m| is huge.
     shifted, log_total, m = _shift_and_log_total(xp, x, axis)
-    finite_m = xp.isfinite(m)
-    # An all -inf slice has no distribution: log p = -inf everywhere (never NaN). Slices with
-    # +inf or NaN are rejected by the losses; here they give NaN like x - logsumexp(x) would.
-    empty = xp.isinf(m) & (m < 0)
-    nan = xp.full_like(x, float("nan"))
-    out = xp.where(finite_m, shifted - log_total, nan)
-    return xp.where(empty, xp.full_like(x, -float("inf")), out)
+    minus_inf = xp.full_like(x, -float("inf"))
+    # An all -inf slice has no distribution: log p = -inf everywhere (never NaN).
+    out = xp.where(xp.isinf(m) & (m < 0), minus_inf, shifted - log_total)
+    # Slices holding +inf take the limit: their k infinite entries share the mass, log p = -log k.
+    # (The losses reject +inf logits; NaN inputs stay NaN.)
+    is_top = x == float("inf")
+    k = xp.sum(xp.astype(is_top, x.dtype), axis=axis, keepdims=True)
+    top = xp.where(is_top, -xp.log(xp.where(k > 0, k, xp.ones_like(k))), minus_inf)
+    return xp.where((m == float("inf")) & (k > 0), top, out)
 
 
 def log_softmax(x: Any, *, axis: int = -1) -> Any:

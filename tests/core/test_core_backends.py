@@ -101,3 +101,20 @@ def test_float32_torch_stays_float32() -> None:
 def test_mixing_libraries_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="different libraries"):
         ce.kl_divergence(to_torch(P), to_strict(Q))
+
+
+@pytest.mark.parametrize(
+    "convert", [to_torch, to_strict, lambda x: x], ids=["torch", "strict", "numpy"]
+)
+@pytest.mark.parametrize("dtype", [np.int32, np.int16, np.uint8])
+def test_narrow_integer_labels_work_on_every_backend(convert: Callable, dtype: type) -> None:
+    labels = np.array([[0, 3, 2], [1, 1, 0], [2, 3, 3], [0, 0, 1], [3, 2, 1]])
+    expected = ce.softmax_cross_entropy(LOGITS, labels, weight=WEIGHT, label_smoothing=0.2)
+    out = ce.softmax_cross_entropy(
+        convert(LOGITS), convert(labels.astype(dtype)), weight=convert(WEIGHT), label_smoothing=0.2
+    )
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-12)
+    focal = ce.focal_loss(convert(LOGITS), convert(labels.astype(dtype)), alpha=convert(WEIGHT))
+    np.testing.assert_allclose(
+        np.asarray(focal), ce.focal_loss(LOGITS, labels, alpha=WEIGHT), rtol=1e-12
+    )

@@ -96,3 +96,12 @@ def test_axis_errors_name_the_problem() -> None:
         ce.softmax(np.zeros(3), axis=1)
     with pytest.raises(TypeError, match="axis must be an int"):
         ce.log_softmax(np.zeros(3), axis=0.5)  # type: ignore[arg-type]
+
+
+def test_plus_inf_entries_share_the_mass_in_the_limit() -> None:
+    x = np.array([[np.inf, 0.0, np.inf, -np.inf], [1.0, np.inf, 2.0, 3.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = ce.softmax(x)
+    np.testing.assert_array_equal(p, [[0.5, 0.0, 0.5, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    assert float(ce.log_softmax(x)[0, 0]) == pytest.approx(-np.log(2))

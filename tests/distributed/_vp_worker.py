@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from _vp_cases import Case, class_dim, full_inputs, good_cases, shard, shard_sizes
 
+from crossentropy.torch import cross_entropy, linear_cross_entropy
 from crossentropy.torch._data_parallel import global_valid_count
 from crossentropy.torch._vocab_parallel import (
     vocab_parallel_cross_entropy,
@@ -51,15 +52,14 @@ def run_case(case: Case, seed: int, group: Any) -> dict[str, Any]:
     grads: dict[str, torch.Tensor | None]
     if case["path"] == "ce":
         logits = leaf(shard(full["logits"], cdim, off, size))
-        out = vocab_parallel_cross_entropy(logits, target, **common)
+        # Through the public API, which hands process_group calls to the vocab-parallel code.
+        out = cross_entropy(logits, target, **common)
         tensors = {"input": logits}
     else:
         x = leaf(full["x"])
         w = leaf(shard(full["W"], 0, off, size))
         b = leaf(shard(full["b"], 0, off, size))
-        out = vocab_parallel_linear_cross_entropy(
-            x, w, target, linear_bias=b, chunk_size=case["chunk"], **common
-        )
+        out = linear_cross_entropy(x, w, target, linear_bias=b, chunk_size=case["chunk"], **common)
         tensors = {"input": x, "linear_weight": w, "linear_bias": b}
     if case["probs"]:
         tensors["target"] = target
@@ -126,7 +126,7 @@ def bad_cases(group: Any) -> dict[str, Any]:
             if rank != last
             else vocab_parallel_linear_cross_entropy(x, W, y, process_group=group)
         ),
-        "float-class-ids-wrong-shape": lambda: vocab_parallel_cross_entropy(
+        "float-class-ids": lambda: vocab_parallel_cross_entropy(
             logits, y.double(), process_group=group
         ),
     }

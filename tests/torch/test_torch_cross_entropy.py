@@ -268,3 +268,56 @@ def test_shift_invariance_and_value():
     expected = -math.log(math.exp(3) / (math.exp(1) + math.exp(2) + math.exp(3)))
     assert abs(float(cross_entropy(x, t)) - expected) < 1e-12
     assert abs(float(cross_entropy(x + 100.0, t)) - expected) < 1e-12
+
+
+def test_compile_matches_eager():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(6, 3, 9, generator=g)
+    y = torch.randint(0, 3, (6, 9), generator=g)
+
+    def f(a, reduction):
+        return cross_entropy(
+            a, y, reduction=reduction, z_loss=1e-2, softcap=4.0, label_smoothing=0.1
+        )
+
+    compiled = torch.compile(f, backend="aot_eager")
+    for reduction in REDUCTIONS:
+        xe = x.clone().requires_grad_(True)
+        xc = x.clone().requires_grad_(True)
+        le, lc = f(xe, reduction), compiled(xc, reduction)
+        torch.testing.assert_close(lc, le)
+        up = torch.randn_like(le)
+        torch.testing.assert_close(_grads(lc, [xc], up)[0], _grads(le, [xe], up)[0])
+
+
+def test_large_logits_keep_precision():
+    # fp32 logits near 1e4: ce must not lose digits to lse - s_t cancellation
+    g = torch.Generator().manual_seed(12)
+    x = (3 * torch.randn(32, 50, generator=g) + 1e4).float()
+    y = torch.randint(0, 50, (32,), generator=g)
+    ref = F.cross_entropy(x.double(), y, reduction="none")
+    ours = cross_entropy(x, y, reduction="none")
+    assert (ours.double() - ref).abs().max() < 1e-5
+
+
+def test_minus_inf_masked_classes():
+    # a vocabulary mask of -inf logits: class ids and probability targets with no mass there
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(6, 10, generator=g, dtype=torch.float64)
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[[1, 4, 7]] = True
+    xm = x.masked_fill(mask, float("-inf")).requires_grad_(True)
+    keep = (~mask).nonzero().squeeze(1)
+    y_sub = torch.randint(0, len(keep), (6,), generator=g)
+    q_sub = torch.softmax(torch.randn(6, len(keep), generator=g, dtype=torch.float64), 1)
+    q = torch.zeros(6, 10, dtype=torch.float64)
+    q[:, keep] = q_sub
+    xs = x[:, keep].clone().requires_grad_(True)
+    for target, target_sub in ((keep[y_sub], y_sub), (q, q_sub)):
+        ours = cross_entropy(xm, target, reduction="sum")
+        ref = F.cross_entropy(xs, target_sub, reduction="sum")
+        torch.testing.assert_close(ours, ref)
+        (go,) = _grads(ours, [xm], torch.tensor(1.7, dtype=torch.float64))
+        (gr,) = _grads(ref, [xs], torch.tensor(1.7, dtype=torch.float64))
+        assert torch.all(go[:, mask] == 0)
+        torch.testing.assert_close(go[:, keep], gr)

@@ -8,7 +8,8 @@ from torch import Tensor
 
 # Relative L2 error allowed for gradients, and absolute error for per-row ce/lse, per input dtype.
 # Losses are computed in fp32 from the (rounded) inputs, so they stay tight for every dtype;
-# gradients come back rounded to the input dtype.
+# gradients come back rounded to the input dtype. The interpreter rounds fp32 -> bf16 toward zero
+# where GPUs round to nearest, so bf16 gradient errors on CPU are about twice a GPU's.
 GRAD_RTOL = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.2e-2}
 LOSS_ATOL = {torch.float32: 2e-5, torch.float16: 5e-5, torch.bfloat16: 5e-5}
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +23,8 @@ from _triton_reference import (
 )
 
 from crossentropy.triton import linear_ce_rows
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # See test_triton_softmax_ce.py: numpy warnings from masked-off lanes in the interpreter.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton")
@@ -195,3 +201,18 @@ class TestCuda:
             outs.append((ce, lse, *gs))
         for a, b in zip(*outs):
             assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_without_a_gpu(tmp_path: Path) -> None:
+    # The interpreter never lowers kernels; compile the GPU path for an H100 in a fresh process
+    # (no TRITON_INTERPRET, empty cache) so its type and layout errors show up in CPU-only CI.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    script = Path(__file__).with_name("_compile_sm90.py")
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("compiled for sm_90") == 4, out.stdout

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import types
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class _State:
     """Everything :func:`unpatch` needs to restore, plus the per-call capture flags."""
 
     head: nn.Linear
+    model_name: str
     loss_function: Any
     had_loss_function: bool
     forward_in_dict: Any
@@ -151,7 +153,13 @@ def patch(
     The patch is applied to this model instance only (its ``forward``, its output embedding's
     ``forward`` and its ``loss_function``); generation, calls without labels and calls in eval mode
     keep the original behaviour and return logits. While fused, the output's ``logits`` is
-    ``None``.
+    ``None``. The one difference from the model's own loss: a batch whose labels are all
+    ``ignore_index`` gives 0 (with zero gradients) instead of NaN. The model's logit
+    post-processing is read from what its forward actually does to the logits (see
+    :mod:`crossentropy.hf._probe`), so a transformation the fused loss cannot reproduce raises
+    :class:`UnsupportedModelError` at the first fused call instead of giving a different loss.
+    Not supported: ``torch.compile`` of a patched model's forward (the logits probe is a tensor
+    subclass).
 
     Args:
         model: a transformers ``*ForCausalLM`` (Llama, Mistral, Qwen2, Gemma, Gemma 2, Phi-3, ...).
@@ -197,6 +205,7 @@ def patch(
     had_loss_function = "_loss_function" in model.__dict__
     state = _State(
         head=head,
+        model_name=_name(model),
         loss_function=model.loss_function,
         had_loss_function=had_loss_function,
         forward_in_dict=model.__dict__.get("forward"),
@@ -207,41 +216,64 @@ def patch(
         z_loss=float(z_loss),
         fuse_in_eval=fuse_in_eval,
     )
-    original_forward = model.forward
-    original_head_forward = head.forward
+    # Everything installed is a method bound to the model (or its head) and reads its state from the
+    # instance, never from a closure: a deepcopy of a patched model (a reference model, an EMA copy)
+    # then computes with its own weights.
+    model.__dict__[_STATE_ATTR] = state
+    head.__dict__[_STATE_ATTR] = state
+    head.forward = types.MethodType(_head_forward, head)  # type: ignore[method-assign]
+    model.forward = types.MethodType(_forward_for(type(model)), model)  # type: ignore[method-assign]
+    model.loss_function = types.MethodType(_loss_function, model)  # type: ignore[assignment]
+    return model
 
-    def head_forward(hidden: torch.Tensor) -> torch.Tensor:
-        if not state.capturing:
-            return original_head_forward(hidden)
-        state.head_calls += 1
-        return make_probe(hidden, head.weight, head.bias, _name(model))
 
-    @functools.wraps(original_forward)
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        labels = kwargs.get("labels")
-        fuse = labels is not None and (model.training or state.fuse_in_eval)
+def _head_forward(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    state: _State = head.__dict__[_STATE_ATTR]
+    if not state.capturing:
+        if state.head_forward_in_dict is not None:
+            return state.head_forward_in_dict(hidden)  # type: ignore[no-any-return]
+        return nn.Linear.forward(head, hidden)
+    state.head_calls += 1
+    return make_probe(hidden, head.weight, head.bias, state.model_name)
+
+
+def _forward_for(cls: type) -> Any:
+    """The patched forward for ``cls``, carrying the class forward's signature.
+
+    Trainer inspects ``model.forward``'s signature to decide whether to pass
+    ``num_items_in_batch``; ``functools.wraps`` keeps the answer the same as without the patch.
+    """
+
+    @functools.wraps(cls.forward)  # type: ignore[attr-defined]
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state: _State = self.__dict__[_STATE_ATTR]
+
+        def original() -> Any:
+            if state.forward_in_dict is not None:
+                return state.forward_in_dict(*args, **kwargs)
+            return type(self).forward(self, *args, **kwargs)
+
+        fuse = kwargs.get("labels") is not None and (self.training or state.fuse_in_eval)
         if not fuse or state.capturing:
-            return original_forward(*args, **kwargs)
+            return original()
         state.capturing, state.head_calls, state.fused_loss_calls = True, 0, 0
         try:
-            out = original_forward(*args, **kwargs)
+            out = original()
         finally:
             state.capturing = False
-        return _finish(model, state, out)
+        return _finish(self, state, out)
 
-    def loss_function(
-        logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, **kwargs: Any
-    ) -> torch.Tensor:
-        if not isinstance(logits, LogitsProbe):
-            return state.loss_function(logits, labels, vocab_size, **kwargs)
-        state.fused_loss_calls += 1
-        return _fused_causal_lm_loss(model, state, logits, labels, vocab_size, **kwargs)
+    return forward
 
-    head.forward = head_forward  # type: ignore[method-assign,assignment]
-    model.forward = forward  # type: ignore[method-assign]
-    model.loss_function = loss_function  # type: ignore[assignment]  # the property setter
-    model.__dict__[_STATE_ATTR] = state
-    return model
+
+def _loss_function(
+    self: nn.Module, logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, **kwargs: Any
+) -> torch.Tensor:
+    state: _State = self.__dict__[_STATE_ATTR]
+    if not isinstance(logits, LogitsProbe):
+        return state.loss_function(logits, labels, vocab_size, **kwargs)  # type: ignore[no-any-return]
+    state.fused_loss_calls += 1
+    return _fused_causal_lm_loss(self, state, logits, labels, vocab_size, **kwargs)
 
 
 def unpatch(model: _M) -> _M:
@@ -251,6 +283,7 @@ def unpatch(model: _M) -> _M:
         return model
     _restore(model, "forward", state.forward_in_dict)
     _restore(state.head, "forward", state.head_forward_in_dict)
+    state.head.__dict__.pop(_STATE_ATTR, None)
     if state.had_loss_function:
         model.loss_function = state.loss_function
     else:

@@ -81,6 +81,11 @@ class LogitsProbe(torch.Tensor):
     ) -> Any:
         kwargs = kwargs or {}
         probes = [a for a in _flat(args, kwargs) if isinstance(a, LogitsProbe)]
+        if not probes:
+            # The probe is nested deeper than one container level; run the op plainly. The
+            # result is not a probe, so the fused loss will refuse it if it becomes the logits.
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
         source = probes[0]
         try:
             with torch._C.DisableTorchFunctionSubclass():

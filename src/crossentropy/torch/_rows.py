@@ -73,12 +73,13 @@ def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
 class _Block:
     """Forward quantities of one block of rows; ``p`` overwrites the logits buffer."""
 
-    __slots__ = ("A", "ce", "coef", "lse", "p", "tanh", "target", "valid")
+    __slots__ = ("A", "ce", "coef", "lse", "p", "sumexp", "tanh", "target", "valid")
 
     def __init__(self) -> None:
         self.ce: Tensor
         self.lse: Tensor
-        self.p: Tensor
+        self.p: Tensor  # exp(s - max): the softmax times sumexp (normalised in _grad_block)
+        self.sumexp: Tensor
         self.tanh: Tensor | None
         self.A: Tensor  # row sum of the target coefficients a_c
         self.coef: Tensor | None  # (n, V) target coefficients (probability targets only)
@@ -99,6 +100,11 @@ def _forward_block(z: Tensor, target: Tensor, spec: RowSpec, *, keep_p: bool) ->
     else:
         out.tanh = None
         s = z
+    # shift by the row max first: ce = A log(sumexp) - sum_c a_c (s_c - max) keeps full precision
+    # when the logits are large (no lse - s_t cancellation)
+    m = s.amax(1)
+    m = torch.where(torch.isfinite(m), m, 0.0)
+    s = s.sub_(m.unsqueeze(1))
     if spec.is_prob:
         q = target.to(s.dtype)
         if eps > 0.0:
@@ -117,22 +123,22 @@ def _forward_block(z: Tensor, target: Tensor, spec: RowSpec, *, keep_p: bool) ->
         validf = valid.to(s.dtype)
         w_t = w[t] * validf if w is not None else validf
         out.A = (1.0 - eps) * w_t
-        a_s = (1.0 - eps) * w_t * s_t
+        a_s = torch.where(valid, (1.0 - eps) * w_t * s_t, 0.0)
         if eps > 0.0:
             total_w = w.sum() if w is not None else torch.tensor(float(num_classes), dtype=s.dtype)
             out.A = out.A + (eps / num_classes) * total_w.to(s.device) * validf
             s_w = s @ w if w is not None else s.sum(1)
-            a_s = a_s + (eps / num_classes) * validf * torch.where(valid, s_w, 0.0)
+            a_s = a_s + (eps / num_classes) * torch.where(valid, s_w, 0.0)
         out.coef = None
         out.target = t
         out.valid = valid
-    m = s.amax(1)
-    m = torch.where(torch.isfinite(m), m, 0.0)
-    e = s.sub_(m.unsqueeze(1)).exp_()
+    e = s.exp_()
     se = e.sum(1)
-    out.lse = m + se.log()
-    out.ce = torch.where(out.A == 0, 0.0, out.A * out.lse) - a_s
-    out.p = e.div_(se.unsqueeze(1))
+    log_se = se.log()
+    out.lse = m + log_se
+    out.ce = torch.where(out.A == 0, 0.0, out.A * log_se) - a_s
+    out.p = e
+    out.sumexp = se
     return out
 
 
@@ -144,7 +150,8 @@ def _grad_block(blk: _Block, spec: RowSpec, g_ce: Tensor | None, g_lse: Tensor |
     gc = g_ce if g_ce is not None else zero
     gl = g_lse if g_lse is not None else zero
     # (g A + h) p_c
-    p.mul_((gc * blk.A + gl).unsqueeze(1))
+    # one pass: the softmax normalisation 1 / sumexp folds into the row scale
+    p.mul_(((gc * blk.A + gl) / blk.sumexp).unsqueeze(1))
     if spec.is_prob:
         assert blk.coef is not None
         p.sub_(blk.coef * gc.unsqueeze(1))  # - g a_c

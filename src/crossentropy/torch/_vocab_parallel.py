@@ -34,41 +34,33 @@ leaving the others waiting in a collective.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, overload
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from crossentropy.torch import _validation as V
+from crossentropy.torch._reduce import Counts, CrossEntropyAux, reduce_rows
+from crossentropy.torch._rows import _compute_dtype, default_chunk_size
 
 __all__ = [
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
 ]
 
-_REDUCTIONS = ("mean", "sum", "none")
-_IMPLS = ("auto", "torch", "triton")
-# fp32 logits per chunk of rows: 64 MiB keeps temporaries small next to the weights.
-_CHUNK_BYTES = 64 * 2**20
+_REDUCTIONS = V.REDUCTIONS
 _DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _CALL_LOGITS = 0x5643_4531  # "VCE1": tells the ranks apart if they call different functions
 _CALL_LINEAR = 0x564C_4531  # "VLE1"
 
 
-class CrossEntropyAux(NamedTuple):
-    """Loss plus the extras: per-position logsumexp, the z-loss term and the count of valid rows."""
-
-    loss: Tensor
-    lse: Tensor
-    z_loss: Tensor
-    n_valid: Tensor
-
-
 # ----------------------------------------------------------------------------------------------
-# Argument checks (local; their errors travel through the metadata exchange)
+# Argument checks (local; their errors travel through the metadata exchange). The generic ones
+# are the single-process layer's; these add what only a shard needs.
 
 
 def _check_options(
@@ -79,82 +71,51 @@ def _check_options(
     z_loss: Any,
     softcap: Any,
     impl: Any,
-) -> None:
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"{fn}: ignore_index must be an int; got {ignore_index!r}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{fn}: reduction must be one of 'mean', 'sum', 'none'; got {reduction!r}")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        raise TypeError(f"{fn}: label_smoothing must be a float in [0, 1]; got {label_smoothing!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{fn}: label_smoothing must be in [0, 1]; got {label_smoothing!r}")
-    if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float)):
-        raise TypeError(f"{fn}: z_loss must be a non-negative float; got {z_loss!r}")
-    if not (z_loss >= 0.0 and math.isfinite(z_loss)):
-        raise ValueError(f"{fn}: z_loss must be a finite non-negative float; got {z_loss!r}")
-    if softcap is not None:
-        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
-            raise TypeError(f"{fn}: softcap must be a positive float or None; got {softcap!r}")
-        if not (softcap > 0.0 and math.isfinite(softcap)):
-            raise ValueError(f"{fn}: softcap must be a finite positive float; got {softcap!r}")
-    if impl not in _IMPLS:
-        raise ValueError(f"{fn}: impl must be one of 'auto', 'torch', 'triton'; got {impl!r}")
+) -> tuple[int, float, float, float | None]:
+    V.check_reduction(fn, reduction)
+    V.check_impl(fn, impl)
     if impl == "triton":
         raise ValueError(
             f"{fn}: impl='triton' is not available with process_group; use impl='auto' or 'torch' "
             "(the per-rank work runs on the chunked torch path)"
         )
+    return V.check_options(
+        fn,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
 
 
-def _check_float_tensor(fn: str, name: str, x: Any) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{fn}: {name} must be a torch.Tensor; got {type(x).__name__}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(
-            f"{fn}: {name} must be float64, float32, bfloat16 or float16; got dtype {x.dtype}"
-        )
-    return x
-
-
-def _check_class_weight(fn: str, weight: Any, v_local: int, device: torch.device) -> Tensor | None:
-    if weight is None:
-        return None
-    _check_float_tensor(fn, "weight", weight)
-    if weight.shape != (v_local,):
+def _check_shard(
+    fn: str,
+    rows: V.Rows,
+    v_local: int,
+    ignore_index: int,
+    weight: Any,
+    tensors: dict[str, Tensor | None],
+) -> Tensor | None:
+    """Checks the single-process layer does not need: dtypes, devices, the weight shard."""
+    if v_local < 1:
+        raise ValueError(f"{fn}: this rank's shard of the vocabulary is empty (V_local = 0)")
+    device = tensors["input"].device if tensors["input"] is not None else None
+    for name, t in tensors.items():
+        if t is not None and t.dtype not in _DTYPES:
+            raise TypeError(
+                f"{fn}: {name} must be float64, float32, bfloat16 or float16; got {t.dtype}"
+            )
+    for name, t in {**tensors, "target": rows.target, "weight": weight}.items():
+        if isinstance(t, Tensor) and t.device != device:
+            raise ValueError(f"{fn}: {name} is on {t.device} but input is on {device}")
+    if rows.is_prob:
+        V.check_prob_ignore_index(fn, ignore_index)
+    if weight is not None and isinstance(weight, Tensor) and weight.shape != (v_local,):
         raise ValueError(
             f"{fn}: weight must be this rank's shard of the class weights, shape (V_local,) = "
             f"({v_local},); got shape {tuple(weight.shape)}"
         )
-    if weight.device != device:
-        raise ValueError(f"{fn}: weight is on {weight.device} but the logits are on {device}")
-    return weight
-
-
-def _check_target(
-    fn: str, target: Any, batch_shape: tuple[int, ...], v_local: int, device: torch.device
-) -> tuple[Tensor, bool]:
-    """Flatten ``target`` to (rows,) int64 class ids or (rows, V_local) probabilities."""
-    if not isinstance(target, Tensor):
-        raise TypeError(f"{fn}: target must be a torch.Tensor; got {type(target).__name__}")
-    if target.device != device:
-        raise ValueError(f"{fn}: target is on {target.device} but the logits are on {device}")
-    if target.is_floating_point():
-        expected = (*batch_shape, v_local)
-        if tuple(target.shape) != expected:
-            raise ValueError(
-                f"{fn}: probability targets must have this rank's shard shape {expected}; got "
-                f"{tuple(target.shape)}"
-            )
-        return target.reshape(-1, v_local), True
-    if target.dtype == torch.bool or target.is_complex():
-        raise TypeError(
-            f"{fn}: target must hold integer class ids or float probabilities; got {target.dtype}"
-        )
-    if tuple(target.shape) != batch_shape:
-        raise ValueError(
-            f"{fn}: class-index target must have shape {batch_shape}; got {tuple(target.shape)}"
-        )
-    return target.reshape(-1).long(), False
+    return V.check_weight(fn, weight, v_local)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,6 +192,8 @@ def _check_group(fn: str, process_group: Any) -> dist.ProcessGroup:
             f"{fn}: process_group must be a torch.distributed.ProcessGroup; got "
             f"{type(process_group).__name__}"
         )
+    if dist.get_rank(process_group) < 0:
+        raise ValueError(f"{fn}: this process is not a member of process_group")
     return process_group
 
 
@@ -281,7 +244,9 @@ def _agree(
                     "every rank must pass the same (global) targets"
                 )
             shown: list[Any] = [_bits_float(v) if is_float else v for v in values]
-            if name == "dtype":
+            if name == "dtype" and call == _CALL_LINEAR:
+                shown = [f"input {_DTYPES[v % 4]} / weight {_DTYPES[v // 4]}" for v in values]
+            elif name == "dtype":
                 shown = [_DTYPES[v] for v in values]
             elif name == "reduction":
                 shown = [_REDUCTIONS[v] for v in values]
@@ -290,7 +255,7 @@ def _agree(
                 "rows": "the number of rows (positions) in input and target",
                 "batch_shape": "the batch shape of input and target",
                 "grad_flags": "which tensors require grad (or whether grad mode is on)",
-                "dtype": "the dtype of input",
+                "dtype": "the dtypes of the inputs",
             }.get(name, name)
             per_rank = ", ".join(f"rank {i}: {v}" for i, v in enumerate(shown))
             raise ValueError(
@@ -324,15 +289,22 @@ def _agree(
 def _target_fields(target: Tensor, probs: bool, ignore_index: int) -> dict[str, int]:
     if probs:
         return {"target_kind": 1, "target_min": 0, "target_max": -1, "target_hash": 0}
+    if target.numel() == 0:
+        return {"target_kind": 0, "target_min": 0, "target_max": -1, "target_hash": 0}
     valid = target != ignore_index
-    if bool(valid.any()):
-        counted = target[valid]
-        tmin, tmax = int(counted.min()), int(counted.max())
-    else:
-        tmin, tmax = 0, -1
+    big = torch.iinfo(torch.int64).max
     # Two cheap sums that differ when ranks pass different targets (all terms stay < 2**63).
     pos = torch.arange(target.numel(), device=target.device) % 1009 + 1
-    h = int(target.remainder(1_000_003).mul(pos).sum()) ^ (int(target.sum()) & ((1 << 62) - 1))
+    stats = torch.stack(
+        [
+            torch.where(valid, target, big).min(),
+            torch.where(valid, target, -1).max(),
+            target.remainder(1_000_003).mul(pos).sum(),
+            target.sum(),
+        ]
+    ).tolist()  # one device sync for all four
+    tmin, tmax = stats[0], stats[1]
+    h = stats[2] ^ (stats[3] & ((1 << 62) - 1))
     return {"target_kind": 0, "target_min": tmin, "target_max": tmax, "target_hash": h}
 
 
@@ -362,16 +334,6 @@ class _Config:
     softcap: float | None
     cdtype: torch.dtype
     chunk: int
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _auto_chunk(v_local: int, chunk_size: int | None) -> int:
-    if chunk_size is not None:
-        return chunk_size
-    return max(1, _CHUNK_BYTES // (4 * v_local))
 
 
 def _softcap(x: Tensor, cap: float | None, fresh: bool) -> Tensor:
@@ -638,40 +600,44 @@ class _LinearCE(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------------------------
-# Reduction (kept in one place so it can follow the single-process layer exactly)
+# Reduction: the single-process layer's, fed with counts that already hold the global w[y]
 
 
-def _reduce(
+def _finish(
     ce: Tensor,
     lse: Tensor,
     coef: Tensor,
-    valid: Tensor,
-    batch_shape: tuple[int, ...],
+    rows: V.Rows,
+    ignore_index: int,
     reduction: str,
     z_loss: float,
-    probs: bool,
-) -> CrossEntropyAux:
-    """Apply the reduction to per-row values; z-loss = z_loss * lse^2 on counted rows."""
-    zero = torch.zeros((), dtype=ce.dtype, device=ce.device)
+    return_aux: bool,
+) -> Tensor | CrossEntropyAux:
+    n = ce.shape[0]
+    one = torch.ones((), dtype=ce.dtype, device=ce.device)
+    if rows.is_prob:
+        valid = torch.ones(n, dtype=torch.bool, device=ce.device)
+        denom = torch.full((), float(max(n, 1)), dtype=ce.dtype, device=ce.device)
+    else:
+        valid = rows.target != ignore_index
+        # coef = w[y] all-reduced over the ranks (1 without weights, 0 on ignored rows)
+        wsum = coef.sum()
+        denom = torch.where(wsum != 0, wsum, one)
     n_valid = valid.sum()
-    if z_loss > 0.0:
-        z_rows = z_loss * torch.where(valid, lse, zero) ** 2
-    else:
-        z_rows = torch.zeros_like(ce)
-    if reduction == "none":
-        loss = (ce + z_rows).reshape(batch_shape)
-        z_term = z_rows.reshape(batch_shape)
-    elif reduction == "sum":
-        z_term = z_rows.sum()
-        loss = ce.sum() + z_term
-    else:
-        # torch's mean: weighted targets divide by sum of w[y] over counted rows, probability
-        # targets by the number of rows. All counted weight zero (e.g. every row ignored): 0, not NaN.
-        denom = ce.new_tensor(float(ce.shape[0])) if probs else coef.sum()
-        count = n_valid.to(ce.dtype)
-        z_term = z_rows.sum() / torch.where(count > 0, count, 1.0)
-        loss = ce.sum() / torch.where(denom != 0, denom, 1.0) + z_term
-    return CrossEntropyAux(loss, lse.reshape(batch_shape), z_term, n_valid)
+    n_float = n_valid.to(ce.dtype)
+    counts = Counts(valid, denom, n_valid, torch.where(n_float > 0, n_float, one))
+    return reduce_rows(
+        ce,
+        lse,
+        rows.target,
+        weight=None,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        z_loss=z_loss,
+        return_aux=return_aux,
+        out_shape=rows.out_shape,
+        counts=counts,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -798,69 +764,45 @@ def vocab_parallel_cross_entropy(
     fn = "cross_entropy(process_group=...)"
     group = _check_group(fn, process_group)
 
-    def prepare() -> tuple[Tensor, Tensor, Tensor | None, bool, tuple[int, ...], dict[str, int]]:
-        _check_options(fn, ignore_index, reduction, label_smoothing, z_loss, softcap, impl)
-        x = _check_float_tensor(fn, "input", input)
-        if x.dim() == 0:
-            raise ValueError(f"{fn}: input must have a class dimension; got a 0-d tensor")
-        if x.dim() == 1:
-            v_local, batch_shape = x.shape[0], ()
-            logits2d = x[None, :]
-        else:
-            v_local = x.shape[1]
-            batch_shape = (x.shape[0], *x.shape[2:])
-            logits2d = x.movedim(1, -1).reshape(-1, v_local)
-        if v_local < 1:
-            raise ValueError(
-                f"{fn}: this rank's shard of the vocabulary is empty (input {x.shape})"
-            )
-        if isinstance(target, Tensor) and target.is_floating_point():
-            # Probability targets: this rank's shard, shaped like its logits (class dim 1).
-            if target.shape != x.shape or target.device != x.device:
-                raise ValueError(
-                    f"{fn}: probability targets must have the shape and device of this rank's "
-                    f"logits {tuple(x.shape)} on {x.device}; got {tuple(target.shape)} on "
-                    f"{target.device}"
-                )
-            moved = target[None, :] if x.dim() == 1 else target.movedim(1, -1)
-            tgt, probs = moved.reshape(-1, v_local), True
-        else:
-            tgt, probs = _check_target(fn, target, batch_shape, v_local, x.device)
-        w = _check_class_weight(fn, weight, v_local, x.device)
+    def prepare() -> tuple[Tensor, V.Rows, Tensor | None, tuple[Any, ...], dict[str, int]]:
+        opts = _check_options(fn, ignore_index, reduction, label_smoothing, z_loss, softcap, impl)
+        logits2d, rows = V.flatten_logits(fn, input, target)
+        w = _check_shard(fn, rows, logits2d.shape[1], opts[0], weight, {"input": input})
+        if not rows.is_prob:
+            rows = V.Rows(rows.target.long(), False, rows.out_shape)
         grad = torch.is_grad_enabled()
         fields = {
-            "v_local": v_local,
+            "v_local": logits2d.shape[1],
             "features": -1,
             "rows": logits2d.shape[0],
-            "batch_shape": _shape_hash(batch_shape),
+            "batch_shape": _shape_hash(rows.out_shape),
             "has_weight": int(w is not None),
             "has_bias": 0,
             "weight_sum": _float_bits(0.0 if w is None else float(w.double().sum())),
-            "dtype": _DTYPES.index(x.dtype),
-            "grad_flags": int(grad and x.requires_grad) + 2 * int(grad and tgt.requires_grad),
-            **_option_fields(reduction, ignore_index, label_smoothing, z_loss, softcap),
-            **_target_fields(tgt, probs, ignore_index),
+            "dtype": _DTYPES.index(logits2d.dtype),
+            "grad_flags": int(grad and input.requires_grad)
+            + 2 * int(grad and rows.target.requires_grad),
+            **_option_fields(reduction, *opts),
+            **_target_fields(rows.target, rows.is_prob, opts[0]),
         }
-        return logits2d, tgt, w, probs, batch_shape, fields
+        return logits2d, rows, w, opts, fields
 
     prepared, error = _guard(prepare)
     like = input if isinstance(input, Tensor) else None
-    layout = _agree(fn, group, _CALL_LOGITS, None if prepared is None else prepared[5], error, like)
-    logits2d, tgt, w, probs, batch_shape, _ = prepared
+    layout = _agree(fn, group, _CALL_LOGITS, None if prepared is None else prepared[4], error, like)
+    logits2d, rows, w, (ignore, eps, zl, cap), _ = prepared
     cfg = _Config(
         group=group,
         layout=layout,
-        probs=probs,
-        ignore_index=ignore_index,
-        smoothing=float(label_smoothing),
-        softcap=None if softcap is None else float(softcap),
-        cdtype=_compute_dtype(logits2d.dtype),
-        chunk=_auto_chunk(layout.v_local, None),
+        probs=rows.is_prob,
+        ignore_index=ignore,
+        smoothing=eps,
+        softcap=cap,
+        cdtype=_compute_dtype(logits2d),
+        chunk=default_chunk_size(logits2d.shape[0], layout.v_local),
     )
-    ce, lse, coef = _LogitsCE.apply(logits2d, tgt, w, cfg)
-    valid = torch.ones_like(ce, dtype=torch.bool) if probs else tgt != ignore_index
-    aux = _reduce(ce, lse, coef, valid, batch_shape, reduction, float(z_loss), probs)
-    return aux if return_aux else aux.loss
+    ce, lse, coef = _LogitsCE.apply(logits2d, rows.target, w, cfg)
+    return _finish(ce, lse, coef, rows, ignore, reduction, zl, return_aux)
 
 
 @overload
@@ -943,7 +885,7 @@ def vocab_parallel_linear_cross_entropy(
         reduction, ignore_index, label_smoothing, z_loss, softcap, return_aux, impl: as in
             :func:`vocab_parallel_cross_entropy`.
         process_group: the tensor-parallel group, rank order = vocabulary order.
-        chunk_size: rows per block of logits; ``None`` picks about 64 MiB of fp32 logits.
+        chunk_size: rows per block of logits; ``None`` picks about 32 MiB of fp32 logits.
 
     Returns:
         The loss (fp32, fp64 for fp64 input), scalar or shaped like ``input.shape[:-1]``;
@@ -970,81 +912,47 @@ def vocab_parallel_linear_cross_entropy(
     fn = "linear_cross_entropy(process_group=...)"
     group = _check_group(fn, process_group)
 
-    def prepare() -> tuple[
-        Tensor, Tensor, Tensor | None, Tensor, Tensor | None, bool, tuple[int, ...], dict[str, int]
-    ]:
-        _check_options(fn, ignore_index, reduction, label_smoothing, z_loss, softcap, impl)
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ValueError(f"{fn}: chunk_size must be a positive int or None; got {chunk_size!r}")
-        x = _check_float_tensor(fn, "input", input)
-        lw = _check_float_tensor(fn, "linear_weight", linear_weight)
-        if x.dim() < 1:
-            raise ValueError(f"{fn}: input must have shape (..., D); got a 0-d tensor")
-        if lw.dim() != 2:
-            raise ValueError(
-                f"{fn}: linear_weight must have shape (V_local, D); got {tuple(lw.shape)}"
-            )
-        v_local, features = lw.shape
-        if x.shape[-1] != features:
-            raise ValueError(
-                f"{fn}: input has D={x.shape[-1]} features but linear_weight has shape "
-                f"{tuple(lw.shape)} (V_local, D)"
-            )
-        if v_local < 1:
-            raise ValueError(f"{fn}: this rank's shard of the vocabulary is empty")
-        if lw.dtype != x.dtype or lw.device != x.device:
-            raise ValueError(
-                f"{fn}: input ({x.dtype}, {x.device}) and linear_weight ({lw.dtype}, {lw.device}) "
-                "must share dtype and device"
-            )
-        lb = linear_bias
-        if lb is not None:
-            _check_float_tensor(fn, "linear_bias", lb)
-            if lb.shape != (v_local,) or lb.dtype != x.dtype or lb.device != x.device:
-                raise ValueError(
-                    f"{fn}: linear_bias must have shape (V_local,) = ({v_local},) and the dtype "
-                    f"and device of input; got {tuple(lb.shape)}, {lb.dtype}, {lb.device}"
-                )
-        batch_shape = tuple(x.shape[:-1])
-        tgt, probs = _check_target(fn, target, batch_shape, v_local, x.device)
-        w = _check_class_weight(fn, weight, v_local, x.device)
+    def prepare() -> tuple[Tensor, V.Rows, Tensor | None, tuple[Any, ...], dict[str, int]]:
+        opts = _check_options(fn, ignore_index, reduction, label_smoothing, z_loss, softcap, impl)
+        V.check_chunk_size(fn, chunk_size)
+        x2d, rows = V.flatten_linear(fn, input, linear_weight, target, linear_bias)
+        tensors = {"input": input, "linear_weight": linear_weight, "linear_bias": linear_bias}
+        w = _check_shard(fn, rows, linear_weight.shape[0], opts[0], weight, tensors)
+        if not rows.is_prob:
+            rows = V.Rows(rows.target.long(), False, rows.out_shape)
         grad = torch.is_grad_enabled()
-        flags = [x, lw, lb, tgt]
+        flags = [input, linear_weight, linear_bias, rows.target]
         fields = {
-            "v_local": v_local,
-            "features": features,
-            "rows": tgt.shape[0],
-            "batch_shape": _shape_hash(batch_shape),
+            "v_local": linear_weight.shape[0],
+            "features": x2d.shape[1],
+            "rows": x2d.shape[0],
+            "batch_shape": _shape_hash(rows.out_shape),
             "has_weight": int(w is not None),
-            "has_bias": int(lb is not None),
+            "has_bias": int(linear_bias is not None),
             "weight_sum": _float_bits(0.0 if w is None else float(w.double().sum())),
-            "dtype": _DTYPES.index(x.dtype),
+            "dtype": _DTYPES.index(x2d.dtype) + 4 * _DTYPES.index(linear_weight.dtype),
             "grad_flags": sum(
                 (1 << i) * int(grad and t is not None and t.requires_grad)
                 for i, t in enumerate(flags)
             ),
-            **_option_fields(reduction, ignore_index, label_smoothing, z_loss, softcap),
-            **_target_fields(tgt, probs, ignore_index),
+            **_option_fields(reduction, *opts),
+            **_target_fields(rows.target, rows.is_prob, opts[0]),
         }
-        return x.reshape(-1, features), lw, lb, tgt, w, probs, batch_shape, fields
+        return x2d, rows, w, opts, fields
 
     prepared, error = _guard(prepare)
     like = input if isinstance(input, Tensor) else None
-    layout = _agree(fn, group, _CALL_LINEAR, None if prepared is None else prepared[7], error, like)
-    x2d, lw, lb, tgt, w, probs, batch_shape, _ = prepared
+    layout = _agree(fn, group, _CALL_LINEAR, None if prepared is None else prepared[4], error, like)
+    x2d, rows, w, (ignore, eps, zl, cap), _ = prepared
     cfg = _Config(
         group=group,
         layout=layout,
-        probs=probs,
-        ignore_index=ignore_index,
-        smoothing=float(label_smoothing),
-        softcap=None if softcap is None else float(softcap),
-        cdtype=_compute_dtype(x2d.dtype),
-        chunk=_auto_chunk(layout.v_local, chunk_size),
+        probs=rows.is_prob,
+        ignore_index=ignore,
+        smoothing=eps,
+        softcap=cap,
+        cdtype=_compute_dtype(x2d, linear_weight, linear_bias),
+        chunk=chunk_size or default_chunk_size(x2d.shape[0], layout.v_local),
     )
-    ce, lse, coef = _LinearCE.apply(x2d, lw, lb, tgt, w, cfg)
-    valid = torch.ones_like(ce, dtype=torch.bool) if probs else tgt != ignore_index
-    aux = _reduce(ce, lse, coef, valid, batch_shape, reduction, float(z_loss), probs)
-    return aux if return_aux else aux.loss
+    ce, lse, coef = _LinearCE.apply(x2d, linear_weight, linear_bias, rows.target, w, cfg)
+    return _finish(ce, lse, coef, rows, ignore, reduction, zl, return_aux)

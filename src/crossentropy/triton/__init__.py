@@ -6,16 +6,19 @@ compiled kernels; CPU tensors run only under the Triton interpreter (``TRITON_IN
 before this package is first imported), which is how CI tests them.
 """
 
+_HINT = "pip install 'crossentropy[triton]', or use impl='torch' for the pure-PyTorch path"
 try:
-    import triton  # noqa: F401
+    import triton
 except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(f"crossentropy.triton needs the 'triton' package ({_HINT}): {exc}") from exc
+if not hasattr(triton, "jit"):  # pragma: no cover - e.g. a stray 'triton' folder on sys.path
     raise ImportError(
-        "crossentropy.triton needs the 'triton' package (pip install 'crossentropy[triton]'); "
-        f"importing it failed: {exc}. Use impl='torch' for the pure-PyTorch path."
-    ) from exc
+        f"crossentropy.triton: 'import triton' found {getattr(triton, '__path__', triton)!r}, "
+        f"not the Triton compiler ({_HINT})"
+    )
 
-from crossentropy.triton._linear_ce import linear_ce_rows
-from crossentropy.triton._softmax_ce import softmax_ce_rows
+from crossentropy.triton._linear_ce import linear_ce_rows  # noqa: E402
+from crossentropy.triton._softmax_ce import softmax_ce_rows  # noqa: E402
 
 __all__ = [
     "linear_ce_rows",
