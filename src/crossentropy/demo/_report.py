@@ -245,8 +245,9 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
         console.print(_coding_table(title, text["coding"], None, "byte"))
         console.print(
             f"  The byte model ({text['context_bytes']} bytes of context, "
-            f"{text['model_parameters']:,} parameters) was fitted to this file; a decoder needs "
-            "its parameters too, which the code length above does not count."
+            f"{text['model_parameters']:,} parameters, {text['model_bits_float32'] // 8:,} bytes "
+            "as float32) was fitted to this file; a decoder needs those parameters too, and the "
+            "range coder's size above does not count them."
         )
 
     part = summary["classification"]

@@ -256,13 +256,14 @@ def _train_with_bar(
     console: Any,
     description: str,
     floor_bits: float | None,
+    eval_label: str = "val",
 ) -> Any:
     progress = _progress(console, description, settings.steps)
 
     def fmt(train_bits: float, val_bits: float | None) -> str:
         text = f"train {train_bits:.3f} bits"
         if val_bits is not None:
-            text += f"  val {val_bits:.3f}"
+            text += f"  {eval_label} {val_bits:.3f}"
         if floor_bits is not None:
             text += f"  (H = {floor_bits:.3f})"
         return text
@@ -398,20 +399,22 @@ def _part_text(
     probe = rng.choice(pairs[0].shape[0], size=min(8192, pairs[0].shape[0]), replace=False)
     probe_pairs = (pairs[0][probe], pairs[1][probe])
     history = _train_with_bar(
-        model, pairs, probe_pairs, settings, seed, device, console, "Your file", None
+        model, pairs, probe_pairs, settings, seed, device, console, "Your file", None, "probe"
     )
     ce = float(per_symbol_bits(model, pairs, device).mean())
     table = probability_table(model, device)
     coded = range_code(seq, table, TEXT_ORDER)
     base = baseline_bits(data)
     n = seq.shape[0]
+    n_params = int(sum(p.numel() for p in model.parameters()))
     return {
         "path": path,
         "bytes_used": n,
         "file_bytes": size,
         "truncated": n < size,
         "context_bytes": TEXT_ORDER,
-        "model_parameters": int(sum(p.numel() for p in model.parameters())),
+        "model_parameters": n_params,
+        "model_bits_float32": 32 * n_params,
         "cross_entropy_bits_per_byte": ce,
         "history": {
             "steps": history.steps,
