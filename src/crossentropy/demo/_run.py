@@ -53,7 +53,7 @@ class Settings:
     @classmethod
     def make(cls, quick: bool, steps: int | None) -> Settings:
         base = (
-            cls(300, 100_000, 20_000, 1024, 0.03, 200)
+            cls(300, 100_000, 20_000, 1024, 0.03, 150)
             if quick
             else cls(1200, 300_000, 50_000, 1024, 0.03, 400)
         )
