@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -57,9 +58,7 @@ class Settings:
             if quick
             else cls(1200, 300_000, 50_000, 1024, 0.03, 400)
         )
-        if steps is None:
-            return base
-        return cls(steps, *(getattr(base, f) for f in cls.__dataclass_fields__ if f != "steps"))
+        return base if steps is None else dataclasses.replace(base, steps=steps)
 
 
 def resolve_device(name: str) -> Any:
