@@ -88,7 +88,9 @@ def _plot_training(ax: Any, summary: dict[str, Any]) -> None:
     inset.tick_params(labelsize=7)
     inset.grid(alpha=0.3)
     top = max(float(val.max()), float(smooth.max())) if len(smooth) else float(val.max())
-    ax.set_ylim(h - 0.25, top + 0.1)
+    # The curves fill the lower 55% of the panel; the zoomed inset and the legend sit above them.
+    bottom = h - 0.25
+    ax.set_ylim(bottom, bottom + (top + 0.05 - bottom) / 0.55)
     ax.set_xlabel("training step")
     ax.set_ylabel("bits per symbol")
     ax.set_title("Part 1: training a model of a Markov source")
