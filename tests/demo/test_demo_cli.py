@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 
 from crossentropy.cli import main
+from crossentropy.demo import _run
 from crossentropy.demo._source import random_source
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,26 +27,45 @@ TEXT = (
 ) * 12
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One `crossentropy demo --quick --text FILE` run shared by the tests below."""
-    base = tmp_path_factory.mktemp("demo")
+def _run_quick(base: Path) -> None:
     text = base / "sample.txt"
     text.write_text(TEXT)
     out = base / "out"
-    capture = pytest.MonkeyPatch()
-    try:
-        import io
-
-        buffer = io.StringIO()
-        capture.setattr(sys, "stdout", buffer)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
         status = main(
             ["demo", "--quick", "--out", str(out), "--text", str(text), "--device", "cpu"]
         )
-    finally:
-        capture.undo()
-    summary = json.loads((out / "demo_summary.json").read_text())
-    return {"status": status, "out": out, "summary": summary, "stdout": buffer.getvalue()}
+    (base / "stdout.txt").write_text(buffer.getvalue())
+    (base / "status.txt").write_text(str(status))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One `crossentropy demo --quick --text FILE` run shared by the tests below.
+
+    Under pytest-xdist the tests of this module may land on several workers; a file lock in the
+    directory the workers share makes the first one run the demo and the others read its output.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        base = tmp_path_factory.mktemp("demo")
+        _run_quick(base)
+    else:
+        from filelock import FileLock  # installed with torch
+
+        shared = tmp_path_factory.getbasetemp().parent
+        base = shared / "crossentropy-demo-quick"
+        with FileLock(str(shared / "crossentropy-demo-quick.lock")):
+            if not (base / "status.txt").exists():
+                base.mkdir(exist_ok=True)
+                _run_quick(base)
+    out = base / "out"
+    return {
+        "status": int((base / "status.txt").read_text()),
+        "out": out,
+        "summary": json.loads((out / "demo_summary.json").read_text()),
+        "stdout": (base / "stdout.txt").read_text(),
+    }
 
 
 def test_quick_run_succeeds_and_prints_the_tables(quick_run: dict[str, Any]) -> None:
@@ -187,3 +209,35 @@ def test_subprocess_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().startswith("crossentropy demo: error: cannot read text file")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "demo_out").exists()
+
+
+def test_read_text_keeps_a_prefix_of_large_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_run, "TEXT_LIMIT", 100)
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * 2)
+    data, size = _run.read_text(big)
+    assert data == bytes(range(100))
+    assert size == 512
+
+
+def test_read_text_rejects_a_file_shorter_than_the_context(tmp_path: Path) -> None:
+    short = tmp_path / "short.txt"
+    short.write_bytes(b"ab")
+    with pytest.raises(ValueError, match="only 2 bytes"):
+        _run.read_text(short)
+
+
+def test_resolve_device_accepts_cpu_and_auto() -> None:
+    import torch
+
+    assert _run.resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert _run.resolve_device("auto").type == expected
+
+
+def test_prepare_out_creates_nested_directories(tmp_path: Path) -> None:
+    out = _run.prepare_out(tmp_path / "a" / "b")
+    assert out.is_dir()
+    assert list(out.iterdir()) == []  # the write check leaves nothing behind

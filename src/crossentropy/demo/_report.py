@@ -76,20 +76,25 @@ def _plot_training(ax: Any, summary: dict[str, Any]) -> None:
         ev, h, val, where=val >= h, color="#1f77b4", alpha=0.15, label="gap = KL(source || model)"
     )
     final = summary["model"]["val_cross_entropy_bits"]
-    ax.annotate(
-        f"final: {final:.3f} bits\nKL gap {final - h:.3f}",
-        xy=(ev[-1], final),
-        xytext=(-10, 40),
-        textcoords="offset points",
-        ha="right",
-        arrowprops={"arrowstyle": "->", "color": "0.3"},
-    )
+    # Zoom on the second half of training, where the gap is too thin to see on the full scale.
+    late = ev >= ev[-1] / 2
+    inset = ax.inset_axes((0.36, 0.4, 0.61, 0.3))
+    inset.plot(ev[late], val[late], "o-", color="#1f77b4", ms=3, lw=1.4)
+    inset.axhline(h, color="k", ls="--", lw=1.0)
+    inset.fill_between(ev[late], h, val[late], where=val[late] >= h, color="#1f77b4", alpha=0.2)
+    inset.set_title(f"last half, zoomed: final {final:.4f} bits, gap {final - h:.4f}", fontsize=8)
+    span = max(float(val[late].max()) - h, 0.01)
+    inset.set_ylim(h - 0.15 * span, h + 1.1 * span)
+    inset.tick_params(labelsize=7)
+    inset.grid(alpha=0.3)
     top = max(float(val.max()), float(smooth.max())) if len(smooth) else float(val.max())
-    ax.set_ylim(h - 0.25, top + 0.1)
+    # The curves fill the lower 55% of the panel; the zoomed inset and the legend sit above them.
+    bottom = h - 0.25
+    ax.set_ylim(bottom, bottom + (top + 0.05 - bottom) / 0.55)
     ax.set_xlabel("training step")
     ax.set_ylabel("bits per symbol")
     ax.set_title("Part 1: training a model of a Markov source")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=7.5, ncol=2)
     ax.grid(alpha=0.3)
 
 
@@ -124,16 +129,8 @@ def _plot_code_lengths(ax: Any, summary: dict[str, Any]) -> None:
             ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7, rotation=90)
     ax.set_xticks(range(len(groups)), [name for name, _, _ in groups])
     fixed = summary["coding"]["fixed_length_bits_per_symbol"]
-    ax.axhline(fixed, color="0.5", ls=":", lw=1)
-    ax.text(
-        0.99,
-        fixed,
-        f"fixed-length code for the source: {fixed:g} bits",
-        ha="right",
-        va="bottom",
-        fontsize=7,
-        color="0.4",
-        transform=ax.get_yaxis_transform(),
+    ax.axhline(
+        fixed, color="0.5", ls=":", lw=1, label=f"fixed-length code, source ({fixed:g} bits)"
     )
     ax.set_ylabel("bits per coded unit")
     coding = summary["coding"]
@@ -143,7 +140,7 @@ def _plot_code_lengths(ax: Any, summary: dict[str, Any]) -> None:
     )
     top = max(ax.get_ylim()[1], fixed)
     ax.set_ylim(0, top * 1.45)
-    ax.legend(fontsize=8, loc="upper left", ncol=3)
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     ax.grid(alpha=0.3, axis="y")
 
 
@@ -206,29 +203,23 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
     ok = summary["acceptance"]
 
     t = Table(
-        title=f"Part 1: cross-entropy = entropy + KL  (Markov source: {src['n_symbols']} symbols, "
-        f"context {src['order']}, {src['val_symbols']:,} validation symbols)",
+        title=f"Part 1: cross-entropy = entropy + KL (Markov source, {src['n_symbols']} symbols, "
+        f"context {src['order']})",
         title_justify="left",
     )
     t.add_column("quantity")
     t.add_column("bits/symbol", justify="right")
     t.add_column("perplexity", justify="right")
+    t.add_row("entropy rate H (exact)", f"{h:.4f}", f"{model['source_perplexity']:.3f}")
     t.add_row(
-        "entropy rate H of the source (exact)", f"{h:.4f}", f"{model['source_perplexity']:.3f}"
-    )
-    t.add_row(
-        "validation cross-entropy of the model",
+        "model cross-entropy (validation)",
         f"{ce:.4f} ± {model['val_cross_entropy_se_bits']:.4f}",
         f"{model['perplexity']:.3f}",
     )
+    t.add_row("gap = CE − H (the KL, measured)", f"{model['gap_bits']:.4f}", "")
+    t.add_row("KL(source ‖ model) rate, exact", f"{model['kl_rate_bits']:.4f}", "")
     t.add_row(
-        "gap = cross-entropy − H (the KL divergence, measured)", f"{model['gap_bits']:.4f}", ""
-    )
-    t.add_row(
-        "KL rate source ‖ model (exact, from the model's table)", f"{model['kl_rate_bits']:.4f}", ""
-    )
-    t.add_row(
-        "true source's own cross-entropy on the validation data",
+        "true source's CE on this data",
         f"{model['val_true_model_bits']:.4f}",
         "",
     )
@@ -236,13 +227,18 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
         ok["cross_entropy_at_least_h_minus_noise"] and ok["cross_entropy_within_0.15_bits_of_h"]
     )
     t.add_row(
-        f"check: H − {model['noise_bits']:.4f} (noise) ≤ cross-entropy ≤ H + 0.15",
+        f"H − noise ≤ CE ≤ H + 0.15 (noise {model['noise_bits']:.4f})",
         "[green]pass[/]" if verdict else "[red]FAIL[/]",
         "",
     )
     console.print(t)
     console.print(
-        _coding_table("Cross-entropy = code length (validation sequence)", coding, h, "symbol")
+        _coding_table(
+            f"Cross-entropy = code length ({coding['symbols']:,} validation symbols)",
+            coding,
+            h,
+            "symbol",
+        )
     )
     text = summary.get("text")
     if text:
@@ -251,13 +247,15 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
         console.print(_coding_table(title, text["coding"], None, "byte"))
         console.print(
             f"  The byte model ({text['context_bytes']} bytes of context, "
-            f"{text['model_parameters']:,} parameters) was fitted to this file; a decoder needs "
-            "its parameters too, which the code length above does not count."
+            f"{text['model_parameters']:,} parameters, {text['model_bits_float32'] // 8:,} bytes "
+            "as float32) was fitted to this file; a decoder needs those parameters too, and the "
+            "range coder's size above does not count them."
         )
 
     part = summary["classification"]
     c = Table(
-        title=f"Part 2: {part['dataset']}, {summary['config']['classifier_steps']} steps per loss",
+        title=f"Part 2: digits ({part['train_size']} train / {part['test_size']} test), "
+        f"{summary['config']['classifier_steps']} SGD steps per loss",
         title_justify="left",
     )
     for col in ("loss", "test accuracy", "log loss (nats)", "ECE", "steps to 90%"):
@@ -294,10 +292,10 @@ def _coding_table(title: str, coding: dict[str, Any], h: float | None, unit: str
         t.add_row(name, f"{bits / 8:,.0f}", f"{bits / n:.4f}", note or vs)
 
     if h is not None:
-        t.add_row("entropy rate H × n (the floor)", f"{h * n / 8:,.0f}", f"{h:.4f}", "")
-    row("cross-entropy bound (sum of −log2 q)", bound, "—")
+        t.add_row("entropy H × n (the floor)", f"{h * n / 8:,.0f}", f"{h:.4f}", "")
+    row("cross-entropy bound Σ −log2 q", bound, "—")
     trip = "round trip ok" if coding["round_trip"] else "[red]round trip FAILED[/]"
-    row(f"range coder (constriction), {trip}", coding["compressed_bits"])
+    row(f"range coder, {trip}", coding["compressed_bits"])
     for name, label in (("gzip", "gzip -9"), ("bz2", "bz2 -9"), ("lzma", "lzma -9e")):
         row(label, coding["baselines_bits"][name])
     t.add_row(
