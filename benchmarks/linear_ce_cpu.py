@@ -52,9 +52,8 @@ def _reset_peak() -> None:
 
 
 def _run_impl(impl: str) -> Any:
-    import torch.nn.functional as F
-
     import torch
+    import torch.nn.functional as F
 
     if impl == "eager":
 
@@ -176,9 +175,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args(argv)
 
-    import torch.nn.functional as F
-
     import torch
+    import torch.nn.functional as F
 
     n, d, v = (2048, 512, 8000) if args.quick else (8192, 512, 32000)
     impls = [i for i in args.impls.split(",") if i]

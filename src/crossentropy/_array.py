@@ -63,3 +63,76 @@ def log_base_divisor(base: float | None) -> float:
             f"base must be a positive finite number other than 1, or None (nats); got {base!r}"
         )
     return math.log(base)
+
+
+def is_floating(xp: Any, x: Any) -> bool:
+    return bool(xp.isdtype(x.dtype, "real floating"))
+
+
+def is_integral(xp: Any, x: Any) -> bool:
+    return bool(xp.isdtype(x.dtype, "integral"))
+
+
+def as_float(xp: Any, x: Any, name: str) -> Any:
+    """``x`` as a real floating array: floats unchanged, integers and booleans to the default float."""
+    if xp.isdtype(x.dtype, "real floating"):
+        return x
+    if xp.isdtype(x.dtype, "integral") or x.dtype == xp.bool:
+        return xp.astype(x, _default_float(xp, x))
+    raise TypeError(f"{name} must have a real numeric dtype; got dtype {x.dtype}")
+
+
+def _default_float(xp: Any, x: Any) -> Any:
+    try:
+        info = xp.__array_namespace_info__()
+        return info.default_dtypes(device=getattr(x, "device", None))["real floating"]
+    except (AttributeError, TypeError, KeyError):
+        return xp.float64
+
+
+def normalize_axis(axis: int, ndim: int, name: str = "axis") -> int:
+    """Turn a possibly negative ``axis`` into an index into ``ndim`` dimensions, or raise."""
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"{name} must be an int; got {axis!r}")
+    if ndim == 0:
+        raise ValueError(f"{name}={axis} needs an array with at least one dimension; got a scalar")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array with {ndim} dimensions")
+    return axis % ndim
+
+
+def finfo_eps(xp: Any, x: Any) -> float:
+    return float(xp.finfo(x.dtype).eps)
+
+
+def first_true(xp: Any, mask: Any) -> tuple[int, ...]:
+    """Index (a tuple) of the first ``True`` of a boolean array, in C order; the mask must hold one."""
+    flat = xp.reshape(mask, (-1,))
+    pos = int(xp.argmax(xp.astype(flat, xp.int8)))
+    return tuple(int(i) for i in np.unravel_index(pos, tuple(mask.shape)))
+
+
+def as_arrays(*pairs: tuple[Any, str]) -> tuple[Any, list[Any]]:
+    """Convert ``(value, name)`` pairs to arrays of one namespace; returns ``(xp, arrays)``.
+
+    ``None`` values stay ``None``. Python sequences and scalars join the namespace of the array
+    arguments (so a list of class weights works next to a torch tensor); alone they become NumPy.
+    """
+    given = [v for v, _ in pairs if v is not None and array_api_compat.is_array_api_obj(v)]
+    if not given:
+        converted = [None if v is None else as_array(v, name) for v, name in pairs]
+        return namespace(*converted), converted
+    xp = namespace(*given)
+    device = array_api_compat.device(given[0])
+    arrays: list[Any] = []
+    for value, name in pairs:
+        if value is None or array_api_compat.is_array_api_obj(value):
+            arrays.append(value)
+            continue
+        if isinstance(value, (str, bytes)):
+            raise TypeError(f"{name} must be an array or a sequence of numbers, got {value!r}")
+        try:
+            arrays.append(xp.asarray(value, device=device))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{name} must be an array or a sequence of numbers: {exc}") from None
+    return xp, arrays

@@ -6,11 +6,11 @@ import math
 import zlib
 
 import pytest
+import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import torch
 from crossentropy.torch import CrossEntropyAux, cross_entropy
 
 REDUCTIONS = ["mean", "sum", "none"]

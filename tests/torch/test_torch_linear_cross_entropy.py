@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import torch
 from crossentropy.torch import cross_entropy, linear_cross_entropy
 
 REDUCTIONS = ["mean", "sum", "none"]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torch.nn.functional as F
 
-import torch
 from crossentropy.torch import (
     BCEWithLogitsLoss,
     CrossEntropyLoss,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
+
 from crossentropy.torch import _validation as V
 from crossentropy.torch._reduce import count_rows
-from torch import Tensor
 
 __all__ = [
     "bce_with_logits",

@@ -6,6 +6,8 @@ import importlib
 from typing import Any, Literal, overload
 
 import torch
+from torch import Tensor
+
 from crossentropy.torch import _validation as V
 from crossentropy.torch._reduce import (
     CrossEntropyAux,
@@ -21,7 +23,6 @@ from crossentropy.torch._rows import (
     linear_ce_rows,
     softmax_ce_rows,
 )
-from torch import Tensor
 
 __all__ = [
     "cross_entropy",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from torch import Tensor, nn
+
 from crossentropy.torch import _validation as V
 from crossentropy.torch._extras import bce_with_logits, focal_loss
 from crossentropy.torch._functional import cross_entropy, linear_cross_entropy
-from torch import Tensor, nn
 
 __all__ = [
     "BCEWithLogitsLoss",

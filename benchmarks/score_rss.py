@@ -1,0 +1,112 @@
+"""``python -m benchmarks score_rss``: peak memory of ``crossentropy score`` on a 10M-row CSV.
+
+Writes a 10,000,000-row, 10-class prediction CSV (about 0.9 GB: ten probabilities with six decimals
+that sum to exactly 1, and a label column) to a temporary directory, scores it with
+``python -m crossentropy score FILE --label-column y --json`` in a child process, and reports the
+child's peak resident set size (``ru_maxrss`` from ``wait4``) and wall time. The goal is a peak RSS
+under 500 MB: the command reads the file in chunks and never holds it. Writes
+``benchmarks/results/score_rss.md``. Options: ``--rows=N`` (default 10,000,000), ``--keep=PATH``
+to write the CSV to PATH and keep it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+K = 10
+SCALE = 1_000_000  # six decimals
+
+
+def _chunk_bytes(rng: np.random.Generator, m: int) -> bytes:
+    """``m`` CSV rows built as a byte matrix, without per-number string formatting."""
+    p = rng.exponential(size=(m, K))
+    p /= p.sum(axis=1, keepdims=True)
+    p = p * (1 - K * 1e-5) + 1e-5  # no probability below 1e-5, so no zero after rounding
+    ticks = np.floor(p * SCALE).astype(np.int64)
+    ticks[:, -1] = SCALE - ticks[:, :-1].sum(axis=1)  # exact decimal sum of 1, last entry >= 0
+    y = rng.integers(0, K, size=m)
+    width = K * 9 + 3  # "d.dddddd," per class, then "cN\n"
+    out = np.empty((m, width), dtype=np.uint8)
+    for j in range(K):
+        base = 9 * j
+        out[:, base] = ord("0") + ticks[:, j] // SCALE
+        out[:, base + 1] = ord(".")
+        rest = ticks[:, j] % SCALE
+        for d in range(6):
+            out[:, base + 2 + d] = ord("0") + (rest // 10 ** (5 - d)) % 10
+        out[:, base + 8] = ord(",")
+    out[:, -3] = ord("c")
+    out[:, -2] = ord("0") + y
+    out[:, -1] = ord("\n")
+    return out.tobytes()
+
+
+def write_csv(path: Path, rows: int, chunk: int = 500_000) -> None:
+    rng = np.random.default_rng(0)
+    with open(path, "wb") as f:
+        f.write((",".join(f"c{j}" for j in range(K)) + ",y\n").encode())
+        for start in range(0, rows, chunk):
+            f.write(_chunk_bytes(rng, min(chunk, rows - start)))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks score_rss")
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--keep", default=None)
+    args = parser.parse_args([a for a in argv if a.split("=")[0] in ("--rows", "--keep")])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.keep) if args.keep else Path(tmp) / "predictions.csv"
+        start = time.perf_counter()
+        write_csv(path, args.rows)
+        write_s = time.perf_counter() - start
+        size_mb = path.stat().st_size / 1e6
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+        cmd = [sys.executable, "-m", "crossentropy", "score", str(path), "--label-column", "y"]
+        start = time.perf_counter()
+        out_path, err_path = Path(tmp) / "out.json", Path(tmp) / "err.txt"
+        with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
+            proc = subprocess.Popen([*cmd, "--json"], stdout=out_f, stderr=err_f, env=env)
+            # wait4 gives this child's own resource usage, including its peak RSS
+            _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        out, err = out_path.read_text(), err_path.read_text()
+    if os.waitstatus_to_exitcode(status) != 0:
+        print(err, file=sys.stderr)
+        return 1
+    peak_mb = usage.ru_maxrss / 1024  # Linux reports KiB
+    report = json.loads(out)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# crossentropy score: peak memory on a large CSV",
+        "",
+        f"`crossentropy score predictions.csv --label-column y --json` on {args.rows:,} rows x "
+        f"{K} classes ({size_mb:,.0f} MB of CSV, six decimals per probability).",
+        "",
+        "| peak RSS of the scoring process | wall time | rows per second | goal |",
+        "|---|---|---|---|",
+        f"| {peak_mb:,.0f} MiB | {wall:,.1f} s | {args.rows / wall:,.0f} | < 500 MB |",
+        "",
+        f"Scored n = {report['n']:,}, log loss {report['log_loss_nats']:.6f} nats "
+        f"(writing the file took {write_s:.0f} s).",
+        "",
+        f"Configuration: {stamp}; {os.cpu_count()} CPU cores visible, shared with other jobs "
+        f"(times are noisy; peak RSS is not); Python {platform.python_version()}, NumPy "
+        f"{np.__version__}; default --chunk-rows (65,536). One run.",
+        "",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "score_rss.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0 if peak_mb < 500 else 1

@@ -1,0 +1,798 @@
+"""``crossentropy score``: score a file of predicted probabilities against true labels.
+
+Reads CSV (header row = class names), NPY (2-D probabilities) or Parquet in chunks of rows and feeds
+each chunk to :class:`crossentropy.metrics.ScoreAccumulator`, so memory stays bounded whatever the
+file size. Every problem with the input becomes a one-line :class:`CLIError` naming the file, the
+line (CSV, 1-based, header = line 1) or row (NPY/Parquet, 1-based) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+
+from crossentropy.cli._main import CLIError
+
+DEFAULT_CHUNK_ROWS = 65536
+DEFAULT_TOL = 1e-5
+FORMATS = ("csv", "npy", "parquet")
+_SUFFIXES = {".csv": "csv", ".txt": "csv", ".npy": "npy", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "score",
+        help="score a prediction file: log loss, perplexity, accuracy, Brier, calibration",
+        description=(
+            "Score predicted class probabilities against true labels. PRED is a CSV file whose "
+            "header names the classes, a 2-D .npy array, or a Parquet file. The file is read in "
+            "chunks, so its size is not limited by memory."
+        ),
+    )
+    parser.add_argument("pred", metavar="PRED", help="predictions: .csv, .npy or .parquet")
+    truth = parser.add_mutually_exclusive_group()
+    truth.add_argument(
+        "--true",
+        metavar="TRUE",
+        help="true labels: .npy (class indices or names) or a text/CSV file with one label per "
+        "line (an optional header line is skipped)",
+    )
+    truth.add_argument(
+        "--label-column", metavar="NAME", help="column of PRED (CSV/Parquet) holding the true label"
+    )
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="NAME",
+        help="class names of the probability columns, in order (default: the header, or 0..k-1 "
+        "for .npy)",
+    )
+    parser.add_argument(
+        "--base",
+        type=float,
+        default=None,
+        help="unit of the per-class cross-entropy: 2 for bits (default: nats)",
+    )
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    parser.add_argument(
+        "--normalize",
+        action="store_true",
+        help="divide each row by its sum (any non-negative scores) instead of rejecting rows "
+        "that do not sum to 1",
+    )
+    parser.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        help="clip probabilities to [EPS, 1-EPS] before the log (default: no clipping, so a "
+        "zero probability on the true class gives an infinite log loss)",
+    )
+    parser.add_argument(
+        "--tol",
+        type=float,
+        default=DEFAULT_TOL,
+        help=f"tolerance on row sums (default {DEFAULT_TOL:g}, enough for 6-decimal text)",
+    )
+    parser.add_argument(
+        "--bins", type=int, default=15, help="confidence bins for the ECE (default 15)"
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, default=None, help="format of PRED (default: from suffix)"
+    )
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=DEFAULT_CHUNK_ROWS,
+        help=f"rows read at a time; bounds memory (default {DEFAULT_CHUNK_ROWS})",
+    )
+    parser.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------------------------
+# Class names and label lookup
+
+
+class Classes:
+    """Class names in column order and the lookup from a label's text to its column."""
+
+    def __init__(self, names: list[str], source: str) -> None:
+        if len(names) < 2:
+            raise CLIError(f"{source}: need at least two probability columns; got {len(names)}")
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise CLIError(f"{source}: class name {name!r} appears twice")
+            seen.add(name)
+        self.names = names
+        self.index = {name: i for i, name in enumerate(names)}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def lookup(self, text: str) -> int:
+        """Column of the label ``text`` (its name, or a number naming it, e.g. ``1.0`` for "1")."""
+        text = text.strip()
+        found = self.index.get(text)
+        if found is not None:
+            return found
+        try:
+            value = float(text)
+        except ValueError:
+            return -1
+        if value.is_integer():
+            return self.index.get(str(int(value)), -1)
+        return -1
+
+    def lookup_many(self, texts: list[str]) -> np.ndarray:
+        get = self.index.get
+        out = np.fromiter((get(t, -1) for t in texts), dtype=np.intp, count=len(texts))
+        for i in np.flatnonzero(out < 0):
+            out[i] = self.lookup(texts[i])
+        return out
+
+    def describe(self, limit: int = 10) -> str:
+        shown = ", ".join(self.names[:limit])
+        return shown + (f", ... ({len(self.names)} classes)" if len(self.names) > limit else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Chunks
+
+
+@dataclass
+class Chunk:
+    """Probabilities of consecutive rows, their true classes when the file holds them, and where
+    each row came from (1-based line numbers for text, row numbers for binary files)."""
+
+    probs: np.ndarray
+    target: np.ndarray | None
+    positions: np.ndarray
+    unit: str  # "line" or "row"
+
+    def where(self, i: int) -> str:
+        return f"{self.unit} {int(self.positions[i])}"
+
+
+class _LabelTable(dict[str, float]):
+    """Label text -> column (as float, for ``np.loadtxt`` converters); -1.0 for unknown labels."""
+
+    def __init__(self, classes: Classes) -> None:
+        super().__init__((name, float(i)) for i, name in enumerate(classes.names))
+        self.classes = classes
+
+    def __missing__(self, key: str) -> float:
+        value = float(self.classes.lookup(key))
+        if value >= 0:
+            self[key] = value
+        return value
+
+
+class CSVReader:
+    """Reads a CSV prediction file in chunks of lines (header = class names)."""
+
+    def __init__(
+        self, path: str, label_column: str | None, names: list[str] | None, chunk_rows: int
+    ) -> None:
+        self.path = path
+        self.chunk_rows = chunk_rows
+        self.file: IO[str] = open(path, encoding="utf-8", newline="")
+        try:
+            header_line = self.file.readline()
+        except UnicodeDecodeError as exc:
+            raise CLIError(f"{path}: line 1: not UTF-8 text ({exc.reason})") from None
+        if not header_line.strip():
+            raise CLIError(f"{path}: empty file: expected a header line of class names")
+        header = [h.strip() for h in next(csv.reader([header_line]))]
+        self.n_fields = len(header)
+        self.label_col: int | None = None
+        if label_column is not None:
+            if label_column not in header:
+                raise CLIError(
+                    f"{path}: line 1: no column named {label_column!r}; the columns are "
+                    f"{', '.join(header)}"
+                )
+            self.label_col = header.index(label_column)
+        self.prob_cols = [j for j in range(len(header)) if j != self.label_col]
+        header_names = [header[j] for j in self.prob_cols]
+        if names is not None and len(names) != len(header_names):
+            raise CLIError(
+                f"{path}: --labels gives {len(names)} names but the file has "
+                f"{len(header_names)} probability columns ({', '.join(header_names)})"
+            )
+        self.header = header
+        self.classes = Classes(names if names is not None else header_names, path)
+        self.next_line = 2
+
+    def close(self) -> None:
+        self.file.close()
+
+    def _read_lines(self) -> list[str]:
+        try:
+            return list(itertools.islice(self.file, self.chunk_rows))
+        except UnicodeDecodeError as exc:
+            raise CLIError(
+                f"{self.path}: near line {self.next_line}: not UTF-8 text ({exc.reason})"
+            ) from None
+
+    def chunks(self) -> Iterator[Chunk]:
+        classes = self.classes
+        converters: dict[int | str, Callable[[str], Any]] | None = None
+        if self.label_col is not None:
+            # a dict lookup called from NumPy's C parser; unusual spellings go to __missing__
+            converters = {self.label_col: _LabelTable(classes).__getitem__}
+        while True:
+            lines = self._read_lines()
+            if not lines:
+                return
+            first = self.next_line
+            self.next_line += len(lines)
+            if "\n" in lines or "\r\n" in lines:  # empty lines are skipped (rare: slow path)
+                keep = [bool(line.strip()) for line in lines]
+                kept = [line for line, k in zip(lines, keep) if k]
+                positions = first + np.flatnonzero(keep)
+            else:
+                kept = lines
+                positions = np.arange(first, first + len(lines))
+            if not kept:
+                continue
+            try:
+                table = np.loadtxt(
+                    kept,
+                    delimiter=",",
+                    dtype=np.float64,
+                    converters=converters,
+                    comments=None,
+                    quotechar='"',
+                    ndmin=2,
+                )
+            except ValueError as exc:
+                raise self._diagnose(kept, positions, str(exc)) from None
+            if table.shape[1] != self.n_fields:
+                raise CLIError(
+                    f"{self.path}: line {positions[0]}: expected {self.n_fields} fields like the "
+                    f"header, got {table.shape[1]}"
+                )
+            probs = table[:, self.prob_cols]
+            target = None
+            if self.label_col is not None:
+                target = table[:, self.label_col].astype(np.intp)
+                unknown = np.flatnonzero(target < 0)
+                if unknown.size:
+                    i = int(unknown[0])
+                    text = next(csv.reader([kept[i]]))[self.label_col].strip()
+                    raise CLIError(
+                        f"{self.path}: line {positions[i]}: label {text!r} is not one of the "
+                        f"classes ({classes.describe()})"
+                    )
+            yield Chunk(probs, target, positions, "line")
+
+    def _diagnose(self, kept: list[str], positions: np.ndarray, fallback: str) -> CLIError:
+        """Find the first malformed line of a chunk that NumPy refused, and say what is wrong."""
+        for line, pos in zip(kept, positions):
+            fields = next(csv.reader([line]))
+            if len(fields) != self.n_fields:
+                return CLIError(
+                    f"{self.path}: line {pos}: expected {self.n_fields} fields like the header, "
+                    f"got {len(fields)}"
+                )
+            for j in self.prob_cols:
+                try:
+                    float(fields[j])
+                except ValueError:
+                    return CLIError(
+                        f"{self.path}: line {pos}: column {self.header[j]!r}: {fields[j].strip()!r} "
+                        "is not a number"
+                    )
+        return CLIError(f"{self.path}: line {positions[0]} or later: {fallback}")
+
+
+def _npy_header(path: str, f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except ValueError as exc:
+        raise CLIError(f"{path}: not a valid .npy file ({exc})") from None
+    return shape, fortran, dtype
+
+
+class NPYArray:
+    """Rows of a .npy file read a chunk at a time, without loading or memory-mapping it all."""
+
+    def __init__(self, path: str, what: str, ndims: tuple[int, ...]) -> None:
+        self.path = path
+        self.file: IO[bytes] = open(path, "rb")
+        if os.fstat(self.file.fileno()).st_size == 0:
+            raise CLIError(f"{path}: empty file")
+        self.shape, fortran, self.dtype = _npy_header(path, self.file)
+        if len(self.shape) not in ndims:
+            raise CLIError(f"{path}: expected {what}; got an array of shape {self.shape}")
+        if self.dtype.hasobject:
+            raise CLIError(f"{path}: holds Python objects (dtype {self.dtype}); expected {what}")
+        self.fortran = fortran and len(self.shape) > 1
+        self.row_items = int(np.prod(self.shape[1:]))
+        self.n_rows = int(self.shape[0])
+        self.done = 0
+        self._mmap: np.ndarray | None = None
+        if self.fortran:
+            # column-major rows are not contiguous; the OS pages this mapping in and out as needed
+            self._mmap = np.load(path, mmap_mode="r")
+
+    def close(self) -> None:
+        self.file.close()
+
+    def read(self, count: int) -> np.ndarray:
+        count = min(count, self.n_rows - self.done)
+        if self._mmap is not None:
+            rows = np.array(self._mmap[self.done : self.done + count])
+        else:
+            nbytes = count * self.row_items * self.dtype.itemsize
+            data = self.file.read(nbytes)
+            if len(data) != nbytes:
+                got = len(data) // max(1, self.row_items * self.dtype.itemsize)
+                raise CLIError(
+                    f"{self.path}: row {self.done + got + 1}: file ends early (truncated); the "
+                    f"header promises {self.n_rows} rows"
+                )
+            rows = np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:]))
+        self.done += count
+        return rows
+
+
+class NPYReader:
+    """Reads a 2-D (rows x classes) .npy array of probabilities, or 1-D positive-class ones."""
+
+    def __init__(self, path: str, names: list[str] | None, chunk_rows: int) -> None:
+        self.path = path
+        self.chunk_rows = chunk_rows
+        self.array = NPYArray(path, "a 2-D array of probabilities (rows x classes)", (1, 2))
+        if self.array.dtype.kind not in "fiu":
+            raise CLIError(
+                f"{path}: expected floating-point probabilities; got dtype {self.array.dtype}"
+            )
+        self.binary = len(self.array.shape) == 1
+        k = 2 if self.binary else int(self.array.shape[1])
+        if self.array.n_rows == 0:
+            raise CLIError(f"{path}: no rows (shape {self.array.shape})")
+        if names is not None and len(names) != k:
+            raise CLIError(
+                f"{path}: --labels gives {len(names)} names but the array has {k} columns"
+            )
+        self.classes = Classes(names if names is not None else [str(i) for i in range(k)], path)
+
+    def close(self) -> None:
+        self.array.close()
+
+    def chunks(self) -> Iterator[Chunk]:
+        while self.array.done < self.array.n_rows:
+            first = self.array.done + 1
+            rows = self.array.read(self.chunk_rows).astype(np.float64)
+            if self.binary:
+                rows = np.stack([1 - rows, rows], axis=1)
+            yield Chunk(rows, None, np.arange(first, first + rows.shape[0]), "row")
+
+
+class ParquetReader:
+    """Reads a Parquet file in record batches (pyarrow, imported here only)."""
+
+    def __init__(
+        self, path: str, label_column: str | None, names: list[str] | None, chunk_rows: int
+    ) -> None:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise CLIError(
+                f"{path}: reading Parquet needs pyarrow; install it with "
+                "`pip install 'crossentropy[parquet]'`"
+            ) from None
+        self.path = path
+        self.chunk_rows = chunk_rows
+        try:
+            self.file = pq.ParquetFile(path)
+        except Exception as exc:
+            raise CLIError(
+                f"{path}: not a readable Parquet file ({' '.join(str(exc).split())})"
+            ) from None
+        columns = list(self.file.schema_arrow.names)
+        if label_column is not None and label_column not in columns:
+            raise CLIError(
+                f"{path}: no column named {label_column!r}; the columns are {', '.join(columns)}"
+            )
+        self.label_column = label_column
+        self.prob_columns = [c for c in columns if c != label_column]
+        if names is not None and len(names) != len(self.prob_columns):
+            raise CLIError(
+                f"{path}: --labels gives {len(names)} names but the file has "
+                f"{len(self.prob_columns)} probability columns"
+            )
+        if self.file.metadata.num_rows == 0:
+            raise CLIError(f"{path}: no rows")
+        self.classes = Classes(names if names is not None else self.prob_columns, path)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def chunks(self) -> Iterator[Chunk]:
+        done = 0
+        for batch in self.file.iter_batches(batch_size=self.chunk_rows):
+            cols = []
+            for name in self.prob_columns:
+                col = batch.column(name)
+                values = col.to_numpy(zero_copy_only=False)
+                if values.dtype.kind not in "fiub":
+                    raise CLIError(
+                        f"{self.path}: column {name!r} has type {col.type}; expected numbers"
+                    )
+                cols.append(values.astype(np.float64))
+            probs = np.column_stack(cols)
+            positions = np.arange(done + 1, done + 1 + probs.shape[0])
+            target = None
+            if self.label_column is not None:
+                texts = [str(v) for v in batch.column(self.label_column).to_pylist()]
+                target = self.classes.lookup_many(texts)
+                unknown = np.flatnonzero(target < 0)
+                if unknown.size:
+                    i = int(unknown[0])
+                    raise CLIError(
+                        f"{self.path}: row {positions[i]}: label {texts[i]!r} is not one of the "
+                        f"classes ({self.classes.describe()})"
+                    )
+            done += probs.shape[0]
+            yield Chunk(probs, target, positions, "row")
+
+
+# ----------------------------------------------------------------------------------------------
+# True labels from a separate file
+
+
+class TrueLabels:
+    """Labels from ``--true``, handed out in the chunk sizes the prediction reader produces."""
+
+    def __init__(self, path: str, classes: Classes) -> None:
+        self.path = path
+        self.classes = classes
+        self.count = 0
+        self._npy: NPYArray | None = None
+        self._text: IO[str] | None = None
+        if not os.path.isfile(path):
+            raise CLIError(f"{path}: no such file")
+        if path.endswith(".npy"):
+            self._npy = NPYArray(path, "a 1-D array of labels", (1,))
+            self.unit = "row"
+            self.total: int | None = self._npy.n_rows
+            if self.total == 0:
+                raise CLIError(f"{path}: no labels (empty array)")
+        else:
+            self._text = open(path, encoding="utf-8", newline="")
+            self.unit = "line"
+            self.total = None
+            self.line = 0
+            self._header_checked = False
+
+    def close(self) -> None:
+        if self._npy is not None:
+            self._npy.close()
+        if self._text is not None:
+            self._text.close()
+
+    def take(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``count`` class indices and their positions (fewer only at the end of the file)."""
+        if self._npy is not None:
+            first = self._npy.done + 1
+            values = self._npy.read(count)
+            positions = np.arange(first, first + values.shape[0])
+            index = self._encode_npy(values, positions)
+        else:
+            index, positions = self._take_text(count)
+        self.count += int(index.shape[0])
+        return index, positions
+
+    def _encode_npy(self, values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        k = len(self.classes)
+        if values.dtype.kind in "iu":
+            bad = np.flatnonzero((values < 0) | (values >= k))
+            if bad.size:
+                i = int(bad[0])
+                raise CLIError(
+                    f"{self.path}: row {positions[i]}: label {int(values[i])} is not a class "
+                    f"index in [0, {k})"
+                )
+            return values.astype(np.intp)
+        if values.dtype.kind in "US":
+            texts = [v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()]
+            return self._encode_texts(texts, positions)
+        raise CLIError(
+            f"{self.path}: labels must be integers (class indices) or strings (class names); got "
+            f"dtype {values.dtype}"
+        )
+
+    def _encode_texts(self, texts: list[str], positions: np.ndarray) -> np.ndarray:
+        index = self.classes.lookup_many(texts)
+        bad = np.flatnonzero(index < 0)
+        if bad.size:
+            i = int(bad[0])
+            raise CLIError(
+                f"{self.path}: {self.unit} {positions[i]}: label {texts[i].strip()!r} is not one "
+                f"of the classes ({self.classes.describe()})"
+            )
+        return index
+
+    def _take_text(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self._text is not None  # only called for text files
+        texts: list[str] = []
+        positions: list[int] = []
+        try:
+            while len(texts) < count:
+                block = list(itertools.islice(self._text, count - len(texts)))
+                if not block:
+                    break
+                for raw in block:
+                    self.line += 1
+                    text = raw.strip()
+                    if not text:
+                        continue
+                    if not self._header_checked:
+                        self._header_checked = True
+                        # a first line that names no class is a column header ("label", "y")
+                        if self.classes.lookup(_unquote(text)) < 0 and "," not in text:
+                            continue
+                    if "," in text:
+                        raise CLIError(
+                            f"{self.path}: line {self.line}: expected one label per line, got "
+                            f"{text!r}"
+                        )
+                    texts.append(_unquote(text))
+                    positions.append(self.line)
+        except UnicodeDecodeError as exc:
+            raise CLIError(f"{self.path}: not UTF-8 text ({exc.reason})") from None
+        pos = np.asarray(positions, dtype=np.int64)
+        return self._encode_texts(texts, pos), pos
+
+    def remaining(self) -> bool:
+        """Whether labels are left after the predictions ran out."""
+        index, _ = self.take(1)
+        return index.shape[0] > 0
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return text[1:-1]
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+
+
+def _open_reader(args: argparse.Namespace) -> CSVReader | NPYReader | ParquetReader:
+    path = args.pred
+    if not os.path.exists(path):
+        raise CLIError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise CLIError(f"{path}: is a directory, expected a prediction file")
+    fmt = args.format
+    if fmt is None:
+        fmt = _SUFFIXES.get(os.path.splitext(path)[1].lower())
+        if fmt is None:
+            raise CLIError(
+                f"{path}: cannot tell the format from the suffix; use .csv, .npy or .parquet, "
+                "or pass --format"
+            )
+    if fmt == "npy":
+        if args.label_column is not None:
+            raise CLIError(f"{path}: a .npy file has no columns; give labels with --true")
+        return NPYReader(path, args.labels, args.chunk_rows)
+    if fmt == "parquet":
+        return ParquetReader(path, args.label_column, args.labels, args.chunk_rows)
+    return CSVReader(path, args.label_column, args.labels, args.chunk_rows)
+
+
+def _check_chunk(
+    path: str, chunk: Chunk, classes: Classes, normalize: bool, tol: float
+) -> np.ndarray:
+    """Validate a chunk's probabilities; return them (divided by their row sums with --normalize)."""
+    p = chunk.probs
+    nan = np.isnan(p)
+    if nan.any():
+        i, j = (int(v) for v in np.argwhere(nan)[0])
+        raise CLIError(
+            f"{path}: {chunk.where(i)}: probability of {classes.names[j]!r} is missing (NaN)"
+        )
+    # with --normalize any non-negative finite scores are divided by their row sum
+    outside = ((p < 0) | np.isinf(p)) if normalize else ((p < 0) | (p > 1))
+    if outside.any():
+        i, j = (int(v) for v in np.argwhere(outside)[0])
+        allowed = "non-negative and finite" if normalize else "inside [0, 1]"
+        raise CLIError(
+            f"{path}: {chunk.where(i)}: probability {float(p[i, j])!r} of {classes.names[j]!r} "
+            f"is not {allowed}"
+        )
+    sums = p.sum(axis=1)
+    if normalize:
+        zero = np.flatnonzero(sums <= 0)
+        if zero.size:
+            raise CLIError(
+                f"{path}: {chunk.where(int(zero[0]))}: probabilities sum to 0; cannot normalize"
+            )
+        return p / sums[:, None]
+    off = np.flatnonzero(np.abs(sums - 1) > tol)
+    if off.size:
+        i = int(off[0])
+        raise CLIError(
+            f"{path}: {chunk.where(i)}: probabilities sum to {float(sums[i]):.10g}, not 1 "
+            f"(tolerance {tol:g}); pass --normalize to divide each row by its sum"
+        )
+    return p
+
+
+def score_file(args: argparse.Namespace) -> tuple[Any, Classes]:
+    """Stream the prediction file (and the label file) through a ScoreAccumulator."""
+    from crossentropy.metrics import ScoreAccumulator
+
+    if args.chunk_rows < 1:
+        raise CLIError(f"--chunk-rows must be at least 1; got {args.chunk_rows}")
+    if args.tol < 0 or not math.isfinite(args.tol):
+        raise CLIError(f"--tol must be a non-negative number; got {args.tol}")
+    reader = _open_reader(args)
+    truth: TrueLabels | None = None
+    try:
+        classes = reader.classes
+        if args.true is not None:
+            truth = TrueLabels(args.true, classes)
+        elif (
+            getattr(reader, "label_col", None) is None
+            and getattr(reader, "label_column", None) is None
+        ):
+            raise CLIError(
+                f"{args.pred}: no true labels; pass --label-column NAME (a column of the file) or "
+                "--true FILE"
+            )
+        acc = ScoreAccumulator(list(classes.names), n_bins=args.bins, eps=args.eps)
+        n = 0
+        for chunk in reader.chunks():
+            probs = _check_chunk(args.pred, chunk, classes, args.normalize, args.tol)
+            if truth is not None:
+                target, _ = truth.take(probs.shape[0])
+                if target.shape[0] < probs.shape[0]:
+                    raise CLIError(
+                        f"{args.true}: has {truth.count} labels but {args.pred} has more rows "
+                        f"({args.pred} {chunk.where(target.shape[0])} has no label)"
+                    )
+            else:
+                assert chunk.target is not None  # the reader holds the label column
+                target = chunk.target
+            acc._add(target, probs, None)
+            n += probs.shape[0]
+        if n == 0:
+            raise CLIError(f"{args.pred}: no data rows (only a header)")
+        if truth is not None and truth.remaining():
+            raise CLIError(
+                f"{args.true}: has more labels than {args.pred} has rows ({n}); the lengths must "
+                "match"
+            )
+        return acc.compute(), classes
+    finally:
+        reader.close()
+        if truth is not None:
+            truth.close()
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def report_dict(path: str, scores: Any, base: float | None) -> dict[str, Any]:
+    """The JSON report. Non-finite numbers become null (``n_zero_prob`` says why a loss is)."""
+    unit = 1.0 if base is None else math.log(base)
+    cal = scores.calibration
+    pc = scores.per_class
+    return {
+        "file": path,
+        "n": scores.n,
+        "classes": [str(x) for x in pc.labels.tolist()],
+        "log_loss_nats": _finite(scores.log_loss),
+        "log_loss_bits": _finite(scores.log_loss_bits),
+        "base": base,
+        "log_loss": _finite(scores.log_loss / unit),
+        "perplexity": _finite(scores.perplexity),
+        "accuracy": _finite(scores.accuracy),
+        "brier": _finite(scores.brier),
+        "ece": _finite(cal.ece),
+        "mce": _finite(cal.mce),
+        "n_bins": int(cal.counts.shape[0]),
+        "n_zero_prob": scores.n_zero_prob,
+        "per_class": [
+            {
+                "label": str(label),
+                "count": int(count),
+                "cross_entropy": _finite(ce / unit),
+                "accuracy": _finite(acc),
+            }
+            for label, count, ce, acc in zip(
+                pc.labels.tolist(), pc.counts.tolist(), pc.cross_entropy, pc.accuracy
+            )
+        ],
+        "reliability": [
+            {
+                "lower": float(cal.bin_edges[b]),
+                "upper": float(cal.bin_edges[b + 1]),
+                "count": int(cal.counts[b]),
+                "confidence": _finite(cal.confidence[b]),
+                "accuracy": _finite(cal.accuracy[b]),
+            }
+            for b in range(cal.counts.shape[0])
+        ],
+    }
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    unit = (
+        "nats"
+        if report["base"] is None
+        else ("bits" if report["base"] == 2 else f"base {report['base']:g}")
+    )
+    console.print(f"[bold]crossentropy score[/bold] {report['file']}")
+    summary = Table(show_header=False)
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    summary.add_row("samples", f"{report['n']:,}")
+    ll = report["log_loss_nats"]
+    summary.add_row("log loss (nats)", _fmt(ll) if ll is not None else "inf")
+    summary.add_row("log loss (bits)", _fmt(report["log_loss_bits"]) if ll is not None else "inf")
+    if report["base"] not in (None, 2):
+        summary.add_row(f"log loss ({unit})", _fmt(report["log_loss"]) if ll is not None else "inf")
+    summary.add_row("perplexity", _fmt(report["perplexity"]) if ll is not None else "inf")
+    summary.add_row("accuracy", _fmt(report["accuracy"]))
+    summary.add_row("Brier score", _fmt(report["brier"]))
+    summary.add_row(f"ECE ({report['n_bins']} bins)", _fmt(report["ece"]))
+    if report["n_zero_prob"]:
+        summary.add_row("rows with p(true) = 0", f"{report['n_zero_prob']:,} (pass --eps to clip)")
+    console.print(summary)
+    per_class = Table(title=f"per class (cross-entropy in {unit})")
+    per_class.add_column("class")
+    per_class.add_column("count", justify="right")
+    per_class.add_column("cross-entropy", justify="right")
+    per_class.add_column("accuracy", justify="right")
+    for row in report["per_class"]:
+        ce = row["cross_entropy"]
+        shown = _fmt(ce) if ce is not None else ("inf" if row["count"] else "-")
+        per_class.add_row(row["label"], f"{row['count']:,}", shown, _fmt(row["accuracy"]))
+    console.print(per_class)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.base is not None and (not math.isfinite(args.base) or args.base <= 0 or args.base == 1):
+        raise CLIError(f"--base must be a positive number other than 1; got {args.base:g}")
+    if args.eps is not None and not 0 < args.eps < 0.5:
+        raise CLIError(f"--eps must be in (0, 0.5); got {args.eps:g}")
+    if args.bins < 1:
+        raise CLIError(f"--bins must be at least 1; got {args.bins}")
+    scores, _ = score_file(args)
+    report = report_dict(args.pred, scores, args.base)
+    if args.json:
+        print(json.dumps(report, indent=2, allow_nan=False))
+    else:
+        print_report(report)
+    return 0

@@ -1,0 +1,309 @@
+"""The demo's outputs: terminal tables (rich), ``demo_report.png`` (matplotlib, Agg) and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from crossentropy.demo._classify import LOSS_LABELS
+
+_COLORS = {"cross_entropy": "#1f77b4", "mse": "#d62728", "focal": "#2ca02c"}
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None (JSON has no NaN or infinity)."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return _clean(value.item())
+    return value
+
+
+def write_json(summary: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n")
+
+
+def write_png(summary: dict[str, Any], path: Path) -> None:
+    """Loss curves with the entropy line and the KL gap shaded, code lengths, digits curves and
+    the reliability diagram, on a 2 x 2 grid."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5), dpi=110)
+    try:
+        _plot_training(axes[0, 0], summary)
+        _plot_code_lengths(axes[0, 1], summary)
+        _plot_digits_curves(axes[1, 0], summary["classification"])
+        _plot_reliability(axes[1, 1], summary["classification"])
+        src = summary["source"]
+        fig.suptitle(
+            "crossentropy demo: cross-entropy = entropy + KL = code length "
+            f"(seed {summary['config']['seed']}, {summary['config']['steps']} steps"
+            f"{', quick' if summary['config']['quick'] else ''}; source: {src['n_symbols']} "
+            f"symbols, context {src['order']})",
+            fontsize=12,
+        )
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def _plot_training(ax: Any, summary: dict[str, Any]) -> None:
+    import numpy as np
+
+    hist = summary["model"]["history"]
+    h = summary["source"]["entropy_rate_bits"]
+    steps = np.asarray(hist["steps"])
+    train = np.asarray(hist["train_bits"])
+    window = max(1, len(train) // 60)
+    smooth = np.convolve(train, np.ones(window) / window, mode="valid")
+    ax.plot(steps, train, color="0.8", lw=0.6, label="train loss (batch)")
+    ax.plot(steps[window - 1 :], smooth, color="0.35", lw=1.2, label="train loss (moving mean)")
+    ev = np.asarray(hist["eval_steps"])
+    val = np.asarray(hist["val_bits"])
+    ax.plot(ev, val, "o-", color="#1f77b4", ms=3, lw=1.6, label="validation cross-entropy")
+    ax.axhline(h, color="k", ls="--", lw=1.2, label=f"entropy rate H = {h:.3f} bits")
+    ax.fill_between(
+        ev, h, val, where=val >= h, color="#1f77b4", alpha=0.15, label="gap = KL(source || model)"
+    )
+    final = summary["model"]["val_cross_entropy_bits"]
+    ax.annotate(
+        f"final: {final:.3f} bits\nKL gap {final - h:.3f}",
+        xy=(ev[-1], final),
+        xytext=(-10, 40),
+        textcoords="offset points",
+        ha="right",
+        arrowprops={"arrowstyle": "->", "color": "0.3"},
+    )
+    top = max(float(val.max()), float(smooth.max())) if len(smooth) else float(val.max())
+    ax.set_ylim(h - 0.25, top + 0.1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("bits per symbol")
+    ax.set_title("Part 1: training a model of a Markov source")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _plot_code_lengths(ax: Any, summary: dict[str, Any]) -> None:
+    groups = [
+        (
+            "Markov source\n(bits / symbol)",
+            summary["coding"],
+            summary["source"]["entropy_rate_bits"],
+        )
+    ]
+    if summary.get("text"):
+        groups.append(("your file\n(bits / byte)", summary["text"]["coding"], None))
+    bars = ["entropy rate H", "cross-entropy bound", "range coder", "gzip", "bz2", "lzma"]
+    colors = ["k", "#9ecae1", "#1f77b4", "#fdae6b", "#e6550d", "#a63603"]
+    width = 0.8 / len(bars)
+    for g, (_, coding, h) in enumerate(groups):
+        base = coding["baselines_bits_per_symbol"]
+        values = [
+            h,
+            coding["bound_bits_per_symbol"],
+            coding["bits_per_symbol"],
+            base["gzip"],
+            base["bz2"],
+            base["lzma"],
+        ]
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            x = g + (i - (len(bars) - 1) / 2) * width
+            ax.bar(x, v, width * 0.9, color=colors[i], label=bars[i] if g == 0 else None)
+            ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7, rotation=90)
+    ax.set_xticks(range(len(groups)), [name for name, _, _ in groups])
+    fixed = summary["coding"]["fixed_length_bits_per_symbol"]
+    ax.axhline(fixed, color="0.5", ls=":", lw=1)
+    ax.text(
+        0.99,
+        fixed,
+        f"fixed-length code for the source: {fixed:g} bits",
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        color="0.4",
+        transform=ax.get_yaxis_transform(),
+    )
+    ax.set_ylabel("bits per coded unit")
+    coding = summary["coding"]
+    ax.set_title(
+        f"Cross-entropy is code length (coder {coding['overhead_fraction'] * 100:+.3f}% "
+        f"vs bound, round trip {'ok' if coding['round_trip'] else 'FAILED'})"
+    )
+    top = max(ax.get_ylim()[1], fixed)
+    ax.set_ylim(0, top * 1.45)
+    ax.legend(fontsize=8, loc="upper left", ncol=3)
+    ax.grid(alpha=0.3, axis="y")
+
+
+def _plot_digits_curves(ax: Any, part: dict[str, Any]) -> None:
+    for name, r in part["losses"].items():
+        c = r["curves"]
+        ax.plot(
+            c["eval_steps"],
+            c["test_accuracy"],
+            color=_COLORS[name],
+            lw=1.5,
+            label=LOSS_LABELS[name],
+        )
+        if r["steps_to_90pct"] is not None:
+            ax.axvline(r["steps_to_90pct"], color=_COLORS[name], ls=":", lw=1)
+    ax.axhline(0.9, color="0.5", ls="--", lw=1, label="90% accuracy")
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("training step (batch of 64)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Part 2: digits, the same network trained with three losses")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _plot_reliability(ax: Any, part: dict[str, Any]) -> None:
+    ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="perfect calibration")
+    for name, r in part["losses"].items():
+        rel = r["reliability"]
+        pts = [
+            (c, a)
+            for c, a in zip(rel["confidence"], rel["accuracy"])
+            if c is not None and a is not None
+        ]
+        if not pts:
+            continue
+        conf, acc = zip(*pts)
+        counts = [n for n, c in zip(rel["counts"], rel["confidence"]) if c is not None]
+        ax.plot(conf, acc, "-", color=_COLORS[name], lw=1.2, alpha=0.8,
+                label=f"{LOSS_LABELS[name]} (ECE {r['ece']:.3f})")  # fmt: skip
+        # Marker area follows the number of test samples in the bin: sparse bins are noisy.
+        total = max(sum(counts), 1)
+        sizes = [6 + 400 * n / total for n in counts]
+        ax.scatter(conf, acc, s=sizes, color=_COLORS[name], alpha=0.6, edgecolors="none")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("confidence (mean top-class probability in the bin)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title("Reliability diagram (digits test set, 10 bins; marker area ~ samples)")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def print_summary(summary: dict[str, Any], console: Any) -> None:
+    """The summary tables on a rich console."""
+    from rich.table import Table
+
+    src, model, coding = summary["source"], summary["model"], summary["coding"]
+    h = src["entropy_rate_bits"]
+    ce = model["val_cross_entropy_bits"]
+    ok = summary["acceptance"]
+
+    t = Table(
+        title=f"Part 1: cross-entropy = entropy + KL  (Markov source: {src['n_symbols']} symbols, "
+        f"context {src['order']}, {src['val_symbols']:,} validation symbols)",
+        title_justify="left",
+    )
+    t.add_column("quantity")
+    t.add_column("bits/symbol", justify="right")
+    t.add_column("perplexity", justify="right")
+    t.add_row(
+        "entropy rate H of the source (exact)", f"{h:.4f}", f"{model['source_perplexity']:.3f}"
+    )
+    t.add_row(
+        "validation cross-entropy of the model",
+        f"{ce:.4f} ± {model['val_cross_entropy_se_bits']:.4f}",
+        f"{model['perplexity']:.3f}",
+    )
+    t.add_row(
+        "gap = cross-entropy − H (the KL divergence, measured)", f"{model['gap_bits']:.4f}", ""
+    )
+    t.add_row(
+        "KL rate source ‖ model (exact, from the model's table)", f"{model['kl_rate_bits']:.4f}", ""
+    )
+    t.add_row(
+        "true source's own cross-entropy on the validation data",
+        f"{model['val_true_model_bits']:.4f}",
+        "",
+    )
+    verdict = (
+        ok["cross_entropy_at_least_h_minus_noise"] and ok["cross_entropy_within_0.15_bits_of_h"]
+    )
+    t.add_row(
+        f"check: H − {model['noise_bits']:.4f} (noise) ≤ cross-entropy ≤ H + 0.15",
+        "[green]pass[/]" if verdict else "[red]FAIL[/]",
+        "",
+    )
+    console.print(t)
+    console.print(
+        _coding_table("Cross-entropy = code length (validation sequence)", coding, h, "symbol")
+    )
+    text = summary.get("text")
+    if text:
+        title = f"Your file {text['path']} ({text['bytes_used']:,} bytes"
+        title += f" of {text['file_bytes']:,})" if text["truncated"] else ")"
+        console.print(_coding_table(title, text["coding"], None, "byte"))
+        console.print(
+            f"  The byte model ({text['context_bytes']} bytes of context, "
+            f"{text['model_parameters']:,} parameters) was fitted to this file; a decoder needs "
+            "its parameters too, which the code length above does not count."
+        )
+
+    part = summary["classification"]
+    c = Table(
+        title=f"Part 2: {part['dataset']}, {summary['config']['classifier_steps']} steps per loss",
+        title_justify="left",
+    )
+    for col in ("loss", "test accuracy", "log loss (nats)", "ECE", "steps to 90%"):
+        c.add_column(col, justify="left" if col == "loss" else "right")
+    for name, r in part["losses"].items():
+        c.add_row(
+            LOSS_LABELS[name],
+            f"{r['accuracy']:.3f}",
+            f"{r['log_loss_nats']:.3f}",
+            f"{r['ece']:.3f}",
+            "not reached" if r["steps_to_90pct"] is None else str(r["steps_to_90pct"]),
+        )
+    console.print(c)
+    timing = summary["timing"]
+    console.print(
+        f"Wrote {summary['files']['png']} and {summary['files']['json']} "
+        f"in {timing['total_s']:.1f} s on {summary['config']['device']}."
+    )
+
+
+def _coding_table(title: str, coding: dict[str, Any], h: float | None, unit: str) -> Any:
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    t.add_column("code")
+    t.add_column("size (bytes)", justify="right")
+    t.add_column(f"bits/{unit}", justify="right")
+    t.add_column("vs bound", justify="right")
+    n = coding["symbols"]
+    bound = coding["bound_bits"]
+
+    def row(name: str, bits: float, note: str = "") -> None:
+        vs = f"{(bits / bound - 1) * 100:+.3f}%" if bound else ""
+        t.add_row(name, f"{bits / 8:,.0f}", f"{bits / n:.4f}", note or vs)
+
+    if h is not None:
+        t.add_row("entropy rate H × n (the floor)", f"{h * n / 8:,.0f}", f"{h:.4f}", "")
+    row("cross-entropy bound (sum of −log2 q)", bound, "—")
+    trip = "round trip ok" if coding["round_trip"] else "[red]round trip FAILED[/]"
+    row(f"range coder (constriction), {trip}", coding["compressed_bits"])
+    for name, label in (("gzip", "gzip -9"), ("bz2", "bz2 -9"), ("lzma", "lzma -9e")):
+        row(label, coding["baselines_bits"][name])
+    t.add_row(
+        "fixed-length code",
+        f"{coding['fixed_length_bits_per_symbol'] * n / 8:,.0f}",
+        f"{coding['fixed_length_bits_per_symbol']:.4f}",
+        "",
+    )
+    return t

@@ -1,0 +1,390 @@
+"""Fused training loss for any Hugging Face ``*ForCausalLM``: one generic mechanism, no copied forward.
+
+How it works, for a patched model called with ``labels`` while training:
+
+1. the model's own ``forward`` runs unchanged, so the decoder sees exactly the arguments it
+   would see without the patch (attention mask, positions, caches, ``num_items_in_batch``, ...);
+2. its output embedding returns an empty logits probe (:mod:`crossentropy.hf._probe`) holding the
+   final hidden states and the embedding weight, instead of the ``N x V`` logits;
+3. the model post-processes the probe as it would the logits (soft-capping, scaling), which is
+   recorded, and hands it to ``self.loss_function``, which the patch replaced by
+   :func:`_fused_causal_lm_loss`;
+4. that function shifts the labels as transformers' ``ForCausalLMLoss`` does and calls
+   :func:`crossentropy.torch.linear_cross_entropy` with the recorded soft-cap and scale;
+   with ``num_items_in_batch`` it sums and divides by it, as transformers does for gradient
+   accumulation;
+5. anything the model adds to the loss itself (a router auxiliary loss) is added by its own code.
+
+Without ``labels``, in eval mode (unless ``fuse_in_eval=True``), and during ``generate`` the
+original forward runs untouched and returns logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import types
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from crossentropy.hf._errors import UnsupportedModelError
+from crossentropy.hf._probe import LogitsProbe, Trace, logit_transform, make_probe
+
+__all__ = [
+    "UnsupportedModelError",
+    "is_patched",
+    "patch",
+    "patched",
+    "unpatch",
+]
+
+_STATE_ATTR = "_crossentropy_hf_state"
+_M = TypeVar("_M", bound=nn.Module)
+
+
+@dataclass
+class _State:
+    """Everything :func:`unpatch` needs to restore, plus the per-call capture flags."""
+
+    head: nn.Linear
+    model_name: str
+    loss_function: Any
+    had_loss_function: bool
+    forward_in_dict: Any
+    head_forward_in_dict: Any
+    impl: str
+    chunk_size: int | None
+    label_smoothing: float
+    z_loss: float
+    fuse_in_eval: bool
+    capturing: bool = False
+    head_calls: int = 0
+    fused_loss_calls: int = 0
+
+
+def _name(model: nn.Module) -> str:
+    return type(model).__name__
+
+
+def _causal_lm_loss_reference() -> Any:
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    return ForCausalLMLoss
+
+
+def _check_supported(model: nn.Module) -> nn.Linear:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError as exc:  # pragma: no cover - the hf extra is missing
+        raise ImportError("crossentropy.hf needs transformers; install crossentropy[hf]") from exc
+    name = _name(model)
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(
+            f"crossentropy.hf.patch expects a transformers PreTrainedModel (a *ForCausalLM); "
+            f"got {name}"
+        )
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(
+            f"crossentropy.hf.patch: {name} is an encoder-decoder model; only decoder-only "
+            "causal LMs (*ForCausalLM) are supported"
+        )
+    head = model.get_output_embeddings()
+    if head is None:
+        raise UnsupportedModelError(
+            f"crossentropy.hf.patch: {name} has no output embeddings (get_output_embeddings() "
+            "returned None), so there is no vocabulary projection to fuse"
+        )
+    if not isinstance(head, nn.Linear) or type(head).forward is not nn.Linear.forward:
+        raise UnsupportedModelError(
+            f"crossentropy.hf.patch: the output embeddings of {name} are a "
+            f"{type(head).__name__}, not a plain torch.nn.Linear; the fused loss cannot "
+            "reproduce their forward"
+        )
+    if head.weight.dim() != 2:
+        raise UnsupportedModelError(
+            f"crossentropy.hf.patch: the output embedding weight of {name} has shape "
+            f"{tuple(head.weight.shape)}; expected (vocab_size, hidden_size)"
+        )
+    loss_function = model.loss_function
+    if loss_function is not _causal_lm_loss_reference():
+        label = getattr(loss_function, "__name__", repr(loss_function))
+        raise UnsupportedModelError(
+            f"crossentropy.hf.patch: {name} computes its loss with {label} "
+            f"(config loss_type={getattr(model, 'loss_type', None)!r}), not transformers' "
+            "ForCausalLMLoss; only the causal LM loss can be fused"
+        )
+    return head
+
+
+def is_patched(model: nn.Module) -> bool:
+    """Whether :func:`patch` has been applied to ``model`` (and not undone)."""
+    return _STATE_ATTR in model.__dict__
+
+
+def patch(
+    model: _M,
+    *,
+    impl: str = "auto",
+    chunk_size: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    fuse_in_eval: bool = False,
+) -> _M:
+    """Make a Hugging Face causal LM compute its training loss without materialising the logits.
+
+    With labels, the loss is computed by :func:`crossentropy.torch.linear_cross_entropy` from the
+    final hidden states :math:`h` and the output embedding :math:`W` (and bias :math:`b`), using
+    the model's own soft-cap :math:`c` and logit scale :math:`s` when it declares them:
+
+    .. math::
+
+        \\ell = \\frac{1}{|T|} \\sum_{t \\in T}
+            -\\log \\operatorname{softmax}\\big(c \\tanh(s (W h_t + b) / c)\\big)_{y_{t+1}},
+
+    where :math:`T` are the positions whose shifted label is not ``ignore_index``; with
+    ``num_items_in_batch=n`` the sum is divided by :math:`n` instead of :math:`|T|`, as
+    transformers does for gradient accumulation. This equals the model's own loss.
+
+    The patch is applied to this model instance only (its ``forward``, its output embedding's
+    ``forward`` and its ``loss_function``); generation, calls without labels and calls in eval mode
+    keep the original behaviour and return logits. While fused, the output's ``logits`` is
+    ``None``. The one difference from the model's own loss: a batch whose labels are all
+    ``ignore_index`` gives 0 (with zero gradients) instead of NaN. The model's logit
+    post-processing is read from what its forward actually does to the logits (see
+    :mod:`crossentropy.hf._probe`), so a transformation the fused loss cannot reproduce raises
+    :class:`UnsupportedModelError` at the first fused call instead of giving a different loss.
+    Not supported: ``torch.compile`` of a patched model's forward (the logits probe is a tensor
+    subclass).
+
+    Args:
+        model: a transformers ``*ForCausalLM`` (Llama, Mistral, Qwen2, Gemma, Gemma 2, Phi-3, ...).
+        impl: passed to ``linear_cross_entropy`` (``"auto"``, ``"torch"``, ``"triton"``).
+        chunk_size: passed to ``linear_cross_entropy`` (rows per chunk; ``None`` for its default).
+        label_smoothing: optional label smoothing (0 reproduces the model's loss).
+        z_loss: optional z-loss coefficient (0 reproduces the model's loss).
+        fuse_in_eval: also fuse when the model is in eval mode (then no logits are returned when
+            labels are given).
+
+    Returns:
+        The same model object, patched.
+
+    Raises:
+        TypeError: ``model`` is not a transformers model.
+        UnsupportedModelError: the model has no plain linear output embedding, uses a loss other
+            than the causal LM loss, or (at the first fused call) transforms its logits in a way
+            the fused loss cannot reproduce.
+
+    Example:
+        >>> import torch, transformers
+        >>> from crossentropy.hf import patch, unpatch
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+        >>> _ = torch.manual_seed(0)
+        >>> model = transformers.LlamaForCausalLM(cfg).train()
+        >>> ids = torch.randint(0, 64, (2, 7))
+        >>> want = model(input_ids=ids, labels=ids).loss.detach()
+        >>> out = patch(model)(input_ids=ids, labels=ids)
+        >>> out.logits is None, abs(float(out.loss.detach()) - float(want)) < 1e-5
+        (True, True)
+        >>> _ = unpatch(model)
+    """
+    if is_patched(model):
+        raise ValueError(f"crossentropy.hf.patch: this {_name(model)} is already patched")
+    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(
+            f"crossentropy.hf.patch: label_smoothing must be in [0, 1]; got {label_smoothing!r}"
+        )
+    if not isinstance(z_loss, (int, float)) or z_loss < 0.0:
+        raise ValueError(f"crossentropy.hf.patch: z_loss must be >= 0; got {z_loss!r}")
+    head = _check_supported(model)
+    had_loss_function = "_loss_function" in model.__dict__
+    state = _State(
+        head=head,
+        model_name=_name(model),
+        loss_function=model.loss_function,
+        had_loss_function=had_loss_function,
+        forward_in_dict=model.__dict__.get("forward"),
+        head_forward_in_dict=head.__dict__.get("forward"),
+        impl=impl,
+        chunk_size=chunk_size,
+        label_smoothing=float(label_smoothing),
+        z_loss=float(z_loss),
+        fuse_in_eval=fuse_in_eval,
+    )
+    # Everything installed is a method bound to the model (or its head) and reads its state from the
+    # instance, never from a closure: a deepcopy of a patched model (a reference model, an EMA copy)
+    # then computes with its own weights.
+    model.__dict__[_STATE_ATTR] = state
+    head.__dict__[_STATE_ATTR] = state
+    head.forward = types.MethodType(_head_forward, head)  # type: ignore[method-assign]
+    model.forward = types.MethodType(_forward_for(type(model)), model)  # type: ignore[method-assign]
+    model.loss_function = types.MethodType(_loss_function, model)  # type: ignore[assignment]
+    return model
+
+
+def _head_forward(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    state: _State = head.__dict__[_STATE_ATTR]
+    if not state.capturing:
+        if state.head_forward_in_dict is not None:
+            return state.head_forward_in_dict(hidden)  # type: ignore[no-any-return]
+        return nn.Linear.forward(head, hidden)
+    state.head_calls += 1
+    return make_probe(hidden, head.weight, head.bias, state.model_name)
+
+
+def _forward_for(cls: type) -> Any:
+    """The patched forward for ``cls``, carrying the class forward's signature.
+
+    Trainer inspects ``model.forward``'s signature to decide whether to pass
+    ``num_items_in_batch``; ``functools.wraps`` keeps the answer the same as without the patch.
+    """
+
+    @functools.wraps(cls.forward)  # type: ignore[attr-defined]
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state: _State = self.__dict__[_STATE_ATTR]
+
+        def original() -> Any:
+            if state.forward_in_dict is not None:
+                return state.forward_in_dict(*args, **kwargs)
+            return type(self).forward(self, *args, **kwargs)
+
+        fuse = kwargs.get("labels") is not None and (self.training or state.fuse_in_eval)
+        if not fuse or state.capturing:
+            return original()
+        state.capturing, state.head_calls, state.fused_loss_calls = True, 0, 0
+        try:
+            out = original()
+        finally:
+            state.capturing = False
+        return _finish(self, state, out)
+
+    return forward
+
+
+def _loss_function(
+    self: nn.Module, logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, **kwargs: Any
+) -> torch.Tensor:
+    state: _State = self.__dict__[_STATE_ATTR]
+    if not isinstance(logits, LogitsProbe):
+        return state.loss_function(logits, labels, vocab_size, **kwargs)  # type: ignore[no-any-return]
+    state.fused_loss_calls += 1
+    return _fused_causal_lm_loss(self, state, logits, labels, vocab_size, **kwargs)
+
+
+def unpatch(model: _M) -> _M:
+    """Undo :func:`patch` on ``model`` and return it; a model that is not patched is returned as is."""
+    state: _State | None = model.__dict__.pop(_STATE_ATTR, None)
+    if state is None:
+        return model
+    _restore(model, "forward", state.forward_in_dict)
+    _restore(state.head, "forward", state.head_forward_in_dict)
+    state.head.__dict__.pop(_STATE_ATTR, None)
+    if state.had_loss_function:
+        model.loss_function = state.loss_function
+    else:
+        model.__dict__.pop("_loss_function", None)
+    return model
+
+
+def _restore(module: nn.Module, attr: str, previous: Any) -> None:
+    if previous is None:
+        module.__dict__.pop(attr, None)
+    else:
+        module.__dict__[attr] = previous
+
+
+@contextlib.contextmanager
+def patched(model: _M, **options: Any) -> Iterator[_M]:
+    """Context manager: ``with patched(model): ...`` patches on entry and unpatches on exit.
+
+    Keyword arguments are those of :func:`patch`.
+    """
+    patch(model, **options)
+    try:
+        yield model
+    finally:
+        unpatch(model)
+
+
+def _finish(model: nn.Module, state: _State, out: Any) -> Any:
+    name = _name(model)
+    if state.head_calls != 1:
+        raise UnsupportedModelError(
+            f"crossentropy.hf: {name} called its output embedding {state.head_calls} times in "
+            "one forward pass; the fused loss handles exactly one projection to the vocabulary"
+        )
+    if state.fused_loss_calls != 1:
+        raise UnsupportedModelError(
+            f"crossentropy.hf: {name} did not pass its logits to self.loss_function once "
+            f"(passed {state.fused_loss_calls} times), so its loss cannot be fused"
+        )
+    if isinstance(out, tuple):
+        return tuple(x for x in out if not isinstance(x, LogitsProbe))
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, LogitsProbe):
+        # Same result as building the output with logits=None: no key, attribute None.
+        if "logits" in out:
+            OrderedDict.__delitem__(out, "logits")
+        object.__setattr__(out, "logits", None)
+    return out
+
+
+def _fused_causal_lm_loss(
+    model: nn.Module,
+    state: _State,
+    logits: LogitsProbe,
+    labels: torch.Tensor,
+    vocab_size: int,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    shift_labels: torch.Tensor | None = None,
+    **_: Any,
+) -> torch.Tensor:
+    """transformers' ``ForCausalLMLoss`` computed from the probe without the logits."""
+    from crossentropy.torch import linear_cross_entropy
+
+    trace: Trace = logits._ce_trace
+    transform = logit_transform(trace)
+    weight, bias, hidden = trace.weight, trace.bias, trace.hidden
+    if weight.shape[0] != vocab_size:
+        raise UnsupportedModelError(
+            f"crossentropy.hf: {_name(model)} has an output embedding of {weight.shape[0]} rows "
+            f"but a vocab_size of {vocab_size}; the fused loss needs them equal"
+        )
+    if shift_labels is None:
+        padded = nn.functional.pad(labels, (0, 1), value=ignore_index)
+        shift_labels = padded[..., 1:]
+    target = shift_labels.reshape(-1).to(hidden.device)
+    inputs = hidden.reshape(-1, hidden.shape[-1])
+    if target.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"crossentropy.hf: {_name(model)} got labels with {target.shape[0]} positions for "
+            f"hidden states with {inputs.shape[0]} positions (shape {tuple(hidden.shape)})"
+        )
+    if transform.input_scale != 1.0:
+        inputs = inputs * transform.input_scale
+        bias = None if bias is None else bias * transform.input_scale
+    reduction = "sum" if num_items_in_batch is not None else "mean"
+    loss = linear_cross_entropy(
+        inputs,
+        weight,
+        target,
+        linear_bias=bias,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=state.label_smoothing,
+        z_loss=state.z_loss,
+        softcap=transform.softcap,
+        impl=state.impl,
+        chunk_size=state.chunk_size,
+    )
+    if num_items_in_batch is not None:
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss.device)
+        loss = loss / num_items_in_batch
+    return loss

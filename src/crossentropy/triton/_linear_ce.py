@@ -1,0 +1,553 @@
+# Fused linear + softmax cross-entropy in Triton: logits = X W^T + b are never materialised.
+#
+# Math per row i (see _softmax_ce.py for the derivation): with z = softcap(X W^T + b), p = softmax(z),
+# per-class target coefficients a_ij and A_i = sum_j a_ij,
+#   ce_i = A_i lse_i - sum_j a_ij z_ij
+#   dZ_ij = [(g_i A_i + h_i) p_ij - g_i a_ij] (1 - tanh^2)     (g, h: upstream grads of ce, lse)
+#   dX = dZ W,  dW = dZ^T X,  db = sum_i dZ_ij
+#
+# Forward: a grid of (row block, vocabulary split) programs; each computes its logit tiles
+# (block_n x block_v, fp32 accumulation over the hidden dim with tl.dot) and keeps an online
+# max / sum of exponentials plus the target-logit and sum_j a_ij z_ij partials, all fp32. The
+# splits' partials (5 floats per row per split) are merged in fp32 by a few torch ops.
+# Backward ("8NDV" exact design): the vocabulary is walked in slabs of slab_v classes; a kernel
+# recomputes the slab's logits and writes dZ_slab (N, slab_v) once, then two GEMMs with fp32
+# accumulation give dW_slab = dZ_slab^T X (written once, never re-accumulated) and
+# dX += dZ_slab W_slab into an fp32 (N, D) accumulator. No atomics: deterministic.
+#
+# FLOPs: forward 2NDV, backward 2NDV (recompute) + 2NDV (dX) + 2NDV (dW) = 8NDV in all.
+# Memory traffic (b bytes per element): forward reads X once per vocabulary split and W once per
+# row block (N/block_n times, mostly from L2); backward reads X and W about once per slab plus
+# dZ_slab written and read twice (3 N V b in all).
+# Extra memory beyond the gradients: the fp32 dX accumulator (4 N D bytes), one dZ slab
+# (N slab_v b bytes, ~64 MiB by default), O(N) floats of per-row statistics.
+# dZ is stored in the input dtype so the GEMMs run on tensor cores; computing it in fp32 first
+# keeps the logits themselves unrounded (the main source of bf16 error in eager PyTorch).
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from crossentropy.triton._config import linear_config
+from crossentropy.triton._softmax_ce import (
+    _M_FLOOR,
+    _interpreting,
+    _softcap,
+    check_device,
+    check_float,
+    check_rows_args,
+    grad_coefs,
+    prepare_target,
+    rows_contiguous,
+)
+
+__all__ = [
+    "linear_ce_rows",
+]
+
+
+@triton.jit
+def _logit_tile(
+    x_ptr,
+    stride_xn,
+    w_ptr,
+    stride_wv,
+    rows64,
+    row_ok,
+    cols,
+    col_ok,
+    n_hidden,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    # (BLOCK_N, BLOCK_V) tile of X W^T, accumulated in fp32 over the hidden dim.
+    acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+    cols64 = cols.to(tl.int64)
+    for d0 in range(0, n_hidden, BLOCK_D):
+        dd = d0 + tl.arange(0, BLOCK_D)
+        d_ok = dd < n_hidden
+        xa = tl.load(
+            x_ptr + rows64[:, None] * stride_xn + dd[None, :],
+            mask=row_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        wb = tl.load(
+            w_ptr + cols64[None, :] * stride_wv + dd[:, None],
+            mask=col_ok[None, :] & d_ok[:, None],
+            other=0.0,
+        )
+        if UPCAST:
+            # The interpreter's dot multiplies bf16's raw uint16 storage; exact either way, since
+            # products of bf16 values are exact in fp32.
+            xa = xa.to(tl.float32)
+            wb = wb.to(tl.float32)
+        acc = tl.dot(xa, wb, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _linear_ce_fwd_kernel(
+    x_ptr,
+    stride_xn,
+    w_ptr,
+    stride_wv,
+    bias_ptr,
+    target_ptr,
+    stride_tn,
+    cw_ptr,
+    part_ptr,
+    n_rows,
+    n_vocab,
+    n_hidden,
+    v_per_split,
+    ignore_index,
+    smoothing,
+    cap,
+    HAS_BIAS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    IS_PROB: tl.constexpr,
+    HAS_SMOOTHING: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    rows64 = rows.to(tl.int64)
+    if not IS_PROB:
+        y = tl.load(target_ptr + rows64 * stride_tn, mask=row_ok, other=ignore_index).to(tl.int64)
+    m = tl.full([BLOCK_N], _M_FLOOR, tl.float32)
+    s = tl.zeros([BLOCK_N], tl.float32)
+    z_y = tl.zeros([BLOCK_N], tl.float32)  # target logit (class ids), found in one tile only
+    az = tl.zeros([BLOCK_N], tl.float32)  # sum_j a_j z_j of the smoothing / probability part
+    a_sum = tl.zeros([BLOCK_N], tl.float32)  # sum_j a_j (probs) or sum_j w_j (class ids)
+    v_start = pid_s * v_per_split
+    v_end = tl.minimum(v_start + v_per_split, n_vocab)
+    for v0 in range(v_start, v_end, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        col_ok = cols < v_end
+        mask = row_ok[:, None] & col_ok[None, :]
+        z = _logit_tile(
+            x_ptr,
+            stride_xn,
+            w_ptr,
+            stride_wv,
+            rows64,
+            row_ok,
+            cols,
+            col_ok,
+            n_hidden,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
+            PRECISION,
+            UPCAST,
+        )
+        if HAS_BIAS:
+            z += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if HAS_SOFTCAP:
+            z, _th = _softcap(z, cap)
+        z = tl.where(mask, z, float("-inf"))
+        m_new = tl.maximum(m, tl.max(z, 1))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), 1)
+        m = m_new
+        if HAS_WEIGHT:
+            w = tl.load(cw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        else:
+            w = tl.where(col_ok, 1.0, 0.0)
+        if IS_PROB:
+            t = tl.load(
+                target_ptr + rows64[:, None] * stride_tn + cols[None, :], mask=mask, other=0.0
+            ).to(tl.float32)
+            a = tl.where(mask, w[None, :] * ((1.0 - smoothing) * t + smoothing / n_vocab), 0.0)
+            a_sum += tl.sum(a, 1)
+            az += tl.sum(tl.where(a != 0.0, a * z, 0.0), 1)  # a_j = 0 adds 0 even at z_j = -inf
+        else:
+            z_y += tl.sum(tl.where(cols[None, :] == y[:, None], z, 0.0), 1)
+            if HAS_SMOOTHING:
+                az += tl.sum(tl.where(mask & (w[None, :] != 0.0), w[None, :] * z, 0.0), 1)
+                a_sum += tl.sum(w, 0)
+    # partials: (5, n_splits, n_rows) fp32
+    base = part_ptr + pid_s * n_rows + rows
+    stride_k = n_splits * n_rows
+    tl.store(base, m, mask=row_ok)
+    tl.store(base + stride_k, s, mask=row_ok)
+    tl.store(base + 2 * stride_k, z_y, mask=row_ok)
+    tl.store(base + 3 * stride_k, az, mask=row_ok)
+    tl.store(base + 4 * stride_k, a_sum, mask=row_ok)
+
+
+@triton.jit
+def _linear_ce_dz_kernel(
+    x_ptr,
+    stride_xn,
+    w_ptr,
+    stride_wv,
+    bias_ptr,
+    target_ptr,
+    stride_tn,
+    cw_ptr,
+    lse_ptr,
+    coef_ptr,
+    g_a_ptr,
+    g_s_ptr,
+    dz_ptr,
+    stride_dzn,
+    n_rows,
+    n_vocab,
+    n_hidden,
+    v_lo,
+    v_hi,
+    smoothing,
+    cap,
+    HAS_BIAS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    IS_PROB: tl.constexpr,
+    HAS_SMOOTHING: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    rows64 = rows.to(tl.int64)
+    cols = v_lo + pid_v * BLOCK_V + tl.arange(0, BLOCK_V)  # global class ids
+    col_ok = cols < v_hi
+    mask = row_ok[:, None] & col_ok[None, :]
+    z = _logit_tile(
+        x_ptr,
+        stride_xn,
+        w_ptr,
+        stride_wv,
+        rows64,
+        row_ok,
+        cols,
+        col_ok,
+        n_hidden,
+        BLOCK_N,
+        BLOCK_V,
+        BLOCK_D,
+        PRECISION,
+        UPCAST,
+    )
+    if HAS_BIAS:
+        z += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_SOFTCAP:
+        z, th = _softcap(z, cap)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    coef = tl.load(coef_ptr + rows, mask=row_ok, other=0.0)  # g A + h
+    g_a = tl.load(g_a_ptr + rows, mask=row_ok, other=0.0)  # g (1 - e) w_y (class ids)
+    g_s = tl.load(g_s_ptr + rows, mask=row_ok, other=0.0)  # g e / V (class ids) or g (probs)
+    p = tl.exp(z - lse[:, None])
+    if HAS_WEIGHT:
+        w = tl.load(cw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    else:
+        w = tl.where(col_ok, 1.0, 0.0)
+    if IS_PROB:
+        t = tl.load(
+            target_ptr + rows64[:, None] * stride_tn + cols[None, :], mask=mask, other=0.0
+        ).to(tl.float32)
+        ga = g_s[:, None] * (w[None, :] * ((1.0 - smoothing) * t + smoothing / n_vocab))
+    else:
+        y = tl.load(target_ptr + rows64 * stride_tn, mask=row_ok, other=-1).to(tl.int64)
+        ga = tl.where(cols[None, :] == y[:, None], g_a[:, None], 0.0)
+        if HAS_SMOOTHING:
+            ga += g_s[:, None] * w[None, :]
+    dz = coef[:, None] * p - ga  # (g A + h) p_j - g a_j
+    if HAS_SOFTCAP:
+        dz = dz * (1.0 - th * th)  # d(c tanh(x / c))/dx = 1 - tanh^2
+    dz_cols = (cols - v_lo).to(tl.int64)
+    tl.store(
+        dz_ptr + rows64[:, None] * stride_dzn + dz_cols[None, :],
+        dz.to(dz_ptr.dtype.element_ty),
+        mask=mask,
+    )
+
+
+_MM_OUT_DTYPE_OK: dict[str, bool] = {}
+
+
+def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b with fp32 output and fp32 accumulation, on tensor cores where torch allows."""
+    if a.dtype == torch.float32:
+        return a @ b
+    if a.device.type == "cuda" and _MM_OUT_DTYPE_OK.get("cuda", True):
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)  # type: ignore[call-arg]
+        except (RuntimeError, TypeError):
+            _MM_OUT_DTYPE_OK["cuda"] = False
+    if a.device.type == "cuda":
+        # Older torch: the GEMM still accumulates in fp32 but rounds this slab's sum to the input
+        # dtype once before it joins the fp32 accumulator.
+        return torch.mm(a, b).float()
+    return a.float() @ b.float()
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: full-precision products (tf32 would cost ~1e-3 relative error in the logits).
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+class _LinearCERows(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        lin_w: Tensor,
+        lin_b: Tensor | None,
+        target: Tensor,
+        weight: Tensor | None,
+        ignore_index: int,
+        label_smoothing: float,
+        softcap: float | None,
+    ) -> tuple[Tensor, Tensor]:
+        n, d = x.shape
+        v = lin_w.shape[0]
+        is_prob = target.is_floating_point()
+        interp = _interpreting(_linear_ce_fwd_kernel)
+        num_sms = 132
+        if x.device.type == "cuda":
+            num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        cfg = linear_config(n, d, v, interpret=interp, num_sms=num_sms)
+        v_tiles = triton.cdiv(v, cfg.block_v)
+        splits = max(1, min(cfg.v_splits, v_tiles))
+        v_per_split = triton.cdiv(v_tiles, splits) * cfg.block_v
+        splits = triton.cdiv(v, v_per_split)
+        part = torch.empty(5, splits, n, dtype=torch.float32, device=x.device)
+        if n > 0:
+            _linear_ce_fwd_kernel[(triton.cdiv(n, cfg.block_n), splits)](
+                x,
+                x.stride(0),
+                lin_w,
+                lin_w.stride(0),
+                lin_b if lin_b is not None else part,
+                target,
+                target.stride(0),
+                weight if weight is not None else part,
+                part,
+                n,
+                v,
+                d,
+                v_per_split,
+                ignore_index,
+                float(label_smoothing),
+                float(softcap) if softcap is not None else 1.0,
+                HAS_BIAS=lin_b is not None,
+                HAS_WEIGHT=weight is not None,
+                IS_PROB=is_prob,
+                HAS_SMOOTHING=label_smoothing > 0.0,
+                HAS_SOFTCAP=softcap is not None,
+                BLOCK_N=cfg.block_n,
+                BLOCK_V=cfg.block_v,
+                BLOCK_D=cfg.block_d,
+                PRECISION=_precision(x.dtype),
+                UPCAST=interp and x.dtype == torch.bfloat16,
+                num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
+            )
+        m_part, s_part, zy_part, az_part, a_part = part.unbind(0)
+        # Merge the splits' online logsumexps: lse = M + log sum_k s_k e^{m_k - M}. m_k is a
+        # finite floor for splits that saw only -inf, so no (-inf) - (-inf) here either.
+        m_max = m_part.max(0).values
+        lse = m_max + torch.log((s_part * torch.exp(m_part - m_max)).sum(0))
+        az = az_part.sum(0)
+        if is_prob:
+            big_a = a_part.sum(0)
+            ce = big_a * lse - az
+        else:
+            eps = float(label_smoothing)
+            valid = target != ignore_index
+            y_safe = torch.where(valid, target, torch.zeros_like(target)).long()
+            w_y = weight.float()[y_safe] if weight is not None else torch.ones_like(lse)
+            z_y = zy_part.sum(0)
+            ce = (1.0 - eps) * w_y * (lse - z_y)
+            big_a = (1.0 - eps) * w_y
+            if eps > 0.0:
+                w_sum = a_part.sum(0)
+                ce = ce + eps / v * (w_sum * lse - az)  # (e/V) sum_j w_j (lse - z_j)
+                big_a = big_a + eps / v * w_sum
+            zero = torch.zeros_like(ce)
+            ce = torch.where(valid, ce, zero)
+            big_a = torch.where(valid, big_a, zero)
+        ctx.save_for_backward(x, lin_w, lin_b, target, weight, lse, big_a)
+        ctx.opts = (ignore_index, float(label_smoothing), softcap, is_prob, cfg)
+        ctx.set_materialize_grads(False)
+        return ce, lse
+
+    @staticmethod
+    def backward(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None) -> Any:  # type: ignore[override]
+        x, lin_w, lin_b, target, weight, lse, big_a = ctx.saved_tensors
+        ignore_index, eps, softcap, is_prob, cfg = ctx.opts
+        nones = (None, None, None, None, None)
+        if g_ce is None and g_lse is None:
+            return None, None, None, *nones
+        n, d = x.shape
+        v = lin_w.shape[0]
+        coef, g_a, g_s = grad_coefs(
+            g_ce,
+            g_lse,
+            big_a,
+            target,
+            weight,
+            is_prob=is_prob,
+            ignore_index=ignore_index,
+            label_smoothing=eps,
+            n_cols=v,
+        )
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx_acc = torch.zeros(n, d, dtype=torch.float32, device=x.device) if need_x else None
+        dw = torch.empty_like(lin_w) if need_w else None
+        db = torch.empty(v, dtype=torch.float32, device=x.device) if need_b else None
+        slab = min(cfg.slab_v, max(v, 1))
+        dz_buf = torch.empty(n, slab, dtype=x.dtype, device=x.device)
+        for v_lo in range(0, v, slab):
+            v_hi = min(v, v_lo + slab)
+            dz = dz_buf[:, : v_hi - v_lo]
+            if n > 0:
+                grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(v_hi - v_lo, cfg.block_v))
+                _linear_ce_dz_kernel[grid](
+                    x,
+                    x.stride(0),
+                    lin_w,
+                    lin_w.stride(0),
+                    lin_b if lin_b is not None else lse,
+                    target,
+                    target.stride(0),
+                    weight if weight is not None else lse,
+                    lse,
+                    coef,
+                    g_a,
+                    g_s,
+                    dz,
+                    dz.stride(0),
+                    n,
+                    v,
+                    d,
+                    v_lo,
+                    v_hi,
+                    eps,
+                    float(softcap) if softcap is not None else 1.0,
+                    HAS_BIAS=lin_b is not None,
+                    HAS_WEIGHT=weight is not None,
+                    IS_PROB=is_prob,
+                    HAS_SMOOTHING=eps > 0.0,
+                    HAS_SOFTCAP=softcap is not None,
+                    BLOCK_N=cfg.block_n,
+                    BLOCK_V=cfg.block_v,
+                    BLOCK_D=cfg.block_d,
+                    PRECISION=_precision(x.dtype),
+                    UPCAST=_interpreting(_linear_ce_dz_kernel) and x.dtype == torch.bfloat16,
+                    num_warps=cfg.num_warps,
+                    num_stages=cfg.num_stages,
+                )
+            else:
+                dz.zero_()
+            if dx_acc is not None:
+                dx_acc += _mm_f32(dz, lin_w[v_lo:v_hi])
+            if dw is not None:
+                # All N rows of this slab at once: dW_slab is complete, written once.
+                torch.mm(dz.t(), x, out=dw[v_lo:v_hi])
+            if db is not None:
+                db[v_lo:v_hi] = dz.sum(0, dtype=torch.float32)
+        dx = dx_acc.to(x.dtype) if dx_acc is not None else None
+        dbias = db.to(lin_b.dtype) if db is not None and lin_b is not None else None
+        return dx, dw, dbias, *nones
+
+
+def linear_ce_rows(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    softcap: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-row cross-entropy and logsumexp of ``input @ linear_weight.T + linear_bias``, fused.
+
+    .. math::
+
+        z = c \\tanh((X W^\\top + b) / c), \\quad
+        \\mathrm{ce}_i = \\sum_j a_{ij} (\\mathrm{lse}_i - z_{ij})
+
+    with the target coefficients :math:`a_{ij}` of :func:`softmax_ce_rows`. The (N, V) logits are
+    never materialised: the forward pass keeps an online fp32 logsumexp over vocabulary tiles, and
+    the backward pass recomputes logits one vocabulary slab at a time (8NDV FLOPs in all, exact
+    gradients, no atomics).
+
+    Args:
+        input: (N, D) float32, bfloat16 or float16 hidden states; rows may be strided.
+        linear_weight: (V, D) output-embedding weight, same dtype.
+        target: (N,) int32/int64 class ids, or (N, V) float class probabilities.
+        linear_bias: (V,) or None.
+        weight: (V,) class weights or None.
+        ignore_index: class id whose rows get ce = 0 (class ids only).
+        label_smoothing: epsilon in [0, 1].
+        softcap: c > 0 or None.
+
+    Returns:
+        ``(ce_rows, lse_rows)``: float32 of shape (N,), differentiable w.r.t. ``input``,
+        ``linear_weight`` and ``linear_bias``; gradients come back in their dtypes.
+
+    Example (CPU tensors need ``TRITON_INTERPRET=1``, so this is not run as a doctest)::
+
+        ce, lse = linear_ce_rows(h.cuda(), lm_head.weight, target.cuda())
+    """
+    fn = "linear_ce_rows"
+    if input.dim() != 2 or linear_weight.dim() != 2 or input.shape[1] != linear_weight.shape[1]:
+        raise ValueError(
+            f"{fn}: input must be (N, D) and linear_weight (V, D), got {tuple(input.shape)} and "
+            f"{tuple(linear_weight.shape)}"
+        )
+    check_float(fn, "input", input)
+    if linear_weight.dtype != input.dtype:
+        raise TypeError(
+            f"{fn}: linear_weight dtype {linear_weight.dtype} must match input dtype {input.dtype}"
+        )
+    n = input.shape[0]
+    v = linear_weight.shape[0]
+    if linear_bias is not None and tuple(linear_bias.shape) != (v,):
+        raise ValueError(
+            f"{fn}: linear_bias must have shape ({v},), got {tuple(linear_bias.shape)}"
+        )
+    check_rows_args(fn, n, v, target, weight, label_smoothing, softcap)
+    check_device(fn, _linear_ce_fwd_kernel, input, linear_weight, linear_bias, target, weight)
+    input = rows_contiguous(input)
+    linear_weight = rows_contiguous(linear_weight)
+    if linear_bias is not None:
+        linear_bias = linear_bias.contiguous()
+    target = prepare_target(target)
+    if weight is not None:
+        weight = weight.contiguous()
+    ce, lse = _LinearCERows.apply(
+        input,
+        linear_weight,
+        linear_bias,
+        target,
+        weight,
+        int(ignore_index),
+        float(label_smoothing),
+        softcap,
+    )
+    return ce, lse

@@ -1,0 +1,189 @@
+"""``crossentropy demo``: one --quick run checked against the issue's bounds, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from crossentropy.cli import main
+from crossentropy.demo._source import random_source
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TEXT = (
+    "Cross-entropy is the expected code length of data drawn from one distribution when the code "
+    "is built for another. It equals the entropy plus the Kullback-Leibler divergence. "
+) * 12
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One `crossentropy demo --quick --text FILE` run shared by the tests below."""
+    base = tmp_path_factory.mktemp("demo")
+    text = base / "sample.txt"
+    text.write_text(TEXT)
+    out = base / "out"
+    capture = pytest.MonkeyPatch()
+    try:
+        import io
+
+        buffer = io.StringIO()
+        capture.setattr(sys, "stdout", buffer)
+        status = main(
+            ["demo", "--quick", "--out", str(out), "--text", str(text), "--device", "cpu"]
+        )
+    finally:
+        capture.undo()
+    summary = json.loads((out / "demo_summary.json").read_text())
+    return {"status": status, "out": out, "summary": summary, "stdout": buffer.getvalue()}
+
+
+def test_quick_run_succeeds_and_prints_the_tables(quick_run: dict[str, Any]) -> None:
+    assert quick_run["status"] == 0
+    text = quick_run["stdout"]
+    for phrase in ("entropy rate H", "range coder", "gzip", "lzma", "cross-entropy", "focal"):
+        assert phrase in text
+
+
+def test_validation_cross_entropy_is_near_the_entropy_rate(quick_run: dict[str, Any]) -> None:
+    s = quick_run["summary"]
+    h = s["source"]["entropy_rate_bits"]
+    m = s["model"]
+    ce = m["val_cross_entropy_bits"]
+    assert ce >= h - m["noise_bits"]
+    assert ce - h <= 0.15
+    # The noise bound is a few standard errors of -log2 p, not a loose constant.
+    n = s["source"]["val_symbols"]
+    assert 0 < m["noise_bits"] < 10 * 2.0 / math.sqrt(n)
+    assert m["perplexity"] == pytest.approx(2.0**ce)
+    assert m["gap_bits"] == pytest.approx(ce - h)
+    # KL rate is non-negative and the measured gap agrees with it up to sampling noise.
+    assert m["kl_rate_bits"] >= 0
+    assert (
+        abs(m["gap_bits"] - m["kl_rate_bits"])
+        <= m["noise_bits"] + 4 * m["val_cross_entropy_se_bits"]
+    )
+    assert all(s["acceptance"].values())
+
+
+def test_reported_entropy_rate_is_the_sources(quick_run: dict[str, Any]) -> None:
+    s = quick_run["summary"]
+    src = s["source"]
+    source = random_source(
+        src["n_symbols"],
+        src["order"],
+        src["concentration"],
+        np.random.default_rng(s["config"]["seed"]),
+    )
+    assert src["entropy_rate_bits"] == pytest.approx(source.entropy_rate(), rel=1e-12)
+    assert 1.0 < src["entropy_rate_bits"] < math.log2(src["n_symbols"])
+
+
+def test_code_length_matches_the_cross_entropy_bound(quick_run: dict[str, Any]) -> None:
+    s = quick_run["summary"]
+    c = s["coding"]
+    assert c["round_trip"]
+    assert abs(c["compressed_bits"] - c["bound_bits"]) <= 0.005 * c["bound_bits"] + 64
+    # The bound is n times the reported cross-entropy (first symbols coded uniformly).
+    n = c["symbols"]
+    ce = s["model"]["val_cross_entropy_bits"]
+    first = s["source"]["order"] * math.log2(s["source"]["n_symbols"])
+    assert c["bound_bits"] == pytest.approx(ce * (n - s["source"]["order"]) + first, rel=1e-5)
+    assert set(c["baselines_bits"]) == {"gzip", "bz2", "lzma"}
+    assert all(v > 0 for v in c["baselines_bits"].values())
+
+
+def test_text_file_is_modelled_and_coded(quick_run: dict[str, Any]) -> None:
+    t = quick_run["summary"]["text"]
+    assert t["bytes_used"] == len(TEXT.encode())
+    assert not t["truncated"]
+    c = t["coding"]
+    assert c["round_trip"]
+    assert abs(c["compressed_bits"] - c["bound_bits"]) <= 0.005 * c["bound_bits"] + 64
+    assert 0 < t["cross_entropy_bits_per_byte"] < 8
+    assert set(c["baselines_bits_per_symbol"]) == {"gzip", "bz2", "lzma"}
+
+
+def test_digits_part(quick_run: dict[str, Any]) -> None:
+    part = quick_run["summary"]["classification"]
+    assert set(part["losses"]) == {"cross_entropy", "mse", "focal"}
+    for r in part["losses"].values():
+        assert 0.0 <= r["ece"] <= 1.0
+        assert r["log_loss_nats"] > 0
+        assert sum(r["reliability"]["counts"]) == part["test_size"]
+    ce = part["losses"]["cross_entropy"]
+    assert ce["accuracy"] >= 0.9
+    assert ce["steps_to_90pct"] is not None
+
+
+def test_outputs_exist(quick_run: dict[str, Any]) -> None:
+    png = quick_run["out"] / "demo_report.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 20_000
+    assert (quick_run["out"] / "demo_summary.json").exists()
+
+
+def _bad(capsys: pytest.CaptureFixture[str], argv: list[str], match: str) -> None:
+    status = main(["demo", "--quick", *argv])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+    assert match in err
+
+
+def test_empty_text_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    _bad(capsys, ["--text", str(empty), "--out", str(tmp_path / "o")], "is empty")
+
+
+def test_missing_text_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _bad(
+        capsys, ["--text", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")], "cannot read"
+    )
+
+
+def test_directory_as_text_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _bad(capsys, ["--text", str(tmp_path), "--out", str(tmp_path / "o")], "cannot read")
+
+
+@pytest.mark.parametrize("device", ["gpu0", "cuda:97", "meta"])
+def test_unknown_device(device: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _bad(capsys, ["--device", device, "--out", str(tmp_path / "o")], device)
+
+
+def test_output_directory_not_writable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    # A directory cannot be created below a regular file (this holds for root too).
+    _bad(capsys, ["--out", str(blocker / "sub")], "not writable")
+
+
+def test_bad_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _bad(capsys, ["--steps", "0", "--out", str(tmp_path / "o")], "steps")
+
+
+def test_subprocess_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env.pop("CROSSENTROPY_TRACEBACK", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "crossentropy", "demo", "--text", str(tmp_path / "missing.txt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("crossentropy demo: error: cannot read text file")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "demo_out").exists()

@@ -1,0 +1,462 @@
+"""crossentropy.hf: the fused causal-LM loss equals each model's own loss and gradients."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from crossentropy import hf  # noqa: E402
+
+VOCAB = 211  # odd and prime: no power-of-two alignment hides a chunking bug
+HIDDEN = 32
+COMMON: dict[str, Any] = dict(
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    pad_token_id=0,
+)
+
+
+def _llama() -> Any:
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON))
+
+
+def _mistral() -> Any:
+    return transformers.MistralForCausalLM(transformers.MistralConfig(**COMMON, sliding_window=8))
+
+
+def _qwen2() -> Any:
+    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**COMMON))
+
+
+def _gemma() -> Any:
+    # Tied input/output embeddings: gradients from the loss and the embedding lookup add up.
+    return transformers.GemmaForCausalLM(transformers.GemmaConfig(**COMMON, head_dim=8))
+
+
+def _gemma2() -> Any:
+    # A small cap so the soft-capping changes the loss a lot (default 30 barely bends tiny logits).
+    cfg = transformers.Gemma2Config(
+        **COMMON, head_dim=8, final_logit_softcapping=2.0, sliding_window=8
+    )
+    return transformers.Gemma2ForCausalLM(cfg)
+
+
+def _phi3() -> Any:
+    return transformers.Phi3ForCausalLM(transformers.Phi3Config(**COMMON))
+
+
+def _cohere() -> Any:
+    # Declares a logit scale (logits * logit_scale) and ties the embeddings.
+    return transformers.CohereForCausalLM(transformers.CohereConfig(**COMMON, logit_scale=3.5))
+
+
+def _granite() -> Any:
+    # Declares a logit divisor (logits / logits_scaling).
+    return transformers.GraniteForCausalLM(
+        transformers.GraniteConfig(**COMMON, logits_scaling=0.25)
+    )
+
+
+def _mixtral() -> Any:
+    # Mixture of experts: the model adds its router auxiliary loss to the loss it gets back.
+    cfg = transformers.MixtralConfig(
+        **COMMON,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        output_router_logits=True,
+        router_aux_loss_coef=0.1,
+    )
+    return transformers.MixtralForCausalLM(cfg)
+
+
+def _phi() -> Any:
+    # An lm_head with a bias.
+    cfg = transformers.PhiConfig(**{k: v for k, v in COMMON.items() if k != "num_key_value_heads"})
+    return transformers.PhiForCausalLM(cfg)
+
+
+ARCHITECTURES: dict[str, Callable[[], Any]] = {
+    "llama": _llama,
+    "mistral": _mistral,
+    "qwen2": _qwen2,
+    "gemma": _gemma,
+    "gemma2": _gemma2,
+    "phi3": _phi3,
+    "cohere": _cohere,
+    "granite": _granite,
+    "mixtral": _mixtral,
+    "phi": _phi,
+}
+
+
+def _build(name: str, seed: int = 0) -> Any:
+    torch.manual_seed(seed)
+    model = ARCHITECTURES[name]()
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        # Random init gives near-uniform logits (std ~0.02); LM-like logits (std of a few units)
+        # make soft-capping and the gradients matter.
+        model.get_output_embeddings().weight.mul_(40.0)
+    return model.float().train()
+
+
+def _batch(seed: int, batch: int = 3, length: int = 11) -> dict[str, Any]:
+    """Right- and left-padded rows of different lengths, labels -100 on padding and at random."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, 8:] = 0  # right padding
+    mask[1, :3] = 0  # left padding
+    labels = ids.clone()
+    labels[mask == 0] = -100
+    labels[torch.rand(batch, length, generator=g) < 0.2] = -100
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _grads(model: Any) -> dict[str, Any]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_loss_and_gradients_match_the_model(name: str) -> None:
+    reference = _build(name)
+    model = hf.patch(copy.deepcopy(reference), impl="torch")
+    batch = _batch(seed=len(name))
+    # Plain mean, then gradient accumulation: transformers sums and divides by the number of
+    # tokens of all micro-batches, passed as num_items_in_batch.
+    for extra in ({}, {"num_items_in_batch": torch.tensor(41)}):
+        reference.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        upstream = torch.randn(()) * 3
+        torch.manual_seed(1)  # same dropout / router noise in both, where a model has any
+        want = reference(**batch, **extra)
+        (want.loss * upstream).backward()
+        assert want.logits is not None and want.logits.shape[-1] == VOCAB
+        torch.manual_seed(1)
+        got = model(**batch, **extra)
+        (got.loss * upstream).backward()
+
+        assert got.logits is None
+        assert got.loss.dtype == torch.float32
+        torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+        want_grads, got_grads = _grads(reference), _grads(model)
+        assert want_grads.keys() == got_grads.keys()
+        for key, value in want_grads.items():
+            torch.testing.assert_close(got_grads[key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_no_tensor_as_large_as_the_logits_is_created() -> None:
+    # Record every tensor the fused forward+backward creates: with chunks of 8 rows none may hold
+    # the N x V logits (N = 33 tokens here), while the unpatched model's largest tensor does.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    batch = _batch(seed=4)
+    n_logits = batch["input_ids"].numel() * VOCAB
+    for fused in (False, True):
+        model = _build("gemma2")
+        if fused:
+            hf.patch(model, impl="torch", chunk_size=8)
+        Largest.numel = 0
+        with Largest():
+            model(**batch).loss.backward()
+        assert (Largest.numel >= n_logits) is not fused, (fused, Largest.numel, n_logits)
+
+
+def test_bfloat16_model_is_at_least_as_accurate_as_its_own_loss() -> None:
+    # Same final hidden states in both; the float64 reference applies the soft-cap to exact logits.
+    model = _build("gemma2").to(torch.bfloat16)
+    batch = _batch(seed=6)
+    with torch.no_grad():
+        hidden = model.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+    logits64 = hidden.double() @ model.lm_head.weight.detach().double().T
+    cap = model.config.final_logit_softcapping
+    logits64 = cap * torch.tanh(logits64 / cap)
+    target = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[:, 1:].reshape(-1)
+    ref = float(torch.nn.functional.cross_entropy(logits64.reshape(-1, VOCAB), target))
+    own = float(model(**batch).loss.detach())
+    with hf.patched(model, impl="torch"):
+        fused = model(**batch).loss
+    assert fused.dtype == torch.float32
+    assert abs(float(fused.detach()) - ref) <= abs(own - ref) + 1e-4
+
+
+def test_soft_capping_is_applied() -> None:
+    # The fused loss must differ from the uncapped loss by as much as the model's own does.
+    model = _build("gemma2")
+    batch = _batch(seed=3)
+    capped = model(**batch).loss.detach()
+    model.config.final_logit_softcapping = None
+    uncapped = model(**batch).loss.detach()
+    assert abs(float(capped) - float(uncapped)) > 1e-2
+    with hf.patched(model, impl="torch"):
+        torch.testing.assert_close(model(**batch).loss, uncapped, atol=1e-5, rtol=1e-5)
+        model.config.final_logit_softcapping = 2.0
+        torch.testing.assert_close(model(**batch).loss, capped, atol=1e-5, rtol=1e-5)
+
+
+def test_shift_labels_argument() -> None:
+    reference = _build("llama")
+    model = copy.deepcopy(reference)
+    batch = _batch(seed=5)
+    shifted = torch.roll(batch["labels"], -1, dims=1)
+    want = reference(**batch, shift_labels=shifted).loss
+    with hf.patched(model, impl="torch"):
+        got = model(**batch, shift_labels=shifted).loss
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_logits_generation_and_eval_are_untouched() -> None:
+    reference = _build("gemma2")
+    model = hf.patch(copy.deepcopy(reference), impl="torch")
+    batch = _batch(seed=7)
+    # No labels: the original forward, logits included.
+    torch.testing.assert_close(
+        model(input_ids=batch["input_ids"]).logits,
+        reference(input_ids=batch["input_ids"]).logits,
+    )
+    # Eval mode with labels: logits and loss as before (fusing is for training).
+    reference.eval()
+    model.eval()
+    want, got = reference(**batch), model(**batch)
+    assert got.logits is not None
+    torch.testing.assert_close(got.logits, want.logits)
+    torch.testing.assert_close(got.loss, want.loss)
+    prompt = batch["input_ids"][:1, :4]
+    kwargs: dict[str, Any] = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(prompt, **kwargs), reference.generate(prompt, **kwargs))
+
+
+def test_fuse_in_eval_and_tuple_output() -> None:
+    reference = _build("qwen2").eval()
+    model = hf.patch(copy.deepcopy(reference), impl="torch", fuse_in_eval=True)
+    batch = _batch(seed=9)
+    want = reference(**batch, return_dict=False)
+    got = model(**batch, return_dict=False)
+    # The logits are dropped from the tuple, as when a model returns logits=None.
+    assert len(got) == len(want) - 1
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+
+
+def test_unpatch_restores_everything() -> None:
+    model = _build("llama")
+    forward, head_forward = model.forward, model.lm_head.forward
+    loss_function = model.loss_function
+    hf.patch(model)
+    assert hf.is_patched(model)
+    with pytest.raises(ValueError, match="already patched"):
+        hf.patch(model)
+    assert hf.unpatch(model) is model
+    assert not hf.is_patched(model)
+    assert model.forward == forward and model.lm_head.forward == head_forward
+    assert model.loss_function is loss_function
+    assert "_loss_function" not in model.__dict__ and "forward" not in model.__dict__
+    batch = _batch(seed=11)
+    assert model(**batch).logits is not None
+
+
+def test_deepcopy_of_a_patched_model_uses_its_own_weights() -> None:
+    # Reference/EMA models are often deep copies of the training model.
+    reference = _build("gemma")
+    model = hf.patch(copy.deepcopy(reference), impl="torch")
+    twin = copy.deepcopy(model)
+    assert hf.is_patched(twin)
+    with torch.no_grad():
+        for net in (reference, twin):
+            net.model.norm.weight.add_(0.5)  # gemma ties lm_head to the input embedding
+    batch = _batch(seed=15)
+    got, want = twin(**batch), reference(**batch)
+    assert got.logits is None
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+    assert abs(float(model(**batch).loss.detach()) - float(want.loss.detach())) > 1e-3
+
+
+def test_label_smoothing_and_z_loss_options() -> None:
+    # Optional extras: compare with an explicit computation from the model's own logits.
+    reference = _build("llama")
+    model = copy.deepcopy(reference)
+    batch = _batch(seed=13)
+    logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    target = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[:, 1:].reshape(-1)
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), target, label_smoothing=0.1)
+    with hf.patched(model, impl="torch", label_smoothing=0.1):
+        got = model(**batch).loss
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- what the fused path refuses
+
+
+class _PostProcessedLlama(transformers.LlamaForCausalLM):
+    """A causal LM that post-processes its logits with ``self.post`` after lm_head."""
+
+    post: Callable[[Any, Any], Any] = staticmethod(lambda z, m: z)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.logit_bias = torch.nn.Parameter(torch.randn(config.vocab_size))
+
+    def forward(self, input_ids: Any = None, labels: Any = None, **kwargs: Any) -> Any:
+        hidden = self.model(input_ids=input_ids, **kwargs).last_hidden_state
+        logits = type(self).post(self.lm_head(hidden), self)
+        loss = None if labels is None else self.loss_function(logits, labels, self.vocab_size)
+        return transformers.modeling_outputs.CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
+POST_PROCESSING: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
+    # name: (what the forward does to the logits, what the error must name)
+    "learned bias": (lambda z, m: z + m.logit_bias, "'add'"),
+    "relu": (lambda z, m: torch.relu(z), "'relu'"),
+    "offset": (lambda z, m: z - 1.0, "'sub'"),
+    "double tanh": (lambda z, m: 2.0 * torch.tanh(torch.tanh(z / 2.0)), "second tanh"),
+    "divide by logits": (lambda z, m: 1.0 / z, "rdiv|unsupported|'__rtruediv__'|'reciprocal'"),
+}
+
+
+@pytest.mark.parametrize("case", list(POST_PROCESSING))
+def test_unknown_logit_transformation_is_refused(case: str) -> None:
+    post, named = POST_PROCESSING[case]
+    cls = type("PostProcessedLlama", (_PostProcessedLlama,), {"post": staticmethod(post)})
+    torch.manual_seed(0)
+    model = cls(transformers.LlamaConfig(**COMMON)).train()
+    batch = _batch(seed=1)
+    assert model(**batch).loss is not None  # the model itself works
+    hf.patch(model, impl="torch")
+    with pytest.raises(hf.UnsupportedModelError, match=rf"PostProcessedLlama.*({named})"):
+        model(**batch)
+    # Without labels nothing is fused, so the model still works.
+    assert model(input_ids=batch["input_ids"]).logits.shape[-1] == VOCAB
+
+
+def test_model_without_output_embeddings_is_refused() -> None:
+    torch.manual_seed(0)
+    model = transformers.LlamaModel(transformers.LlamaConfig(**COMMON))
+    with pytest.raises(hf.UnsupportedModelError, match="LlamaModel has no output embeddings"):
+        hf.patch(model)
+
+
+def test_non_linear_head_is_refused() -> None:
+    model = _build("llama")
+    model.lm_head = torch.nn.Sequential(torch.nn.Linear(HIDDEN, VOCAB))
+    with pytest.raises(hf.UnsupportedModelError, match=r"LlamaForCausalLM.*Sequential"):
+        hf.patch(model)
+
+
+def test_other_loss_type_is_refused() -> None:
+    # A config flag the path does not support: a loss other than the causal LM loss.
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(**COMMON, loss_type="ForMaskedLM")
+    )
+    model.loss_type = "ForMaskedLM"
+    with pytest.raises(hf.UnsupportedModelError, match="LlamaForCausalLM computes its loss with"):
+        hf.patch(model)
+
+
+def test_non_transformers_module_is_refused() -> None:
+    with pytest.raises(TypeError, match="got Linear"):
+        hf.patch(torch.nn.Linear(2, 2))
+
+
+def test_encoder_decoder_is_refused() -> None:
+    cfg = transformers.T5Config(
+        vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2
+    )
+    with pytest.raises(
+        hf.UnsupportedModelError, match="T5ForConditionalGeneration is an encoder-decoder"
+    ):
+        hf.patch(transformers.T5ForConditionalGeneration(cfg))
+
+
+# ---------------------------------------------------------------- Trainer with gradient accumulation
+
+
+class _Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, n: int, length: int) -> None:
+        g = torch.Generator().manual_seed(42)
+        self.rows = []
+        for i in range(n):
+            ids = torch.randint(1, VOCAB, (length,), generator=g)
+            valid = 4 + (i * 5) % (length - 4)  # uneven lengths: num_items_in_batch matters
+            mask = (torch.arange(length) < valid).long()
+            labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+            self.rows.append({"input_ids": ids * mask, "attention_mask": mask, "labels": labels})
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+
+def _train(tmp_path: Any, fused: bool) -> list[float]:
+    model = _build("llama", seed=1)
+    if fused:
+        hf.patch(model, impl="torch")
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / ("fused" if fused else "plain")),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_Rows(12, 10))
+    trainer.train()
+    losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3
+    return losses
+
+
+def test_gradient_accumulation_loop_matches(tmp_path: Any) -> None:
+    # What Trainer does with gradient_accumulation_steps=2: count the shifted labels of both
+    # micro-batches, pass that count as num_items_in_batch, backprop each micro-batch's loss.
+    data = _Rows(4, 10)
+    micro = [
+        {k: torch.stack([data[i][k] for i in rows]) for k in data[0]} for rows in ([0, 1], [2, 3])
+    ]
+    n_items = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
+    reference = _build("phi3", seed=2)
+    model = hf.patch(copy.deepcopy(reference), impl="torch")
+    for net in (reference, model):
+        for m in micro:
+            net(**m, num_items_in_batch=torch.tensor(n_items)).loss.backward()
+    for (key, want), got in zip(_grads(reference).items(), _grads(model).values()):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_trainer_with_gradient_accumulation_gives_the_same_losses(tmp_path: Any) -> None:
+    plain = _train(tmp_path, fused=False)
+    fused = _train(tmp_path, fused=True)
+    assert fused == pytest.approx(plain, rel=1e-5, abs=1e-5)
+    # The losses move: the steps did update the model.
+    assert plain[0] != pytest.approx(plain[-1], rel=1e-3)

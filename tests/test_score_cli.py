@@ -1,0 +1,294 @@
+"""`crossentropy score`: results against sklearn, chunked reading, formats and one-line errors."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sklearn.metrics as skm
+
+from crossentropy.cli import main
+from crossentropy.cli._score import CSVReader, NPYReader
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "predictions.csv"
+CLASSES = ["cat", "dog", "eel", "fox"]
+
+
+def score(argv, capsys):
+    status = main(["score", *map(str, argv)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def score_json(argv, capsys):
+    status, out, err = score([*argv, "--json"], capsys)
+    assert status == 0, err
+    return json.loads(out)
+
+
+def random_predictions(n, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(k, 0.8), size=n)
+    y = rng.integers(0, k, size=n)
+    return p, y
+
+
+def write_csv(path, p, y, names=CLASSES, label="y", digits=17):
+    lines = [",".join([*names[: p.shape[1]], label])]
+    for row, t in zip(p, y):
+        lines.append(",".join([*(f"{v:.{digits}g}" for v in row), names[t]]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def sklearn_reference(p, y):
+    """sklearn wants the columns in sorted label order; CLASSES is already sorted."""
+    return skm.log_loss(y, p, labels=range(p.shape[1]))
+
+
+def test_example_file_scores_and_matches_sklearn(capsys):
+    status, out, err = score([EXAMPLE, "--label-column", "label"], capsys)
+    assert status == 0, err
+    for word in ("log loss (nats)", "log loss (bits)", "perplexity", "accuracy", "Brier", "ECE"):
+        assert word in out
+    lines = EXAMPLE.read_text().splitlines()
+    names = lines[0].split(",")[:3]
+    p = np.array([[float(v) for v in line.split(",")[:3]] for line in lines[1:]])
+    y = np.array([names.index(line.split(",")[3]) for line in lines[1:]])
+    report = score_json([EXAMPLE, "--label-column", "label"], capsys)
+    assert report["n"] == len(y)
+    # sklearn orders columns by sorted label; map our columns to its order
+    order = np.argsort(names)
+    rank = np.argsort(order)
+    assert report["log_loss_nats"] == pytest.approx(skm.log_loss(rank[y], p[:, order]), rel=1e-12)
+    assert report["log_loss_bits"] == pytest.approx(report["log_loss_nats"] / math.log(2))
+    assert report["perplexity"] == pytest.approx(math.exp(report["log_loss_nats"]))
+    assert report["brier"] == pytest.approx(skm.brier_score_loss(rank[y], p[:, order]), rel=1e-12)
+    assert report["accuracy"] == pytest.approx(np.mean(p.argmax(axis=1) == y))
+    for c, row in enumerate(report["per_class"]):
+        assert row["label"] == names[c]
+        assert row["count"] == int(np.sum(y == c))
+        assert row["cross_entropy"] == pytest.approx(-np.mean(np.log(p[y == c, c])), rel=1e-12)
+    assert sum(b["count"] for b in report["reliability"]) == len(y)
+
+
+def test_chunked_scoring_equals_whole_and_chunks_are_bounded(tmp_path, capsys):
+    p, y = random_predictions(203)
+    path = write_csv(tmp_path / "pred.csv", p, y)
+    whole = score_json([path, "--label-column", "y", "--chunk-rows", 100000], capsys)
+    chunked = score_json([path, "--label-column", "y", "--chunk-rows", 7], capsys)
+    for key in ("n", "log_loss_nats", "accuracy", "brier", "ece"):
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-12, abs=1e-15), key
+    for a, b in zip(chunked["per_class"], whole["per_class"]):
+        assert a["count"] == b["count"]
+        assert a["cross_entropy"] == pytest.approx(b["cross_entropy"], rel=1e-12)
+    assert whole["log_loss_nats"] == pytest.approx(sklearn_reference(p, y), rel=1e-12)
+    reader = CSVReader(str(path), "y", None, chunk_rows=16)
+    try:
+        sizes = [chunk.probs.shape[0] for chunk in reader.chunks()]
+    finally:
+        reader.close()
+    assert max(sizes) <= 16 and sum(sizes) == 203 and len(sizes) == math.ceil(203 / 16)
+
+
+def test_npy_with_true_labels_in_npy_and_text(tmp_path, capsys):
+    p, y = random_predictions(50, k=3, seed=1)
+    np.save(tmp_path / "p.npy", p)
+    np.save(tmp_path / "y.npy", y)
+    ref = skm.log_loss(y, p, labels=range(3))
+    by_index = score_json([tmp_path / "p.npy", "--true", tmp_path / "y.npy"], capsys)
+    assert by_index["log_loss_nats"] == pytest.approx(ref, rel=1e-12)
+    assert by_index["classes"] == ["0", "1", "2"]
+    # names through --labels, labels as text with a header line
+    names = ["ant", "bee", "cow"]
+    (tmp_path / "y.csv").write_text("label\n" + "\n".join(names[t] for t in y) + "\n")
+    named = score_json(
+        [tmp_path / "p.npy", "--true", tmp_path / "y.csv", "--labels", *names, "--chunk-rows", 9],
+        capsys,
+    )
+    assert named["log_loss_nats"] == pytest.approx(ref, rel=1e-12)
+    assert [c["label"] for c in named["per_class"]] == names
+    # np.savetxt writes integer labels as floats such as 2.000000000000000000e+00
+    np.savetxt(tmp_path / "y.txt", y)
+    assert score_json([tmp_path / "p.npy", "--true", tmp_path / "y.txt"], capsys)[
+        "log_loss_nats"
+    ] == pytest.approx(ref, rel=1e-12)
+    reader = NPYReader(str(tmp_path / "p.npy"), None, chunk_rows=8)
+    try:
+        sizes = [chunk.probs.shape[0] for chunk in reader.chunks()]
+    finally:
+        reader.close()
+    assert max(sizes) == 8 and sum(sizes) == 50
+
+
+def test_npy_fortran_order_float32_and_binary(tmp_path, capsys):
+    p, y = random_predictions(40, k=3, seed=2)
+    np.save(tmp_path / "f.npy", np.asfortranarray(p))
+    np.save(tmp_path / "y.npy", y)
+    report = score_json(
+        [tmp_path / "f.npy", "--true", tmp_path / "y.npy", "--chunk-rows", 6], capsys
+    )
+    assert report["log_loss_nats"] == pytest.approx(skm.log_loss(y, p), rel=1e-12)
+    q = np.random.default_rng(3).uniform(size=30).astype(np.float32)
+    t = np.arange(30) % 2
+    np.save(tmp_path / "b.npy", q)
+    np.save(tmp_path / "t.npy", t)
+    binary = score_json([tmp_path / "b.npy", "--true", tmp_path / "t.npy"], capsys)
+    assert binary["log_loss_nats"] == pytest.approx(skm.log_loss(t, q.astype(np.float64)), rel=1e-7)
+    assert binary["brier"] == pytest.approx(skm.brier_score_loss(t, q.astype(np.float64)), rel=1e-6)
+
+
+def test_parquet_matches_csv(tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    p, y = random_predictions(70, seed=4)
+    columns = {name: p[:, j] for j, name in enumerate(CLASSES)}
+    columns["y"] = [CLASSES[t] for t in y]
+    pq.write_table(pa.table(columns), tmp_path / "p.parquet", row_group_size=16)
+    report = score_json([tmp_path / "p.parquet", "--label-column", "y", "--chunk-rows", 10], capsys)
+    assert report["log_loss_nats"] == pytest.approx(sklearn_reference(p, y), rel=1e-12)
+    columns["y"] = [CLASSES[t] if i != 33 else "gnu" for i, t in enumerate(y)]
+    pq.write_table(pa.table(columns), tmp_path / "bad.parquet")
+    status, _, err = score([tmp_path / "bad.parquet", "--label-column", "y"], capsys)
+    assert status == 2 and "row 34: label 'gnu'" in err
+
+
+def test_parquet_without_pyarrow_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    (tmp_path / "p.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    status, _, err = score([tmp_path / "p.parquet", "--label-column", "y"], capsys)
+    assert status == 2 and "needs pyarrow" in err and err.count("\n") == 1
+
+
+def test_zero_probability_is_infinite_unless_eps(tmp_path, capsys):
+    path = tmp_path / "z.csv"
+    path.write_text("a,b,y\n1.0,0.0,b\n0.5,0.5,a\n")
+    status, out, _ = score([path, "--label-column", "y"], capsys)
+    assert status == 0 and "inf" in out and "--eps" in out
+    report = score_json([path, "--label-column", "y"], capsys)
+    assert report["log_loss_nats"] is None and report["n_zero_prob"] == 1
+    clipped = score_json([path, "--label-column", "y", "--eps", "1e-6"], capsys)
+    assert clipped["log_loss_nats"] == pytest.approx(-(math.log(1e-6) + math.log(0.5)) / 2)
+
+
+def test_base_two_reports_per_class_in_bits_and_normalize(tmp_path, capsys):
+    path = tmp_path / "u.csv"
+    path.write_text("a,b,y\n2,6,b\n3,1,a\n1,1,b\n")
+    nats = score_json([path, "--label-column", "y", "--normalize"], capsys)
+    bits = score_json([path, "--label-column", "y", "--normalize", "--base", "2"], capsys)
+    expected = -(math.log(0.75) + math.log(0.75) + math.log(0.5)) / 3
+    assert nats["log_loss_nats"] == pytest.approx(expected, rel=1e-12)
+    for a, b in zip(nats["per_class"], bits["per_class"]):
+        assert b["cross_entropy"] == pytest.approx(a["cross_entropy"] / math.log(2))
+
+
+BAD_CSV = [
+    # (file text, extra args, expected fragments) -- line numbers count the header as line 1
+    ("a,b,y\n0.5,0.5,a\n0.5,0.5\n", [], ["line 3", "expected 3 fields", "got 2"]),
+    ("a,b,y\n0.5,0.5,a\n0.2,0.8,b\n0.5,0.5,a,x\n", [], ["line 4", "got 4"]),
+    ("a,b,y\n0.5,0.5,a\n0.5,abc,b\n", [], ["line 3", "column 'b'", "'abc' is not a number"]),
+    ("a,b,y\n0.5,0.5,a\n1.5,-0.5,b\n", [], ["line 3", "1.5", "not inside [0, 1]"]),
+    ("a,b,y\n0.5,0.5,a\nnan,0.5,b\n", [], ["line 3", "NaN"]),
+    ("a,b,y\n0.5,0.5,a\n0.5,0.4,b\n", [], ["line 3", "sum to 0.9", "--normalize"]),
+    ("a,b,y\n0.5,0.5,a\n0.5,0.5,zebra\n", [], ["line 3", "label 'zebra'", "classes (a, b)"]),
+    # the empty line 3 is skipped but still counted
+    ("a,b,y\n0.5,0.5,a\n\n0.5,0.4,b\n", [], ["line 4", "sum to 0.9"]),
+    ("a,b,y\n0.5,0.5,a\n\n0.5,0.5, zebra\n", [], ["line 4", "label 'zebra'"]),
+    ("", [], ["empty file"]),
+    ("a,b,y\n", [], ["no data rows"]),
+    ("a,b,y\n0.5,0.5,a\n", ["--label-column", "label"], ["line 1", "no column named 'label'"]),
+    ("a,b,y\n0.5,0.5,a\n", ["--label-column", None], ["no true labels", "--label-column"]),
+    ("a,a,y\n0.5,0.5,a\n", [], ["class name 'a' appears twice"]),
+]
+
+
+@pytest.mark.parametrize(("text", "extra", "fragments"), BAD_CSV)
+def test_bad_csv_is_a_one_line_error_with_line_number(tmp_path, capsys, text, extra, fragments):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    args = [path, "--label-column", "y"] + [a for a in extra if a is not None]
+    if None in extra:
+        args = [path]
+    status, out, err = score(args, capsys)
+    assert status == 2
+    assert out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(path) in err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_bad_row_found_in_a_later_chunk_has_its_own_line_number(tmp_path, capsys):
+    p, y = random_predictions(100, seed=5)
+    path = write_csv(tmp_path / "pred.csv", p, y)
+    lines = path.read_text().splitlines()
+    lines[77] = lines[77].replace(",", ";", 1)  # line 78 of the file: one field fewer
+    path.write_text("\n".join(lines) + "\n")
+    status, _, err = score([path, "--label-column", "y", "--chunk-rows", 10], capsys)
+    assert status == 2 and "line 78" in err
+
+
+@pytest.mark.parametrize(
+    ("labels", "fragments"),
+    [
+        ("0\n1\n", ["y.txt", "has 2 labels", "more rows", "row 3"]),
+        ("0\n1\n2\n0\n1\n", ["y.txt", "more labels than", "(4)"]),
+        ("0\n1\n7\n0\n", ["y.txt", "line 3", "label '7'"]),
+        ("0\n1,2\n", ["y.txt", "line 2", "one label per line"]),
+    ],
+)
+def test_true_label_file_problems(tmp_path, capsys, labels, fragments):
+    p, _ = random_predictions(4, k=3, seed=6)
+    np.save(tmp_path / "p.npy", p)
+    (tmp_path / "y.txt").write_text(labels)
+    status, _, err = score([tmp_path / "p.npy", "--true", tmp_path / "y.txt"], capsys)
+    assert status == 2 and err.count("\n") == 1
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_npy_problems(tmp_path, capsys):
+    p, y = random_predictions(10, k=3, seed=7)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "y_bad.npy", np.where(np.arange(10) == 4, 9, y))
+    np.save(tmp_path / "p.npy", p)
+    data = (tmp_path / "p.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[: len(data) - 8 * 3 * 3 - 4])
+    np.save(tmp_path / "p3d.npy", p.reshape(10, 3, 1))
+    (tmp_path / "empty.npy").write_bytes(b"")
+    cases = [
+        ([tmp_path / "p.npy", "--true", tmp_path / "y_bad.npy"], ["y_bad.npy", "row 5", "label 9"]),
+        ([tmp_path / "cut.npy", "--true", tmp_path / "y.npy"], ["cut.npy", "row 7", "truncated"]),
+        ([tmp_path / "p3d.npy", "--true", tmp_path / "y.npy"], ["p3d.npy", "shape (10, 3, 1)"]),
+        ([tmp_path / "empty.npy", "--true", tmp_path / "y.npy"], ["empty.npy", "empty file"]),
+        ([tmp_path / "missing.npy", "--true", tmp_path / "y.npy"], ["missing.npy", "no such file"]),
+        ([tmp_path / "p.npy", "--true", tmp_path / "nope.txt"], ["nope.txt", "no such file"]),
+        ([tmp_path / "p.npy", "--true", tmp_path / "y.npy", "--labels", "a"], ["--labels gives 1"]),
+    ]
+    for argv, fragments in cases:
+        status, _, err = score(argv, capsys)
+        assert status == 2 and err.count("\n") == 1, (argv, err)
+        for fragment in fragments:
+            assert fragment in err, (fragment, err)
+
+
+def test_subprocess_bad_input_exits_2_without_traceback(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("a,b,y\n0.5,0.5,a\n0.5,0.5\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env.pop("CROSSENTROPY_TRACEBACK", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "crossentropy", "score", str(path), "--label-column", "y"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "line 3" in proc.stderr
