@@ -80,6 +80,9 @@ def _run_impl(impl: str) -> Any:
 def child(data_path: str, impl: str, repeats: int, out_path: str) -> None:
     import torch
 
+    threads = int(os.environ.get("CROSSENTROPY_BENCH_THREADS", "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
     data = torch.load(data_path)
     h0, w0, y = data["h"], data["w"], data["y"]
     step = _run_impl(impl)
@@ -168,6 +171,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="N=2048, V=8000 (a smoke run)")
     parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args(argv)
 
     import torch
@@ -183,6 +188,8 @@ def main(argv: list[str]) -> int:
     env["PYTHONPATH"] = os.pathsep.join(
         [str(root / "src"), str(root), *filter(None, [env.get("PYTHONPATH")])]
     )
+    if args.threads > 0:
+        env["CROSSENTROPY_BENCH_THREADS"] = str(args.threads)
     results: dict[str, list[dict[str, Any]]] = {i: [] for i in impls}
     with tempfile.TemporaryDirectory() as tmp:
         data_path = str(Path(tmp) / "data.pt")
@@ -217,8 +224,10 @@ def main(argv: list[str]) -> int:
                 )
     text = _table(results, n, d, v, ref_loss, args)
     RESULTS.mkdir(exist_ok=True)
-    name = "linear_ce_cpu_quick.md" if args.quick else "linear_ce_cpu.md"
+    name = "linear_ce_cpu" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
+    name += ".md"
     (RESULTS / name).write_text(text)
+    (RESULTS / name.replace(".md", ".json")).write_text(json.dumps(results, indent=1) + "\n")
     print(text)
     return 0
 
@@ -242,24 +251,32 @@ def _table(
         f"N={n}, D={d}, V={v}, fp32, mean reduction, logits std ~4, targets sampled from the "
         f"model's softmax. torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs ({threads} torch threads), shared machine. "
-        f"Median of {args.repeats} passes after a warm-up, best of {args.rounds} rounds; "
+        f"Median of {args.repeats} passes after a warm-up, best of {args.rounds} rounds "
+        f"(rounds alternate the order of the implementations); "
         f"float64 reference loss {ref_loss:.6f}.",
         "",
-        "| impl | time (s) | time / torch_chunked | extra peak RSS (MiB) | all rounds (s) "
-        "| abs loss err | dh rel err | dW rel err |",
-        "|---|---|---|---|---|---|---|---|",
+        "| impl | time (s) | time / torch_chunked | fastest pass (s) | fastest / torch_chunked "
+        "| extra peak RSS (MiB) | all rounds (s) | abs loss err | dh rel err | dW rel err |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    fastest = {k: min(t for r in rs for t in r["times"]) for k, rs in results.items() if rs}
+    base_fast = fastest.get("torch_chunked", fastest.get("eager"))
     for impl, res in best.items():
         ratio = res["median"] / base["median"] if base is not None else float("nan")
+        fast_ratio = fastest[impl] / base_fast if base_fast else float("nan")
         rounds = ", ".join(f"{r['median']:.2f}" for r in results[impl])
+        extra = max(r["extra"] for r in results[impl])
         lines.append(
-            f"| {impl} | {res['median']:.2f} | {ratio:.2f}x | {res['extra'] / 2**20:,.0f} | "
-            f"{rounds} | {res['loss_err']:.1e} | {res['dh_err']:.1e} | {res['dw_err']:.1e} |"
+            f"| {impl} | {res['median']:.2f} | {ratio:.2f}x | {fastest[impl]:.2f} | "
+            f"{fast_ratio:.2f}x | {extra / 2**20:,.0f} | {rounds} | {res['loss_err']:.1e} | "
+            f"{res['dh_err']:.1e} | {res['dw_err']:.1e} |"
         )
     lines += [
         "",
-        "extra = peak RSS over all passes minus the RSS with inputs loaded minus the bytes "
-        "of dh and dW.",
+        "time = median of the passes in the implementation's best round; fastest pass = minimum "
+        "over all its passes (less sensitive to other load on the shared CPU). extra = the largest "
+        "over rounds of (peak RSS over all passes minus the RSS with inputs loaded minus the "
+        "bytes of dh and dW).",
         "",
     ]
     return "\n".join(lines)

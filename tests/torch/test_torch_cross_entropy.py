@@ -321,3 +321,24 @@ def test_minus_inf_masked_classes():
         (gr,) = _grads(ref, [xs], torch.tensor(1.7, dtype=torch.float64))
         assert torch.all(go[:, mask] == 0)
         torch.testing.assert_close(go[:, keep], gr)
+
+
+def test_aux_lse_is_differentiable():
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 6, (5,), generator=g)
+    up = torch.randn(5, generator=g, dtype=torch.float64)
+    xo = x.clone().requires_grad_(True)
+    xr = x.clone().requires_grad_(True)
+    aux = cross_entropy(xo, y, reduction="none", return_aux=True)
+    (go,) = _grads(aux.lse, [xo], up)
+    (gr,) = _grads(torch.logsumexp(xr, 1), [xr], up)
+    torch.testing.assert_close(go, gr)
+
+
+def test_impl_triton_without_kernels_raises(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "crossentropy.triton", None)  # makes the import fail
+    with pytest.raises(RuntimeError, match="impl='triton'"):
+        cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), impl="triton")
