@@ -3,6 +3,9 @@
 Import this package only when torch is installed (``pip install 'crossentropy[torch]'``).
 """
 
+from crossentropy.torch._data_parallel import global_valid_count
+from crossentropy.torch._extras import bce_with_logits as binary_cross_entropy_with_logits
+from crossentropy.torch._extras import focal_loss
 from crossentropy.torch._functional import cross_entropy, linear_cross_entropy
 from crossentropy.torch._modules import (
     BCEWithLogitsLoss,
@@ -18,6 +21,9 @@ __all__ = [
     "CrossEntropyLoss",
     "FocalLoss",
     "LinearCrossEntropyLoss",
+    "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "focal_loss",
+    "global_valid_count",
     "linear_cross_entropy",
 ]

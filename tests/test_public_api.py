@@ -1,0 +1,33 @@
+"""Pins the public surface of every layer: adding or removing a name must be a deliberate change."""
+
+import importlib
+
+import pytest
+
+PUBLIC = {
+    "crossentropy.torch": [
+        "BCEWithLogitsLoss",
+        "CrossEntropyAux",
+        "CrossEntropyLoss",
+        "FocalLoss",
+        "LinearCrossEntropyLoss",
+        "binary_cross_entropy_with_logits",
+        "cross_entropy",
+        "focal_loss",
+        "global_valid_count",
+        "linear_cross_entropy",
+    ],
+    "crossentropy.hf": ["UnsupportedModelError", "is_patched", "patch", "patched", "unpatch"],
+    "crossentropy.keras": ["SparseCategoricalCrossentropy", "SparseCategoricalFocalCrossentropy"],
+    "crossentropy.triton": ["linear_ce_rows", "softmax_ce_rows"],
+    "crossentropy.demo": ["run_demo"],
+    "crossentropy.cli": ["CLIError", "main"],
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(PUBLIC))
+def test_public_names_are_pinned_and_importable(module_name):
+    module = importlib.import_module(module_name)
+    assert sorted(module.__all__) == sorted(PUBLIC[module_name])
+    for name in module.__all__:
+        assert getattr(module, name) is not None
