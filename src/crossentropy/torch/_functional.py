@@ -121,7 +121,10 @@ def cross_entropy(
         return_aux: return :class:`CrossEntropyAux` (loss, lse, z_loss, n_valid) instead.
         process_group: shard the class dimension over this group (vocab parallel); ``input`` holds
             this rank's contiguous slice of classes, ``target`` global class ids.
-        impl: ``"auto"``, ``"torch"`` or ``"triton"``.
+        impl: ``"torch"`` (plain torch, any device), ``"triton"`` (the kernels of
+            :mod:`crossentropy.triton`; CUDA, or CPU under ``TRITON_INTERPRET=1``) or ``"auto"``
+            (currently the torch path everywhere; the Triton kernels become the CUDA default once
+            validated on a GPU).
 
     Returns:
         The loss: a scalar for ``mean``/``sum``, the target's positions for ``none``; float32
