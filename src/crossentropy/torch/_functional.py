@@ -121,7 +121,10 @@ def cross_entropy(
         return_aux: return :class:`CrossEntropyAux` (loss, lse, z_loss, n_valid) instead.
         process_group: shard the class dimension over this group (vocab parallel); ``input`` holds
             this rank's contiguous slice of classes, ``target`` global class ids.
-        impl: ``"auto"``, ``"torch"`` or ``"triton"``.
+        impl: ``"torch"`` (plain torch, any device), ``"triton"`` (the kernels of
+            :mod:`crossentropy.triton`; CUDA, or CPU under ``TRITON_INTERPRET=1``) or ``"auto"``
+            (currently the torch path everywhere; the Triton kernels become the CUDA default once
+            validated on a GPU).
 
     Returns:
         The loss: a scalar for ``mean``/``sum``, the target's positions for ``none``; float32
@@ -256,8 +259,12 @@ def linear_cross_entropy(
     at most a (chunk_size, V) block of fp32 logits exists at a time. For ``mean`` and ``sum`` the
     gradients are formed block by block during the forward pass (each logit block is computed once:
     3 GEMMs, 6NDV FLOPs) and the backward pass only scales them. For ``none`` the backward pass
-    recomputes the
-    blocks (4 GEMMs in all) and honours any per-position upstream gradient. With
+    recomputes the blocks (4 GEMMs in all) and honours any per-position upstream gradient. Memory
+    beyond the
+    inputs and gradients: about two (chunk_size, V) fp32 blocks, the fp32 gradients kept between
+    the passes (one more copy while the backward scales them), and for bf16/fp16 inputs an fp32
+    copy of ``linear_weight``. Under ``torch.compile`` the ``mean``/``sum`` path runs eagerly
+    (a graph break around it); Dynamo traces the ``none`` path's autograd Function. With
     ``return_aux=True`` the ``lse`` and ``z_loss`` fields are detached on the fused path.
 
     Args:
