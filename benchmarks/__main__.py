@@ -1,4 +1,4 @@
-"""``python -m benchmarks [NAME ...]``: run the named benchmark modules (all when none is named).
+"""``python -m benchmarks [NAME ...] [FLAGS ...]``: run the named benchmark modules (all when none is named).
 
 Each module ``benchmarks/<name>.py`` has ``main(argv) -> int`` and writes its tables to
 ``benchmarks/results/``.
@@ -18,14 +18,15 @@ def available() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    names = [a for a in argv if not a.startswith("-")] or available()
-    unknown = [n for n in names if n not in available()]
-    if unknown:
-        print(f"benchmarks: unknown benchmark {unknown[0]!r}; choose from {', '.join(available())}")
+    """Run ``NAME ...`` (leading benchmark names; all when none) with the remaining arguments."""
+    known = available()
+    split = next((i for i, a in enumerate(argv) if a not in known), len(argv))
+    names, flags = argv[:split], argv[split:]
+    if flags and not flags[0].startswith("-"):
+        print(f"benchmarks: unknown benchmark {flags[0]!r}; choose from {', '.join(known)}")
         return 2
-    flags = [a for a in argv if a.startswith("-")]
     status = 0
-    for name in names:
+    for name in names or known:
         module = importlib.import_module(f"benchmarks.{name}")
         status = max(status, int(module.main(flags) or 0))
     return status
