@@ -239,6 +239,36 @@ def test_return_aux_and_second_backward():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_aux_lse_and_z_loss_carry_their_own_gradients(reduction):
+    # a user may add a term in aux.lse or aux.z_loss to the objective: its gradient must reach the
+    # inputs exactly as through materialised logits (float64 reference, random upstream weights)
+    h, w, b, y = _data(3, 4, 6, 11, prob=False, seed=21)
+    ours_leaves, ref_leaves = _leaves(h, w, b), _leaves(h, w, b)
+    aux = linear_cross_entropy(
+        *ours_leaves[:2],
+        y,
+        linear_bias=ours_leaves[2],
+        z_loss=0.02,
+        reduction=reduction,
+        return_aux=True,
+    )
+    logits = F.linear(ref_leaves[0], ref_leaves[1], ref_leaves[2]).flatten(0, 1)
+    ref = cross_entropy(logits, y.flatten(), z_loss=0.02, reduction=reduction, return_aux=True)
+    g_loss, g_lse = torch.randn_like(aux.loss), torch.randn_like(aux.lse)
+    g_z = torch.randn_like(aux.z_loss)
+    objective = (aux.loss * g_loss).sum() + (aux.lse * g_lse).sum() + (aux.z_loss * g_z).sum()
+    ref_objective = (
+        (ref.loss.reshape(aux.loss.shape) * g_loss).sum()
+        + (ref.lse.reshape(aux.lse.shape) * g_lse).sum()
+        + (ref.z_loss.reshape(aux.z_loss.shape) * g_z).sum()
+    )
+    for ours, theirs in zip(
+        torch.autograd.grad(objective, ours_leaves), torch.autograd.grad(ref_objective, ref_leaves)
+    ):
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [

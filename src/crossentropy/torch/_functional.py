@@ -259,13 +259,12 @@ def linear_cross_entropy(
     at most a (chunk_size, V) block of fp32 logits exists at a time. For ``mean`` and ``sum`` the
     gradients are formed block by block during the forward pass (each logit block is computed once:
     3 GEMMs, 6NDV FLOPs) and the backward pass only scales them. For ``none`` the backward pass
-    recomputes the blocks (4 GEMMs in all) and honours any per-position upstream gradient. Memory
-    beyond the
-    inputs and gradients: about two (chunk_size, V) fp32 blocks, the fp32 gradients kept between
+    recomputes the blocks (4 GEMMs in all) and honours any per-position upstream gradient; so does
+    ``return_aux=True``, whose ``lse`` and ``z_loss`` fields carry their own gradients. Memory beyond
+    the inputs and gradients: about two (chunk_size, V) fp32 blocks, the fp32 gradients kept between
     the passes (one more copy while the backward scales them), and for bf16/fp16 inputs an fp32
     copy of ``linear_weight``. Under ``torch.compile`` the ``mean``/``sum`` path runs eagerly
-    (a graph break around it); Dynamo traces the ``none`` path's autograd Function. With
-    ``return_aux=True`` the ``lse`` and ``z_loss`` fields are detached on the fused path.
+    (a graph break around it); Dynamo traces the ``none`` path's autograd Function.
 
     Args:
         input: hidden states (..., D); any float dtype, any strides.
@@ -338,7 +337,9 @@ def linear_cross_entropy(
             label_smoothing=eps,
             softcap=cap,
         )
-    elif reduction == "none":
+    elif reduction == "none" or return_aux:
+        # the fused path knows its upstream gradient up to one scalar; per-row outputs that may be
+        # differentiated on their own (aux.lse, aux.z_loss) need the recomputing path
         ce_rows, lse_rows = linear_ce_rows(
             x,
             linear_weight,
@@ -362,8 +363,6 @@ def linear_cross_entropy(
             softcap=cap,
             reduction=reduction,
             z_loss=zl,
-            return_aux=return_aux,
-            out_shape=rows.out_shape,
             chunk=chunk,
         )
     return reduce_rows(
@@ -392,10 +391,8 @@ def _fused_scalar(
     softcap: float | None,
     reduction: str,
     z_loss: float,
-    return_aux: bool,
-    out_shape: tuple[int, ...],
     chunk: int | None,
-) -> Tensor | CrossEntropyAux:
+) -> Tensor:
     """``mean``/``sum`` with gradients formed in the forward pass (a graph break under compile)."""
     dtype = _compute_dtype(x, w, b, weight)
     counts = count_rows(target, weight=weight, ignore_index=ignore_index, dtype=dtype)
@@ -409,11 +406,5 @@ def _fused_scalar(
         num_classes=w.shape[0],
     )
     rows = chunk or default_chunk_size(x.shape[0], w.shape[0])
-    loss, _, lse = FusedLinearCE.apply(x, w, b, target, coef, zcoef, spec, rows)
-    if not return_aux:
-        return loss  # type: ignore[no-any-return]
-    if zcoef is not None:
-        z_term = (zcoef * torch.where(counts.valid, lse.square(), 0.0)).sum()
-    else:
-        z_term = torch.zeros((), dtype=dtype, device=x.device)
-    return CrossEntropyAux(loss, lse.reshape(out_shape), z_term, counts.n_valid)
+    loss, _, _ = FusedLinearCE.apply(x, w, b, target, coef, zcoef, spec, rows)
+    return loss  # type: ignore[no-any-return]
