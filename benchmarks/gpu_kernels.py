@@ -518,7 +518,7 @@ def main(argv: list[str]) -> int:
     if not torch.cuda.is_available():
         return _fail(
             "needs a CUDA GPU (torch.cuda.is_available() is False); the Triton kernels are "
-            "benchmarked on GPUs only. CPU correctness is covered by tests/triton under "
+            "benchmarked on GPUs only. CPU correctness is covered by tests/kernels under "
             "TRITON_INTERPRET=1."
         )
     try:
