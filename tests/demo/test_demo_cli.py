@@ -125,9 +125,12 @@ def test_code_length_matches_the_cross_entropy_bound(quick_run: dict[str, Any]) 
 
 def test_text_file_is_modelled_and_coded(quick_run: dict[str, Any]) -> None:
     t = quick_run["summary"]["text"]
-    assert t["bytes_used"] == len(TEXT.encode())
+    n = len(TEXT.encode())
+    assert t["bytes_used"] == n
     assert not t["truncated"]
+    assert t["train_bytes"] + t["held_out_bytes"] == n and t["held_out_bytes"] == n // 10
     c = t["coding"]
+    assert c["symbols"] == t["held_out_bytes"]
     assert c["round_trip"]
     assert abs(c["compressed_bits"] - c["bound_bits"]) <= 0.005 * c["bound_bits"] + 64
     assert 0 < t["cross_entropy_bits_per_byte"] < 8
@@ -144,6 +147,12 @@ def test_digits_part(quick_run: dict[str, Any]) -> None:
     ce = part["losses"]["cross_entropy"]
     assert ce["accuracy"] >= 0.9
     assert ce["steps_to_90pct"] is not None
+    for r in part["losses"].values():  # the first evaluation at or above 90% accuracy
+        curve = r["curves"]
+        first = next(
+            (s for s, a in zip(curve["eval_steps"], curve["test_accuracy"]) if a >= 0.9), None
+        )
+        assert r["steps_to_90pct"] == first
 
 
 def test_outputs_exist(quick_run: dict[str, Any]) -> None:
@@ -190,8 +199,32 @@ def test_output_directory_not_writable(tmp_path: Path, capsys: pytest.CaptureFix
     _bad(capsys, ["--out", str(blocker / "sub")], "not writable")
 
 
-def test_bad_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _bad(capsys, ["--steps", "0", "--out", str(tmp_path / "o")], "steps")
+@pytest.mark.parametrize("steps", ["0", "-3"])
+def test_bad_steps(steps: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _bad(capsys, ["--steps", steps, "--out", str(tmp_path / "o")], "steps")
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_bad_seed_is_refused_before_any_training(
+    seed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _bad(capsys, ["--seed", seed, "--out", str(tmp_path / "o")], "seed must be an integer")
+    assert not (tmp_path / "o").exists()  # refused before the output directory is even made
+
+
+def test_random_bytes_do_not_compress(tmp_path: Path) -> None:
+    """Held-out coding: a byte model cannot make random bytes smaller by memorising them."""
+    import torch
+
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    settings = _run.Settings.make(True, 60)
+    data, size = _run.read_text(noise)
+    part = _run._part_text(data, size, str(noise), settings, 0, torch.device("cpu"), None)
+    assert part["held_out_bytes"] == 300
+    assert part["coding"]["round_trip"]
+    assert part["cross_entropy_bits_per_byte"] > 7.5
+    assert part["coding"]["bits_per_symbol"] > 7.5
 
 
 def test_subprocess_reports_bad_input_in_one_line(tmp_path: Path) -> None:
@@ -224,8 +257,8 @@ def test_read_text_keeps_a_prefix_of_large_files(
 
 def test_read_text_rejects_a_file_shorter_than_the_context(tmp_path: Path) -> None:
     short = tmp_path / "short.txt"
-    short.write_bytes(b"ab")
-    with pytest.raises(ValueError, match="only 2 bytes"):
+    short.write_bytes(b"abcde")
+    with pytest.raises(ValueError, match="only 5 bytes; the demo needs at least 6"):
         _run.read_text(short)
 
 
