@@ -296,3 +296,37 @@ def test_bad_input(kwargs, exc, match):
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         linear_cross_entropy(**args)
+
+
+def test_fused_gradients_are_freed_by_backward():
+    """The mean/sum path forms its gradients in the forward pass; backward must release them, or a
+    training loop that keeps the last loss around carries a V x D gradient into the next step."""
+    x = torch.randn(16, 8, requires_grad=True)
+    w = torch.randn(50, 8, requires_grad=True)
+    y = torch.randint(0, 50, (16,))
+    loss = linear_cross_entropy(x, w, y)
+    node = loss.grad_fn
+    loss.backward()
+    with pytest.raises(RuntimeError, match="freed|second time"):
+        _ = node.saved_tensors
+
+
+def test_no_gradient_work_without_grad_mode(monkeypatch):
+    from crossentropy.torch import _rows
+
+    calls = []
+    real = _rows._grad_block
+    monkeypatch.setattr(_rows, "_grad_block", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(16, 8, requires_grad=True)
+    w = torch.randn(50, 8, requires_grad=True)
+    y = torch.randint(0, 50, (16,))
+    with torch.no_grad():
+        a = linear_cross_entropy(x, w, y, chunk_size=4)
+    with torch.inference_mode():
+        b = linear_cross_entropy(x, w, y, chunk_size=4)
+    assert calls == []
+    ref = F.cross_entropy(x.detach() @ w.detach().T, y)
+    torch.testing.assert_close(a, ref)
+    torch.testing.assert_close(b, ref)
+    linear_cross_entropy(x, w, y, chunk_size=4).backward()
+    assert len(calls) == 4  # and with grad mode on, every block forms its gradient

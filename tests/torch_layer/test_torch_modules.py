@@ -12,6 +12,7 @@ from crossentropy.torch import (
     FocalLoss,
     LinearCrossEntropyLoss,
     cross_entropy,
+    focal_loss,
     linear_cross_entropy,
 )
 
@@ -133,3 +134,53 @@ def test_bce_extras():
         mod(x, y[:, :2])
     with pytest.raises(ValueError, match="softcap"):
         BCEWithLogitsLoss(softcap=-1.0)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("prob", [False, True])
+def test_focal_loss_gradients_finite_with_masked_and_confident_rows(gamma, prob):
+    """-inf logits (masked classes) and p_t that rounds to 1 (gamma < 1) once gave NaN gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, dtype=torch.float64)
+    x[0] = torch.tensor([60.0, 0.0, 0.0, 0.0, 0.0])  # p_t = 1 in floating point
+    x[1:, 3] = float("-inf")  # class 3 masked everywhere but row 0
+    y = torch.tensor([0, 1, 2, 4, 0, 1])
+    target = F.one_hot(y, 5).double() * 0.8 + 0.05 if prob else y
+    if prob:
+        target[1:, 3] = 0.0
+        target = target / target.sum(1, keepdim=True)
+    xg = x.clone().requires_grad_()
+    loss = focal_loss(xg, target, gamma=gamma, reduction="none")
+    upstream = torch.rand(6, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(loss, xg, upstream)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    # float64 reference on the rows and classes where everything is finite, by the plain formula
+    xr = x.clone().requires_grad_()
+    logp = torch.log_softmax(xr, 1)
+    safe = torch.where(torch.isfinite(logp), logp, 0.0)
+    terms = -((1 - safe.exp()) ** gamma) * safe
+    ref = (target * terms).sum(1) if prob else terms.gather(1, y[:, None]).squeeze(1)
+    (gref,) = torch.autograd.grad(ref, xr, upstream)
+    torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad[1:], gref[1:], rtol=1e-9, atol=1e-12)
+    if not prob:
+        assert grad[0].abs().max() < 1e-12  # the exact gradient there is ~e^-60
+
+
+def test_focal_and_bce_modules_check_arguments_and_repr():
+    with pytest.raises(TypeError, match="gamma must be a real number"):
+        FocalLoss(gamma="2")
+    with pytest.raises(ValueError, match="alpha must be None"):
+        FocalLoss(alpha=-1.0)
+    assert "gamma=1.5, alpha=0.25" in repr(FocalLoss(gamma=1.5, alpha=0.25))
+    assert "label_smoothing=0.1" in repr(BCEWithLogitsLoss(label_smoothing=0.1))
+    with pytest.raises(TypeError, match="ignore_index must be a real number"):
+        BCEWithLogitsLoss(ignore_index="a")(torch.zeros(3), torch.zeros(3))
+
+
+def test_numpy_scalars_are_accepted_like_torch():
+    np = pytest.importorskip("numpy")
+    x, y = torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 5, -100, 2])
+    ours = CrossEntropyLoss(ignore_index=np.int64(-100), label_smoothing=np.float32(0.25))(x, y)
+    ref = F.cross_entropy(x, y, ignore_index=-100, label_smoothing=float(np.float32(0.25)))
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)

@@ -12,6 +12,7 @@ from crossentropy.torch._reduce import count_rows
 
 __all__ = [
     "bce_with_logits",
+    "check_focal_args",
     "focal_loss",
 ]
 
@@ -22,6 +23,34 @@ def _cap(x: Tensor, softcap: float | None) -> Tensor:
 
 def _compute(x: Tensor) -> Tensor:
     return x.double() if x.dtype == torch.float64 else x.float()
+
+
+def check_focal_args(fn: str, gamma: object, alpha: object) -> tuple[float, float | None]:
+    """``gamma`` as a float >= 0; a scalar ``alpha`` as a float >= 0 (None for None or a tensor)."""
+    g = V._real(fn, "gamma", gamma)
+    if not (math.isfinite(g) and g >= 0.0):
+        raise ValueError(f"{fn}: gamma must be a finite number >= 0; got {gamma!r}")
+    if alpha is None or isinstance(alpha, Tensor):
+        return g, None
+    a = V._real(fn, "alpha", alpha)
+    if not (math.isfinite(a) and a >= 0.0):
+        raise ValueError(f"{fn}: alpha must be None, a number >= 0 or a (C,) tensor; got {alpha!r}")
+    return g, a
+
+
+def _focal_terms(logp: Tensor, gamma: float) -> Tensor:
+    """``-(1 - p)^gamma log p`` from finite ``log p <= 0``, with a finite gradient everywhere.
+
+    ``1 - p = -expm1(log p)`` keeps its digits when p is near 1. Where it is 0 (p rounds to 1) the
+    term and its gradient are 0 (their limits), even for gamma < 1, whose ``pow`` has an infinite
+    derivative at 0.
+    """
+    one_minus_p = (-torch.expm1(logp)).clamp(min=0.0)
+    if gamma == 0.0:
+        return -logp
+    positive = one_minus_p > 0
+    focus = torch.where(positive, torch.where(positive, one_minus_p, 1.0).pow(gamma), 0.0)
+    return -focus * logp
 
 
 def focal_loss(
@@ -41,21 +70,14 @@ def focal_loss(
     ignore_index, _, zl, cap = V.check_options(
         fn, ignore_index=ignore_index, label_smoothing=0.0, z_loss=z_loss, softcap=softcap
     )
-    g = V._real(fn, "gamma", gamma)
-    if not (math.isfinite(g) and g >= 0.0):
-        raise ValueError(f"{fn}: gamma must be a finite number >= 0; got {gamma!r}")
+    g, a = check_focal_args(fn, gamma, alpha)
     logits, rows = V.flatten_logits(fn, input, target)
     num_classes = logits.shape[1]
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     weight: Tensor | None = None
     if isinstance(alpha, Tensor):
         weight = V.check_weight(fn, alpha, num_classes)
-    elif alpha is not None:
-        a = V._real(fn, "alpha", alpha)
-        if not (math.isfinite(a) and a >= 0.0):
-            raise ValueError(
-                f"{fn}: alpha must be None, a number >= 0 or a (C,) tensor; got {alpha!r}"
-            )
+    elif a is not None:
         weight = torch.full((num_classes,), a, dtype=dtype, device=logits.device)
     if rows.is_prob:
         V.check_prob_ignore_index(fn, ignore_index)
@@ -64,18 +86,24 @@ def focal_loss(
     s = _cap(_compute(logits), cap)
     lse = torch.logsumexp(s, dim=1)
     logp = s - lse.unsqueeze(1)
-    # (1 - p)^gamma with p = exp(log p) clamped to [0, 1] so rounding never gives a negative base
-    focus = (1.0 - logp.exp()).clamp(min=0.0).pow(g)
-    terms = -focus * logp
-    if weight is not None:
-        terms = terms * weight.to(dtype).unsqueeze(0)
     counts = count_rows(rows.target, weight=weight, ignore_index=ignore_index, dtype=dtype)
+    # The focal term is formed only where it counts (the target class, or classes with q > 0):
+    # elsewhere log p may be -inf (masked logits), and -inf * 0 would poison the gradient.
     if rows.is_prob:
         q = rows.target.to(dtype)
-        per_row = torch.where(q == 0, 0.0, q * terms).sum(1)
+        used = q != 0
+        logp_used = torch.where(used, logp, 0.0)
+        terms = _focal_terms(logp_used, g)
+        if weight is not None:
+            terms = terms * weight.to(dtype).unsqueeze(0)
+        per_row = torch.where(used, q * terms, 0.0).sum(1)
     else:
         t = torch.where(counts.valid, rows.target, 0).long()
-        per_row = torch.where(counts.valid, terms.gather(1, t.unsqueeze(1)).squeeze(1), 0.0)
+        logp_t = torch.where(counts.valid, logp.gather(1, t.unsqueeze(1)).squeeze(1), 0.0)
+        per_row = _focal_terms(logp_t, g)
+        if weight is not None:
+            per_row = per_row * weight.to(dtype)[t]
+        per_row = torch.where(counts.valid, per_row, 0.0)
     z_rows = torch.where(counts.valid, lse.square(), 0.0) if zl != 0.0 else None
     if reduction == "none":
         out = per_row + zl * z_rows if z_rows is not None else per_row
@@ -123,6 +151,8 @@ def bce_with_logits(
                     f"{fn}: {name} of shape {tuple(t.shape)} does not broadcast against the input "
                     f"{tuple(input.shape)}"
                 ) from None
+    if ignore_index is not None:
+        ignore_index = V._real(fn, "ignore_index", ignore_index)
     x = _cap(_compute(input), cap)
     dtype = x.dtype
     y = target.to(dtype)

@@ -406,5 +406,10 @@ def _fused_scalar(
         num_classes=w.shape[0],
     )
     rows = chunk or default_chunk_size(x.shape[0], w.shape[0])
+    if not torch.is_grad_enabled():
+        # no_grad / inference_mode: the Function would still see requires_grad on the parameters
+        # and form every gradient in the forward pass; detached inputs make it compute the loss only.
+        x, w = x.detach(), w.detach()
+        b = b.detach() if b is not None else None
     loss, _, _ = FusedLinearCE.apply(x, w, b, target, coef, zcoef, spec, rows)
     return loss  # type: ignore[no-any-return]

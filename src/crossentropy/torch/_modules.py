@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from crossentropy.torch import _validation as V
-from crossentropy.torch._extras import bce_with_logits, focal_loss
+from crossentropy.torch._extras import bce_with_logits, check_focal_args, focal_loss
 from crossentropy.torch._functional import cross_entropy, linear_cross_entropy
 
 __all__ = [
@@ -96,7 +96,9 @@ class LinearCrossEntropyLoss(nn.Module):
     r"""Module form of :func:`~crossentropy.torch.linear_cross_entropy`; holds no projection weight.
 
     The output projection is passed to each call (``loss(h, lm_head.weight, y)``), so the module
-    can sit next to a model whose head weight is tied or sharded without owning a copy.
+    can sit next to a model whose head weight is tied or sharded without owning a copy. This differs
+    from ``torch.nn.LinearCrossEntropyLoss`` of torch 2.13, which owns a ``Linear`` (its
+    state_dict holds ``linear.weight``) and is called as ``loss(h, y)``.
 
     Example:
         >>> import torch
@@ -176,7 +178,9 @@ class FocalLoss(nn.Module):
 
     with :math:`p = \mathrm{softmax}(s)` of the soft-capped logits. ``mean`` divides by the sum of
     :math:`\alpha_t` over counted positions (class indices) or the number of positions
-    (probabilities), so ``gamma=0`` equals :class:`CrossEntropyLoss` with ``weight=alpha``; the
+    (probabilities), so ``gamma=0`` equals :class:`CrossEntropyLoss` with ``weight=alpha``. A
+    scalar ``alpha`` therefore cancels out of an index-target ``mean`` (it scales ``sum`` and
+    ``none``), unlike the sigmoid focal loss of torchvision, whose mean is unweighted; the
     z-loss term is as in :func:`~crossentropy.torch.cross_entropy`. All math in fp32 (fp64 for fp64).
 
     Args:
@@ -211,6 +215,7 @@ class FocalLoss(nn.Module):
         super().__init__()
         V.check_reduction("FocalLoss", reduction)
         _options("FocalLoss", ignore_index, 0.0, z_loss, softcap)
+        check_focal_args("FocalLoss", gamma, alpha)
         self.gamma = gamma
         if isinstance(alpha, Tensor):
             self.register_buffer("alpha", alpha)
@@ -220,6 +225,13 @@ class FocalLoss(nn.Module):
         self.reduction = reduction
         self.z_loss = z_loss
         self.softcap = softcap
+
+    def extra_repr(self) -> str:
+        alpha = "tensor" if isinstance(self.alpha, Tensor) else self.alpha
+        return (
+            f"gamma={self.gamma}, alpha={alpha}, ignore_index={self.ignore_index}, "
+            f"reduction={self.reduction!r}, z_loss={self.z_loss}, softcap={self.softcap}"
+        )
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return focal_loss(
@@ -284,6 +296,12 @@ class BCEWithLogitsLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.softcap = softcap
         self.ignore_index = ignore_index
+
+    def extra_repr(self) -> str:
+        return (
+            f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, "
+            f"softcap={self.softcap}, ignore_index={self.ignore_index}"
+        )
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return bce_with_logits(

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "FusedLinearCE",
@@ -192,6 +193,7 @@ class _SoftmaxCERows(torch.autograd.Function):
         return blk.ce, blk.lse
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None) -> Any:  # type: ignore[override]
         logits, target = ctx.saved_tensors
         spec: RowSpec = ctx.spec
@@ -287,6 +289,7 @@ class _LinearCERows(torch.autograd.Function):
         return ce, lse
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None) -> Any:  # type: ignore[override]
         x, w, b, target = ctx.saved_tensors
         spec: RowSpec = ctx.spec
@@ -435,15 +438,17 @@ class FusedLinearCE(torch.autograd.Function):
         loss = (coef * ce).sum()
         if zcoef is not None:
             loss = loss + torch.where(zcoef != 0, zcoef * lse.square(), 0.0).sum()
-        ctx.grads = (dx, dw, db)
+        # Saved (not kept as ctx attributes) so that autograd frees them after backward.
+        ctx.save_for_backward(dx, dw, db)
         ctx.dtypes = (x.dtype, w.dtype, b.dtype if b is not None else None)
         ctx.mark_non_differentiable(ce, lse)
         return loss, ce, lse
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, g: Tensor | None, *_: Any) -> Any:  # type: ignore[override]
         out: list[Tensor | None] = []
-        for grad, dtype in zip(ctx.grads, ctx.dtypes):
+        for grad, dtype in zip(ctx.saved_tensors, ctx.dtypes):
             if grad is None or g is None:
                 out.append(None)
                 continue

@@ -8,8 +8,10 @@ the argument, what was received and what was expected.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,9 +55,16 @@ def check_impl(fn: str, impl: object) -> str:
 
 
 def _real(fn: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numbers.Real admits NumPy scalars (np.float32(0.1)), as torch does; bools are refused.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{fn}: {name} must be a real number; got {type(value).__name__} {value!r}")
     return float(value)
+
+
+def _integer(fn: str, name: str, value: object) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{fn}: {name} must be an int; got {value!r}")
+    return int(value)
 
 
 def check_options(
@@ -67,8 +76,7 @@ def check_options(
     softcap: object,
 ) -> tuple[int, float, float, float | None]:
     """Check the scalar options; return them as (ignore_index, label_smoothing, z_loss, softcap)."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"{fn}: ignore_index must be an int; got {ignore_index!r}")
+    ignore_index = _integer(fn, "ignore_index", ignore_index)
     eps = _real(fn, "label_smoothing", label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"{fn}: label_smoothing must lie in [0, 1]; got {label_smoothing!r}")

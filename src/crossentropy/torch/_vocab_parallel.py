@@ -42,6 +42,7 @@ from typing import Any, Literal, overload
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from crossentropy.torch import _validation as V
 from crossentropy.torch._reduce import Counts, CrossEntropyAux, reduce_rows
@@ -505,6 +506,7 @@ class _LogitsCE(torch.autograd.Function):
         return ce, lse, coef
 
     @staticmethod
+    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None, _g_coef: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, None, None]:
@@ -555,6 +557,7 @@ class _LinearCE(torch.autograd.Function):
         return ce, lse, coef
 
     @staticmethod
+    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None, _g_coef: Tensor | None
     ) -> tuple[Tensor | None, ...]:

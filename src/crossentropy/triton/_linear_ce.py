@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from crossentropy.triton._config import linear_config
 from crossentropy.triton._softmax_ce import (
@@ -394,6 +395,7 @@ class _LinearCERows(torch.autograd.Function):
         return ce, lse
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None) -> Any:  # type: ignore[override]
         x, lin_w, lin_b, target, weight, lse, big_a = ctx.saved_tensors
         ignore_index, eps, softcap, is_prob, cfg = ctx.opts

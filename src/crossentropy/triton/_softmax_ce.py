@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from crossentropy.triton._config import softmax_config
 
@@ -328,6 +329,7 @@ class _SoftmaxCERows(torch.autograd.Function):
         return ce, lse
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None) -> Any:  # type: ignore[override]
         logits, target, weight, lse, big_a = ctx.saved_tensors
         ignore_index, eps, softcap, is_prob, inplace = ctx.opts
