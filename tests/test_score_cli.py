@@ -204,6 +204,10 @@ BAD_CSV = [
     ("a,b,y\n0.5,0.5,a\n", ["--label-column", "label"], ["line 1", "no column named 'label'"]),
     ("a,b,y\n0.5,0.5,a\n", ["--label-column", None], ["no true labels", "--label-column"]),
     ("a,a,y\n0.5,0.5,a\n", [], ["class name 'a' appears twice"]),
+    # a line of spaces is blank too
+    ("a,b,y\n0.5,0.5,a\n   \n0.5,0.4,b\n", [], ["line 4", "sum to 0.9"]),
+    # a field Python's float() takes but the CSV parser does not is still found and named
+    ("a,b,y\n0.5,0.5,a\n0_5,0.5,b\n", [], ["line 3", "column 'a'", "'0_5' is not a number"]),
 ]
 
 
@@ -292,3 +296,29 @@ def test_subprocess_bad_input_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "line 3" in proc.stderr
+
+
+def test_byte_order_mark_is_not_part_of_a_name(tmp_path, capsys):
+    bom = b"\xef\xbb\xbf"
+    pred = tmp_path / "p.csv"
+    pred.write_bytes(bom + b"label,a,b,c\r\nc,0.2,0.3,0.5\r\nb,0.1,0.8,0.1\r\n")
+    status, out, _ = score([pred, "--label-column", "label", "--json"], capsys)
+    assert status == 0
+    expected = -(np.log(0.5) + np.log(0.8)) / 2
+    assert json.loads(out)["log_loss_nats"] == pytest.approx(expected, rel=1e-12)
+    # the same in a --true file: the BOM must not turn the first label into a "header" line
+    (tmp_path / "n.csv").write_text("a,b,c\n0.2,0.3,0.5\n0.1,0.8,0.1\n")
+    (tmp_path / "y.txt").write_bytes(bom + b"c\nb\n")
+    status, out, _ = score([tmp_path / "n.csv", "--true", tmp_path / "y.txt", "--json"], capsys)
+    assert status == 0
+    assert json.loads(out)["log_loss_nats"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_bad_utf8_is_reported_on_its_own_line(tmp_path, capsys):
+    rows = [b"0.5,0.5,a"] * 2000
+    rows[1500] = b"0.5,0.5,\xe9"
+    pred = tmp_path / "latin1.csv"
+    pred.write_bytes(b"a,b,y\n" + b"\n".join(rows) + b"\n")
+    status, _, err = score([pred, "--label-column", "y", "--chunk-rows", 700], capsys)
+    assert status == 2 and err.count("\n") == 1
+    assert "line 1502: not UTF-8 text" in err

@@ -7,6 +7,7 @@ Every core function accepts NumPy arrays, Python sequences, or any array-API arr
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import array_api_compat
@@ -56,7 +57,7 @@ def log_base_divisor(base: float | None) -> float:
     """``log(base)``: divide a quantity in nats by this to express it in ``base`` units (1 for nats)."""
     if base is None:
         return 1.0
-    if isinstance(base, bool) or not isinstance(base, (int, float)):
+    if isinstance(base, (bool, np.bool_)) or not isinstance(base, numbers.Real):
         raise TypeError(f"base must be a positive number other than 1 or None (nats); got {base!r}")
     if not math.isfinite(base) or base <= 0 or base == 1:
         raise ValueError(

@@ -83,7 +83,10 @@ def _log_softmax(xp: Any, x: Any, axis: int) -> Any:
     is_top = x == float("inf")
     k = xp.sum(xp.astype(is_top, x.dtype), axis=axis, keepdims=True)
     top = xp.where(is_top, -xp.log(xp.where(k > 0, k, xp.ones_like(k))), minus_inf)
-    return xp.where((m == float("inf")) & (k > 0), top, out)
+    out = xp.where((m == float("inf")) & (k > 0), top, out)
+    # A NaN anywhere in a slice makes the whole slice NaN (as in torch), not a uniform row.
+    has_nan = xp.any(xp.isnan(x), axis=axis, keepdims=True)
+    return xp.where(has_nan, xp.full_like(x, float("nan")), out)
 
 
 def log_softmax(x: Any, *, axis: int = -1) -> Any:

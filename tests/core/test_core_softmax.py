@@ -105,3 +105,20 @@ def test_plus_inf_entries_share_the_mass_in_the_limit() -> None:
         p = ce.softmax(x)
     np.testing.assert_array_equal(p, [[0.5, 0.0, 0.5, 0.0], [0.0, 1.0, 0.0, 0.0]])
     assert float(ce.log_softmax(x)[0, 0]) == pytest.approx(-np.log(2))
+
+
+def test_nan_rows_stay_nan_like_torch():
+    import torch
+
+    x = np.array([[np.nan, 1.0, 2.0], [0.0, 1.0, 2.0], [np.inf, np.nan, 0.0]])
+    for fn, ref in ((ce.log_softmax, torch.log_softmax), (ce.softmax, torch.softmax)):
+        ours = fn(x)
+        expected = ref(torch.from_numpy(x), 1).numpy()
+        assert np.isnan(ours[0]).all() and np.isnan(ours[2]).all()
+        np.testing.assert_allclose(ours[1], expected[1], rtol=1e-15)
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(expected))
+
+
+def test_base_accepts_numpy_integers():
+    p = np.array([0.5, 0.25, 0.25])
+    assert float(ce.entropy(p, base=np.int64(2))) == pytest.approx(1.5, rel=1e-15)

@@ -157,3 +157,14 @@ def test_language_metrics_reject_log_probs_and_bad_counts():
     with pytest.raises(ValueError, match="NaN"):
         bits_per_token([1.0, float("nan")])
     assert perplexity([np.inf, 1.0]) == math.inf
+
+
+def test_zero_weight_on_an_infinite_loss_is_quiet_and_dropped():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = per_class_scores([0, 1], [[0.0, 1.0], [0.5, 0.5]], sample_weight=[0.0, 1.0])
+    # class 0's only sample weighs nothing: no weighted mean (NaN, like an empty class), no inf
+    assert np.isnan(table.cross_entropy[0])
+    assert table.cross_entropy[1] == pytest.approx(np.log(2.0), rel=1e-15)

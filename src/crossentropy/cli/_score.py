@@ -184,9 +184,11 @@ class CSVReader:
     ) -> None:
         self.path = path
         self.chunk_rows = chunk_rows
-        self.file: IO[str] = open(path, encoding="utf-8", newline="")
+        # Binary, decoded line by line: a bad byte is then reported on its own line. (A newline
+        # byte never occurs inside a multi-byte UTF-8 sequence, so splitting first is safe.)
+        self.file: IO[bytes] = open(path, "rb")
         try:
-            header_line = self.file.readline()
+            header_line = self.file.readline().decode("utf-8-sig")  # a BOM is not a class name
         except UnicodeDecodeError as exc:
             raise CLIError(f"{path}: line 1: not UTF-8 text ({exc.reason})") from None
         if not header_line.strip():
@@ -216,12 +218,18 @@ class CSVReader:
         self.file.close()
 
     def _read_lines(self) -> list[str]:
+        raw = list(itertools.islice(self.file, self.chunk_rows))
         try:
-            return list(itertools.islice(self.file, self.chunk_rows))
-        except UnicodeDecodeError as exc:
-            raise CLIError(
-                f"{self.path}: near line {self.next_line}: not UTF-8 text ({exc.reason})"
-            ) from None
+            return [line.decode("utf-8") for line in raw]
+        except UnicodeDecodeError:
+            for i, line in enumerate(raw):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise CLIError(
+                        f"{self.path}: line {self.next_line + i}: not UTF-8 text ({exc.reason})"
+                    ) from None
+            raise
 
     def chunks(self) -> Iterator[Chunk]:
         classes = self.classes
@@ -235,7 +243,7 @@ class CSVReader:
                 return
             first = self.next_line
             self.next_line += len(lines)
-            if "\n" in lines or "\r\n" in lines:  # empty lines are skipped (rare: slow path)
+            if any(not line.strip() for line in lines):  # blank lines are skipped
                 keep = [bool(line.strip()) for line in lines]
                 kept = [line for line, k in zip(lines, keep) if k]
                 positions = first + np.flatnonzero(keep)
@@ -285,8 +293,8 @@ class CSVReader:
                     f"got {len(fields)}"
                 )
             for j in self.prob_cols:
-                try:
-                    float(fields[j])
+                try:  # the parser that refused the chunk, so that it refuses the same field
+                    np.loadtxt([fields[j]], dtype=np.float64, comments=None, ndmin=1)
                 except ValueError:
                     return CLIError(
                         f"{self.path}: line {pos}: column {self.header[j]!r}: {fields[j].strip()!r} "
@@ -474,7 +482,7 @@ class TrueLabels:
             if self.total == 0:
                 raise CLIError(f"{path}: no labels (empty array)")
         else:
-            self._text = open(path, encoding="utf-8", newline="")
+            self._text = open(path, encoding="utf-8-sig", newline="")
             self.unit = "line"
             self.total = None
             self.line = 0

@@ -191,7 +191,7 @@ def class_sums(
     ww = np.ones_like(nll) if w is None else w
     weight = np.bincount(index, weights=ww, minlength=k).astype(np.float64)
     # a zero weight must drop an infinite NLL rather than turn it into NaN
-    wn = np.where(ww > 0, ww * nll, 0.0) if w is not None else nll
+    wn = np.where(ww > 0, ww * np.where(ww > 0, nll, 0.0), 0.0) if w is not None else nll
     nll_sum = np.bincount(index, weights=wn, minlength=k).astype(np.float64)
     correct_sum = np.bincount(index, weights=ww * correct, minlength=k).astype(np.float64)
     return count, weight, nll_sum, correct_sum

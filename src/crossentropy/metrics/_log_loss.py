@@ -73,6 +73,8 @@ def log_loss(
             matrix of shape ``(n, k)``.
         y_pred: probabilities, shape ``(n, k)`` or ``(n,)`` (positive class); any float dtype.
         labels: all class labels in sorted order, needed when ``y_true`` lacks some classes.
+            Unlike sklearn, which sorts them silently, an unsorted list raises: the columns of
+            ``y_pred`` follow the sorted labels whatever order is passed.
         sample_weight: non-negative weights, shape ``(n,)``.
         normalize: return the weighted mean (True) or the weighted sum (False).
         eps: clip probabilities to ``[eps, 1 - eps]`` before the log; None (default) clips nothing.
