@@ -129,6 +129,13 @@ def bad_cases(group: Any) -> dict[str, Any]:
         "float-class-ids": lambda: vocab_parallel_cross_entropy(
             logits, y.double(), process_group=group
         ),
+        # global_valid_count with float targets on one rank only: the others must not hang
+        "count-float-target-one-rank": lambda: global_valid_count(
+            y.double() if rank == last else y, process_group=group
+        ),
+        "count-bad-weight-one-rank": lambda: global_valid_count(
+            y, weight=torch.ones(v) if rank != last else torch.ones(2, 2), process_group=group
+        ),
     }
     out: dict[str, Any] = {}
     for name, call in calls.items():

@@ -231,6 +231,8 @@ BAD_EXPECTED = {
     "different-functions": ("ValueError", "different vocab-parallel functions"),
     # float class ids are a dtype error, raised as TypeError on every rank (each sees it locally)
     "float-class-ids": ("TypeError", "integer dtype"),
+    "count-float-target-one-rank": ("TypeError", "integer class ids"),
+    "count-bad-weight-one-rank": ("ValueError", "1-d float tensor"),
 }
 
 
@@ -242,7 +244,13 @@ def test_bad_input_raises_on_every_rank_without_hanging(results: dict, world: in
             kind, msg = res["bad"][name]
             assert kind == kind_wanted, (name, r, kind, msg)
             # The offending rank names the problem; the others say which rank it was.
-            if name in ("D-local-mismatch", "reduction-bad-on-one-rank") and r != last:
+            one_rank = (
+                "D-local-mismatch",
+                "reduction-bad-on-one-rank",
+                "count-float-target-one-rank",
+                "count-bad-weight-one-rank",
+            )
+            if name in one_rank and r != last:
                 assert f"rank(s) [{last}]" in msg, (name, r, msg)
             else:
                 assert needle in msg, (name, r, msg)

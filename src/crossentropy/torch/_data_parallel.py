@@ -14,7 +14,8 @@ divide by the token count of the whole step, gathered across ranks:
 
 For gradient accumulation over ``k`` micro-batches, add the counts of all ``k`` micro-batches first
 (``n = sum(global_valid_count(t) for t in micro_targets)``) and divide every micro-batch's summed
-loss by that ``n``. FSDP and plain ``all_reduce`` of summed gradients need no ``* world_size``.
+loss by that ``n``. DDP and FSDP (1 and 2) both average gradients over the data-parallel ranks, so
+both need the ``* world_size``; only a hand-written ``all_reduce`` that sums gradients does not.
 """
 
 from __future__ import annotations
@@ -65,6 +66,36 @@ def global_valid_count(
     >>> int(global_valid_count(torch.tensor([[3, 1, -100], [2, -100, -100]])))
     3
     """
+    kind: type[Exception] = ValueError
+    problem = ""
+    try:
+        count: Tensor | None = _local_count(target, ignore_index, weight)
+    except (TypeError, ValueError) as exc:
+        count, problem, kind = None, str(exc), type(exc)
+    if dist.is_available() and dist.is_initialized():
+        # One all-reduce on every rank, whatever went wrong locally: each rank's error code
+        # travels with the count, so bad input raises on every rank instead of leaving the others
+        # waiting. float64 holds every count below 2**53 exactly, and any weight sum.
+        rank = dist.get_rank(process_group)
+        world = dist.get_world_size(process_group)
+        device = target.device if isinstance(target, Tensor) else torch.device("cpu")
+        packed = torch.zeros(1 + world, dtype=torch.float64, device=device)
+        packed[0] = float(count) if count is not None else 0.0
+        packed[1 + rank] = (2.0 if kind is TypeError else 1.0) if problem else 0.0
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=process_group)
+        codes = packed[1:].tolist()
+        bad = [r for r, c in enumerate(codes) if c > 0]
+        if bad and not problem:
+            kind = TypeError if 2.0 in codes else ValueError
+            problem = f"global_valid_count: rank(s) {bad} were given invalid input"
+        if count is not None:
+            count = packed[0].to(count.dtype)
+    if problem or count is None:
+        raise kind(problem)
+    return count
+
+
+def _local_count(target: object, ignore_index: object, weight: object) -> Tensor:
     if not isinstance(target, Tensor):
         raise TypeError(f"global_valid_count: target must be a torch.Tensor; got {type(target)}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -74,31 +105,17 @@ def global_valid_count(
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"global_valid_count: ignore_index must be an int; got {ignore_index!r}")
     valid = target != ignore_index
-    problem = ""
     if weight is None:
-        count = valid.sum()
-    else:
-        if not isinstance(weight, Tensor) or weight.dim() != 1 or not weight.is_floating_point():
-            raise ValueError(
-                "global_valid_count: weight must be a 1-d float tensor of class weights; got "
-                f"{getattr(weight, 'shape', type(weight))}"
-            )
-        counted = target[valid]
-        if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= weight.shape[0]):
-            problem = (
-                f"global_valid_count: target holds class ids outside [0, {weight.shape[0]}) "
-                f"(min {int(counted.min())}, max {int(counted.max())})"
-            )
-            count = weight.new_zeros(())
-        else:
-            count = weight[counted].sum()
-    if dist.is_available() and dist.is_initialized():
-        # The error flag travels with the count so that a bad target raises on every rank.
-        packed = torch.stack([count, count.new_tensor(1 if problem else 0)])
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=process_group)
-        count = packed[0]
-        if int(packed[1]) and not problem:
-            problem = "global_valid_count: another rank's target holds class ids outside weight"
-    if problem:
-        raise ValueError(problem)
-    return count
+        return valid.sum()
+    if not isinstance(weight, Tensor) or weight.dim() != 1 or not weight.is_floating_point():
+        raise ValueError(
+            "global_valid_count: weight must be a 1-d float tensor of class weights; got "
+            f"{getattr(weight, 'shape', type(weight))}"
+        )
+    counted = target[valid]
+    if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= weight.shape[0]):
+        raise ValueError(
+            f"global_valid_count: target holds class ids outside [0, {weight.shape[0]}) "
+            f"(min {int(counted.min())}, max {int(counted.max())})"
+        )
+    return weight[counted].sum()
