@@ -351,6 +351,37 @@ def test_unknown_logit_transformation_is_refused(case: str) -> None:
     assert model(input_ids=batch["input_ids"]).logits.shape[-1] == VOCAB
 
 
+class _OwnLossLlama(transformers.LlamaForCausalLM):
+    """Computes its loss with a CrossEntropyLoss written into forward, as Bart/Pegasus/TrOCR's
+    *ForCausalLM do, instead of self.loss_function."""
+
+    def forward(self, input_ids: Any = None, labels: Any = None, **kwargs: Any) -> Any:
+        logits = self.lm_head(self.model(input_ids=input_ids, **kwargs).last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = torch.nn.CrossEntropyLoss()(logits.view(-1, self.vocab_size), labels.view(-1))
+        return transformers.modeling_outputs.CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
+def test_loss_written_into_forward_is_refused_by_name() -> None:
+    torch.manual_seed(0)
+    model = _OwnLossLlama(transformers.LlamaConfig(**COMMON)).train()
+    batch = _batch(seed=1)
+    assert model(**batch).loss is not None
+    hf.patch(model, impl="torch")
+    with pytest.raises(hf.UnsupportedModelError, match=r"_OwnLossLlama"):
+        model(**batch)
+
+
+def test_patch_checks_its_options() -> None:
+    model = _build("llama")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        hf.patch(model, impl="cuda")
+    with pytest.raises(ValueError, match="chunk_size must be None or a positive int"):
+        hf.patch(model, chunk_size=0)
+    assert not hf.is_patched(model)
+
+
 def test_model_without_output_embeddings_is_refused() -> None:
     torch.manual_seed(0)
     model = transformers.LlamaModel(transformers.LlamaConfig(**COMMON))

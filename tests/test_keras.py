@@ -261,8 +261,10 @@ def test_focal_gamma_zero_is_cross_entropy_and_stays_finite() -> None:
         ),
         SparseCategoricalFocalCrossentropy(gamma=1.0, alpha=[0.5, 1.0, 2.0], ignore_class=-1),
         SparseCategoricalFocalCrossentropy(alpha=0.25),
+        SparseCategoricalCrossentropy(from_logits=True, dtype="float64"),
+        SparseCategoricalFocalCrossentropy(dtype="float64"),
     ],
-    ids=["ce", "focal-per-class", "focal-scalar"],
+    ids=["ce", "focal-per-class", "focal-scalar", "ce-float64", "focal-float64"],
 )
 def test_config_round_trip(loss: Any) -> None:
     config = loss.get_config()
@@ -270,6 +272,7 @@ def test_config_round_trip(loss: Any) -> None:
     assert again.get_config() == config
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
     assert type(restored) is type(loss) and restored.get_config() == config
+    assert again.dtype == restored.dtype == loss.dtype
 
 
 def _fit(loss: Any, tmp_path: Path | None = None) -> list[float]:

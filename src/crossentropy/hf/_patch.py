@@ -34,6 +34,7 @@ from torch import nn
 
 from crossentropy.hf._errors import UnsupportedModelError
 from crossentropy.hf._probe import LogitsProbe, Trace, logit_transform, make_probe
+from crossentropy.torch._validation import check_chunk_size, check_impl
 
 __all__ = [
     "UnsupportedModelError",
@@ -159,7 +160,8 @@ def patch(
     :mod:`crossentropy.hf._probe`), so a transformation the fused loss cannot reproduce raises
     :class:`UnsupportedModelError` at the first fused call instead of giving a different loss.
     Not supported: ``torch.compile`` of a patched model's forward (the logits probe is a tensor
-    subclass).
+    subclass), and pickling the patched module itself (``torch.save(model)``): save its
+    ``state_dict()`` or ``save_pretrained()``, which work, or :func:`unpatch` first.
 
     Args:
         model: a transformers ``*ForCausalLM`` (Llama, Mistral, Qwen2, Gemma, Gemma 2, Phi-3, ...).
@@ -201,6 +203,8 @@ def patch(
         )
     if not isinstance(z_loss, (int, float)) or z_loss < 0.0:
         raise ValueError(f"crossentropy.hf.patch: z_loss must be >= 0; got {z_loss!r}")
+    check_impl("crossentropy.hf.patch", impl)
+    check_chunk_size("crossentropy.hf.patch", chunk_size)
     head = _check_supported(model)
     had_loss_function = "_loss_function" in model.__dict__
     state = _State(
@@ -259,6 +263,18 @@ def _forward_for(cls: type) -> Any:
         state.capturing, state.head_calls, state.fused_loss_calls = True, 0, 0
         try:
             out = original()
+        except UnsupportedModelError:
+            raise
+        except Exception as exc:
+            if state.head_calls and not state.fused_loss_calls:
+                # The stand-in logits reached code other than self.loss_function (a loss written
+                # into the model's forward, say), which failed on them.
+                raise UnsupportedModelError(
+                    f"crossentropy.hf: {_name(self)} does not compute its loss through "
+                    f"self.loss_function, so its loss cannot be fused ({type(exc).__name__}: "
+                    f"{exc})"
+                ) from exc
+            raise
         finally:
             state.capturing = False
         return _finish(self, state, out)

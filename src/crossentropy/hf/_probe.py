@@ -90,9 +90,9 @@ class LogitsProbe(torch.Tensor):
         try:
             with torch._C.DisableTorchFunctionSubclass():
                 out = func(*args, **kwargs)
-        except RuntimeError as exc:
-            # E.g. adding a (V,) logit bias to the (..., 0) probe: a shape error, reported as what
-            # it means.
+        except (RuntimeError, ValueError, IndexError) as exc:
+            # E.g. adding a (V,) logit bias to the (..., 0) probe, or a hand-written
+            # CrossEntropyLoss on it: a shape error, reported as what it means.
             name = getattr(func, "__name__", repr(func))
             raise UnsupportedModelError(
                 f"crossentropy.hf: {source._ce_trace.where} applies the operation {name!r} to "

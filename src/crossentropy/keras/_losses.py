@@ -195,7 +195,8 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):  # type: ignore[misc]
             z_loss=self.z_loss,
             axis=self.axis,
         )
-        return config
+        config.setdefault("dtype", self.dtype)  # Keras's own losses drop it; a float64 loss would
+        return config  # come back as float32
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -305,4 +306,5 @@ class SparseCategoricalFocalCrossentropy(keras.losses.Loss):  # type: ignore[mis
             ignore_class=self.ignore_class,
             axis=self.axis,
         )
+        config.setdefault("dtype", self.dtype)
         return config
