@@ -175,6 +175,10 @@ def _prepare_logits(
     if logits.ndim == 0:
         raise ValueError(f"{func}: logits must have a class axis; got a scalar")
     ax = normalize_axis(axis, logits.ndim)
+    if logits.shape[ax] == 0:
+        raise ValueError(
+            f"{func}: logits have no classes along axis={axis} (shape {tuple(logits.shape)})"
+        )
     _check_logits(xp, logits, func)
     # Work with the class axis last; torch and the array API both return views here.
     logits = xp.moveaxis(logits, ax, -1)

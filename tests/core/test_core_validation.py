@@ -121,3 +121,13 @@ def test_focal_loss_argument_errors() -> None:
         ce.focal_loss(LOGITS, LABELS, alpha=-0.5)
     with pytest.raises(ValueError, match=r"alpha must have shape \(3,\)"):
         ce.focal_loss(LOGITS, LABELS, alpha=np.ones(4))
+
+
+@pytest.mark.parametrize("target", [np.array([0, 0]), np.zeros((2, 0))])
+def test_logits_without_classes_are_named(target: np.ndarray) -> None:
+    with pytest.raises(
+        ValueError, match=r"logits have no classes along axis=-1 \(shape \(2, 0\)\)"
+    ):
+        ce.softmax_cross_entropy(np.zeros((2, 0)), target)
+    with pytest.raises(ValueError, match="logits have no classes"):
+        ce.focal_loss(np.zeros((2, 0)), target)

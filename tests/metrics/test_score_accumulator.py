@@ -120,3 +120,13 @@ def test_merge_and_compute_errors():
         ScoreAccumulator(2).merge(ScoreAccumulator(3))
     with pytest.raises(ValueError, match="cannot merge"):
         ScoreAccumulator(2, n_bins=5).merge(ScoreAccumulator(2))
+
+
+def test_empty_chunks_add_nothing():
+    p, y, _ = data(3, 20, 3)
+    acc, ref = ScoreAccumulator(3), ScoreAccumulator(3)
+    acc.update(y[:0], p[:0])
+    acc.update(y, p)
+    acc.update([], np.empty((0, 3)))
+    ref.update(y, p)
+    assert_same(acc.compute(), ref.compute())

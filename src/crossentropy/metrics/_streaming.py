@@ -191,7 +191,12 @@ class ScoreAccumulator:
         return self._order[pos].astype(np.intp, copy=False)
 
     def update(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        """Add a chunk: labels ``(m,)`` and probabilities ``(m, k)`` (or ``(m,)`` for two classes)."""
+        """Add a chunk: labels ``(m,)`` and probabilities ``(m, k)`` (or ``(m,)`` for two classes).
+
+        An empty chunk (``m = 0``, e.g. the last slice of a stream) adds nothing.
+        """
+        if np.size(y_true) == 0 and np.size(y_pred) == 0:
+            return
         p = float_probs(y_pred, "y_pred")
         index = self._encode(y_true)
         if index.shape[0] != p.shape[0]:

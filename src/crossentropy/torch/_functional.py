@@ -17,10 +17,10 @@ from crossentropy.torch._reduce import (
 )
 from crossentropy.torch._rows import (
     FusedLinearCE,
-    RowSpec,
     _compute_dtype,
     default_chunk_size,
     linear_ce_rows,
+    row_spec,
     softmax_ce_rows,
 )
 
@@ -397,13 +397,8 @@ def _fused_scalar(
     dtype = _compute_dtype(x, w, b, weight)
     counts = count_rows(target, weight=weight, ignore_index=ignore_index, dtype=dtype)
     coef, zcoef = row_coefficients(counts, reduction=reduction, z_loss=z_loss, dtype=dtype)
-    spec = RowSpec(
-        weight=weight.to(dtype) if weight is not None else None,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        softcap=softcap,
-        is_prob=target.is_floating_point(),
-        num_classes=w.shape[0],
+    spec = row_spec(
+        dtype, target, weight, ignore_index, label_smoothing, softcap, num_classes=w.shape[0]
     )
     rows = chunk or default_chunk_size(x.shape[0], w.shape[0])
     if not torch.is_grad_enabled():

@@ -64,6 +64,27 @@ class RowSpec:
     num_classes: int
 
 
+def row_spec(
+    dtype: torch.dtype,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    softcap: float | None,
+    *,
+    num_classes: int,
+) -> RowSpec:
+    """The :class:`RowSpec` of validated arguments, class weights cast to the compute dtype."""
+    return RowSpec(
+        weight=weight.to(dtype) if weight is not None else None,
+        ignore_index=ignore_index,
+        label_smoothing=float(label_smoothing),
+        softcap=softcap,
+        is_prob=target.is_floating_point(),
+        num_classes=num_classes,
+    )
+
+
 def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
     """float64 if any input is float64 (gradcheck), else float32."""
     if any(t is not None and t.dtype == torch.float64 for t in tensors):
@@ -225,15 +246,9 @@ def softmax_ce_rows(
     Returns:
         ``(ce_rows, lse_rows)``: (N,) float32 (float64 for float64 logits), differentiable.
     """
-    is_prob = target.is_floating_point()
     dtype = _compute_dtype(logits, weight)
-    spec = RowSpec(
-        weight=weight.to(dtype) if weight is not None else None,
-        ignore_index=ignore_index,
-        label_smoothing=float(label_smoothing),
-        softcap=softcap,
-        is_prob=is_prob,
-        num_classes=logits.shape[1],
+    spec = row_spec(
+        dtype, target, weight, ignore_index, label_smoothing, softcap, num_classes=logits.shape[1]
     )
     ce, lse = _SoftmaxCERows.apply(logits, target, spec)
     return ce, lse
@@ -252,10 +267,6 @@ def _block_logits(x: Tensor, w: Tensor, b: Tensor | None, dtype: torch.dtype) ->
 
 def _row_blocks(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
-
-
-def _slice_target(target: Tensor, i0: int, i1: int) -> Tensor:
-    return target[i0:i1]
 
 
 class _LinearCERows(torch.autograd.Function):
@@ -279,7 +290,7 @@ class _LinearCERows(torch.autograd.Function):
         lse = torch.empty(n, dtype=dtype, device=x.device)
         for i0, i1 in _row_blocks(n, chunk):
             z = _block_logits(x[i0:i1], wc, bc, dtype)
-            blk = _forward_block(z, _slice_target(target, i0, i1), spec, keep_p=False)
+            blk = _forward_block(z, target[i0:i1], spec, keep_p=False)
             ce[i0:i1] = blk.ce
             lse[i0:i1] = blk.lse
         ctx.spec = spec
@@ -304,7 +315,7 @@ class _LinearCERows(torch.autograd.Function):
         for i0, i1 in _row_blocks(n, ctx.chunk):
             xb = x[i0:i1]
             z = _block_logits(xb, wc, bc, dtype)
-            blk = _forward_block(z, _slice_target(target, i0, i1), spec, keep_p=True)
+            blk = _forward_block(z, target[i0:i1], spec, keep_p=True)
             gc = g_ce[i0:i1].to(dtype) if g_ce is not None else None
             gl = g_lse[i0:i1].to(dtype) if g_lse is not None else None
             grad = _grad_block(blk, spec, gc, gl)
@@ -335,13 +346,8 @@ def _linear_spec(
     softcap: float | None,
 ) -> RowSpec:
     dtype = _compute_dtype(x, w, b, weight)
-    return RowSpec(
-        weight=weight.to(dtype) if weight is not None else None,
-        ignore_index=ignore_index,
-        label_smoothing=float(label_smoothing),
-        softcap=softcap,
-        is_prob=target.is_floating_point(),
-        num_classes=w.shape[0],
+    return row_spec(
+        dtype, target, weight, ignore_index, label_smoothing, softcap, num_classes=w.shape[0]
     )
 
 
@@ -417,7 +423,7 @@ class FusedLinearCE(torch.autograd.Function):
         for i0, i1 in _row_blocks(n, chunk):
             xb = x[i0:i1]
             z = _block_logits(xb, wc, bc, dtype)
-            blk = _forward_block(z, _slice_target(target, i0, i1), spec, keep_p=any_grad)
+            blk = _forward_block(z, target[i0:i1], spec, keep_p=any_grad)
             ce[i0:i1] = blk.ce
             lse[i0:i1] = blk.lse
             if not any_grad:
