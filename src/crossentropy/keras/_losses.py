@@ -120,7 +120,9 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):  # type: ignore[misc]
         reduction: a Keras reduction (``"sum_over_batch_size"``, ``"sum"``, ``"mean"``,
             ``"mean_with_sample_weight"``, ``"none"`` or ``None``).
         name: the loss name.
-        dtype: the dtype of the computation (Keras's default float type when ``None``).
+        dtype: the dtype of the computation (Keras's default float type when ``None``). Keras
+            casts ``y_true`` to it before the loss sees it, so keep float32 (exact labels up to
+            2**24) for vocabularies above 2048 classes: float16 rounds larger class ids.
 
     Call arguments:
         y_true: integer labels, shape ``y_pred.shape`` without the class axis (a trailing size-1
@@ -222,7 +224,7 @@ class SparseCategoricalFocalCrossentropy(keras.losses.Loss):  # type: ignore[mis
         axis: the class axis of ``y_pred`` (default ``-1``).
         reduction: a Keras reduction.
         name: the loss name.
-        dtype: the dtype of the computation.
+        dtype: the dtype of the computation (see :class:`SparseCategoricalCrossentropy`).
 
     Returns:
         The reduced loss or, with ``reduction=None``/``"none"``, per-position losses.

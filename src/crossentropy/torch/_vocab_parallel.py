@@ -878,7 +878,9 @@ def vocab_parallel_linear_cross_entropy(
 
     Args:
         input: hidden states, shape ``(..., D)``, identical on every rank (replicated, as in
-            Megatron's tensor parallelism); its gradient is summed across the group.
+            Megatron's tensor parallelism); its gradient is summed across the group. Only its
+            shape is checked across ranks (hashing its values would cost a pass over it): hidden
+            states that differ between ranks, e.g. from dropout seeded per rank, give a wrong loss.
         linear_weight: this rank's rows of the output projection, shape ``(V_r, D)``; its
             gradient stays local.
         target: global class ids of shape ``(...)``, identical on every rank, or this rank's shard
