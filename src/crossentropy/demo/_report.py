@@ -203,8 +203,9 @@ def _plot_reliability(ax: Any, part: dict[str, Any]) -> None:
     ax.set_xlabel("confidence (mean top-class probability in the bin)")
     ax.set_ylabel("accuracy in the bin")
     ax.set_title(
-        f"Reliability diagram (digits test set, 10 bins; marker area ~ samples; "
-        f"lines join bins of {_MIN_LINE_COUNT}+)"
+        "Reliability diagram (digits test set, 10 bins)\n"
+        f"marker area ~ samples in the bin; lines join bins of {_MIN_LINE_COUNT}+ samples",
+        fontsize=10,
     )
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
