@@ -45,9 +45,9 @@ def _focal_terms(logp: Tensor, gamma: float) -> Tensor:
     term and its gradient are 0 (their limits), even for gamma < 1, whose ``pow`` has an infinite
     derivative at 0.
     """
-    one_minus_p = (-torch.expm1(logp)).clamp(min=0.0)
     if gamma == 0.0:
         return -logp
+    one_minus_p = (-torch.expm1(logp)).clamp(min=0.0)
     positive = one_minus_p > 0
     focus = torch.where(positive, torch.where(positive, one_minus_p, 1.0).pow(gamma), 0.0)
     return -focus * logp
