@@ -175,6 +175,32 @@ def data_parallel(group: Any) -> dict[str, Any]:
     return {"count": int(count), "grads": grads, "naive": naive}
 
 
+def logits_blocks(group: Any) -> dict[str, Any]:
+    """Shapes of every logits block the linear path builds on this rank (forward and backward)."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    n, d, v = 300, 8, 1001
+    sizes = shard_sizes(v, world)
+    off, size = sum(sizes[:rank]), sizes[rank]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g).requires_grad_()
+    w = torch.randn(v, d, generator=g)[off : off + size].requires_grad_()
+    y = torch.randint(0, v, (n,), generator=g)
+    shapes: list[tuple[int, ...]] = []
+    real_linear = F.linear
+
+    def recording_linear(*args: Any, **kwargs: Any) -> torch.Tensor:
+        out = real_linear(*args, **kwargs)
+        shapes.append(tuple(out.shape))
+        return out
+
+    F.linear = recording_linear  # type: ignore[assignment]
+    try:
+        vocab_parallel_linear_cross_entropy(x, w, y, chunk_size=n, process_group=group).backward()
+    finally:
+        F.linear = real_linear  # type: ignore[assignment]
+    return {"shapes": shapes, "shard": size, "n": n, "v": v}
+
+
 def run_all(group: Any) -> dict[str, Any]:
     results: dict[str, Any] = {"cases": {}, "errors": {}}
     for seed, case in enumerate(good_cases()):
@@ -184,6 +210,7 @@ def run_all(group: Any) -> dict[str, Any]:
             results["errors"][case["id"]] = traceback.format_exc()
     results["bad"] = bad_cases(group)
     results["dp"] = data_parallel(group)
+    results["blocks"] = logits_blocks(group)
     return results
 
 

@@ -261,6 +261,16 @@ def test_bad_input_raises_on_every_rank_without_hanging(results: dict, world: in
 
 
 @pytest.mark.parametrize("world", [2, 3])
+def test_logits_per_rank_are_one_shard_wide(results: dict, world: int) -> None:
+    """Even unchunked, each rank's logits are (N, V_r) with V_r ~ V / world: memory ~ 1 / world."""
+    for res in results[world]:
+        blocks = res["blocks"]
+        assert blocks["shapes"], "the linear path built no logits"
+        assert all(shape == (blocks["n"], blocks["shard"]) for shape in blocks["shapes"])
+        assert blocks["shard"] <= blocks["v"] // world + 2  # the test shards are uneven by 1-2
+
+
+@pytest.mark.parametrize("world", [2, 3])
 def test_global_count_makes_ddp_with_uneven_padding_match_one_big_batch(
     results: dict, world: int
 ) -> None:
