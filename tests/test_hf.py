@@ -294,6 +294,27 @@ def test_deepcopy_of_a_patched_model_uses_its_own_weights() -> None:
     assert abs(float(model(**batch).loss.detach()) - float(want.loss.detach())) > 1e-3
 
 
+def test_patched_model_pickles_whole() -> None:
+    import inspect
+    import io
+
+    reference = _build("gemma")
+    model = hf.patch(copy.deepcopy(reference), impl="torch")
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert hf.is_patched(loaded)
+    batch = _batch(seed=16)
+    got, want = loaded(**batch), reference(**batch)
+    assert got.logits is None
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+    # Trainer reads the signature of forward to decide on num_items_in_batch: unchanged.
+    assert inspect.signature(loaded.forward) == inspect.signature(reference.forward)
+    hf.unpatch(loaded)
+    assert loaded(**batch).logits is not None
+
+
 def test_label_smoothing_and_z_loss_options() -> None:
     # Optional extras: compare with an explicit computation from the model's own logits.
     reference = _build("llama")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import types
+import inspect
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -160,8 +160,7 @@ def patch(
     :mod:`crossentropy.hf._probe`), so a transformation the fused loss cannot reproduce raises
     :class:`UnsupportedModelError` at the first fused call instead of giving a different loss.
     Not supported: ``torch.compile`` of a patched model's forward (the logits probe is a tensor
-    subclass), and pickling the patched module itself (``torch.save(model)``): save its
-    ``state_dict()`` or ``save_pretrained()``, which work, or :func:`unpatch` first.
+    subclass).
 
     Args:
         model: a transformers ``*ForCausalLM`` (Llama, Mistral, Qwen2, Gemma, Gemma 2, Phi-3, ...).
@@ -220,15 +219,60 @@ def patch(
         z_loss=float(z_loss),
         fuse_in_eval=fuse_in_eval,
     )
-    # Everything installed is a method bound to the model (or its head) and reads its state from the
-    # instance, never from a closure: a deepcopy of a patched model (a reference model, an EMA copy)
-    # then computes with its own weights.
+    # Everything installed is a small object holding the model (or its head) and reading its state
+    # from the instance, never from a closure: a deepcopy of a patched model (a reference model, an
+    # EMA copy) then computes with its own weights, and the patched model pickles (torch.save).
     model.__dict__[_STATE_ATTR] = state
     head.__dict__[_STATE_ATTR] = state
-    head.forward = types.MethodType(_head_forward, head)  # type: ignore[method-assign]
-    model.forward = types.MethodType(_forward_for(type(model)), model)  # type: ignore[method-assign]
-    model.loss_function = types.MethodType(_loss_function, model)  # type: ignore[assignment]
+    head.forward = _HeadForward(head)  # type: ignore[method-assign,assignment]
+    model.forward = _ModelForward(model)  # type: ignore[method-assign]
+    model.loss_function = _LossFunction(model)  # type: ignore[assignment]
     return model
+
+
+class _HeadForward:
+    """The output embedding's ``forward`` while patched."""
+
+    def __init__(self, head: nn.Linear) -> None:
+        self.head = head
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return _head_forward(self.head, hidden)
+
+
+class _ModelForward:
+    """The model's ``forward`` while patched, with the class forward's name and signature.
+
+    Trainer inspects ``model.forward``'s signature to decide whether to pass
+    ``num_items_in_batch``; the answer stays the same as without the patch.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        functools.update_wrapper(
+            self,
+            type(model).forward,
+            assigned=("__module__", "__name__", "__qualname__", "__doc__"),
+        )
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(type(self.model).forward.__get__(self.model))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _patched_forward(self.model, args, kwargs)
+
+
+class _LossFunction:
+    """The model's ``loss_function`` while patched."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(
+        self, logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, **kwargs: Any
+    ) -> torch.Tensor:
+        return _loss_function(self.model, logits, labels, vocab_size, **kwargs)
 
 
 def _head_forward(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
@@ -241,45 +285,34 @@ def _head_forward(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     return make_probe(hidden, head.weight, head.bias, state.model_name)
 
 
-def _forward_for(cls: type) -> Any:
-    """The patched forward for ``cls``, carrying the class forward's signature.
+def _patched_forward(self: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    state: _State = self.__dict__[_STATE_ATTR]
 
-    Trainer inspects ``model.forward``'s signature to decide whether to pass
-    ``num_items_in_batch``; ``functools.wraps`` keeps the answer the same as without the patch.
-    """
+    def original() -> Any:
+        if state.forward_in_dict is not None:
+            return state.forward_in_dict(*args, **kwargs)
+        return type(self).forward(self, *args, **kwargs)
 
-    @functools.wraps(cls.forward)  # type: ignore[attr-defined]
-    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        state: _State = self.__dict__[_STATE_ATTR]
-
-        def original() -> Any:
-            if state.forward_in_dict is not None:
-                return state.forward_in_dict(*args, **kwargs)
-            return type(self).forward(self, *args, **kwargs)
-
-        fuse = kwargs.get("labels") is not None and (self.training or state.fuse_in_eval)
-        if not fuse or state.capturing:
-            return original()
-        state.capturing, state.head_calls, state.fused_loss_calls = True, 0, 0
-        try:
-            out = original()
-        except UnsupportedModelError:
-            raise
-        except Exception as exc:
-            if state.head_calls and not state.fused_loss_calls:
-                # The stand-in logits reached code other than self.loss_function (a loss written
-                # into the model's forward, say), which failed on them.
-                raise UnsupportedModelError(
-                    f"crossentropy.hf: {_name(self)} does not compute its loss through "
-                    f"self.loss_function, so its loss cannot be fused ({type(exc).__name__}: "
-                    f"{exc})"
-                ) from exc
-            raise
-        finally:
-            state.capturing = False
-        return _finish(self, state, out)
-
-    return forward
+    fuse = kwargs.get("labels") is not None and (self.training or state.fuse_in_eval)
+    if not fuse or state.capturing:
+        return original()
+    state.capturing, state.head_calls, state.fused_loss_calls = True, 0, 0
+    try:
+        out = original()
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:
+        if state.head_calls and not state.fused_loss_calls:
+            # The stand-in logits reached code other than self.loss_function (a loss written
+            # into the model's forward, say), which failed on them.
+            raise UnsupportedModelError(
+                f"crossentropy.hf: {_name(self)} does not compute its loss through "
+                f"self.loss_function, so its loss cannot be fused ({type(exc).__name__}: {exc})"
+            ) from exc
+        raise
+    finally:
+        state.capturing = False
+    return _finish(self, state, out)
 
 
 def _loss_function(
