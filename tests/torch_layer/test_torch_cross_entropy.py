@@ -342,3 +342,33 @@ def test_impl_triton_without_kernels_raises(monkeypatch):
     monkeypatch.setitem(sys.modules, "crossentropy.triton", None)  # makes the import fail
     with pytest.raises(RuntimeError, match="impl='triton'"):
         cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), impl="triton")
+
+
+def test_impl_triton_falls_back_for_float64_with_one_warning(monkeypatch):
+    """What the kernels cannot run goes to the torch path, with one warning, never silently."""
+    import warnings
+
+    from crossentropy.torch import _validation, linear_cross_entropy
+    from crossentropy.torch._vocab_parallel import _check_options
+
+    monkeypatch.setattr(_validation, "_FALLBACK_WARNED", set())
+    x = torch.randn(6, 7, dtype=torch.float64)
+    y = torch.tensor([0, 6, 2, -100, 3, 1])
+    h, w = torch.randn(6, 4, dtype=torch.float64), torch.randn(7, 4, dtype=torch.float64)
+    calls = {
+        "cross_entropy": (lambda: cross_entropy(x, y, impl="triton"), F.cross_entropy(x, y)),
+        "linear_cross_entropy": (
+            lambda: linear_cross_entropy(h, w, y, impl="triton"),
+            F.cross_entropy(h @ w.T, y),
+        ),
+    }
+    for name, (call, ref) in calls.items():
+        with pytest.warns(UserWarning, match=rf"{name}: impl='triton' cannot handle torch.float64"):
+            first = call()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once only
+            second = call()
+        torch.testing.assert_close(first, ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(second, ref, rtol=1e-12, atol=1e-12)
+    with pytest.warns(UserWarning, match="cannot handle process_group"):
+        _check_options("vocab_parallel_cross_entropy", -100, "mean", 0.0, 0.0, None, "triton")

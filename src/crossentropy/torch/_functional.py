@@ -124,7 +124,8 @@ def cross_entropy(
         impl: ``"torch"`` (plain torch, any device), ``"triton"`` (the kernels of
             :mod:`crossentropy.triton`; CUDA, or CPU under ``TRITON_INTERPRET=1``) or ``"auto"``
             (currently the torch path everywhere; the Triton kernels become the CUDA default once
-            validated on a GPU).
+            validated on a GPU). What the kernels cannot run (float64 inputs, a process group)
+            falls back from ``"triton"`` to the torch path with a one-time warning.
 
     Returns:
         The loss: a scalar for ``mean``/``sum``, the target's positions for ``none``; float32
@@ -166,6 +167,8 @@ def cross_entropy(
         softcap=softcap,
     )
     logits, rows = V.flatten_logits(fn, input, target)
+    if impl == "triton" and logits.dtype not in V.KERNEL_DTYPES:
+        impl = V.kernel_fallback(fn, f"{logits.dtype} logits (the kernels take fp32, bf16, fp16)")
     num_classes = logits.shape[1]
     V.check_weight(fn, weight, num_classes)
     if rows.is_prob:
@@ -320,6 +323,8 @@ def linear_cross_entropy(
     )
     chunk = V.check_chunk_size(fn, chunk_size)
     x, rows = V.flatten_linear(fn, input, linear_weight, target, linear_bias)
+    if impl == "triton" and x.dtype not in V.KERNEL_DTYPES:
+        impl = V.kernel_fallback(fn, f"{x.dtype} inputs (the kernels take fp32, bf16, fp16)")
     vocab = linear_weight.shape[0]
     V.check_weight(fn, weight, vocab)
     if rows.is_prob:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from torch import Tensor
 
 __all__ = [
     "IMPLS",
+    "KERNEL_DTYPES",
     "REDUCTIONS",
     "Rows",
     "check_chunk_size",
@@ -29,6 +31,7 @@ __all__ = [
     "flatten_linear",
     "flatten_logits",
     "is_compiling",
+    "kernel_fallback",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -46,6 +49,23 @@ def check_reduction(fn: str, reduction: object) -> str:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"{fn}: reduction must be one of 'mean', 'sum', 'none'; got {reduction!r}")
     return reduction
+
+
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_FALLBACK_WARNED: set[tuple[str, str]] = set()
+
+
+def kernel_fallback(fn: str, reason: str) -> str:
+    """Warn once per (function, reason) that ``impl='triton'`` runs on the torch path instead."""
+    if (fn, reason) not in _FALLBACK_WARNED:
+        _FALLBACK_WARNED.add((fn, reason))
+        warnings.warn(
+            f"{fn}: impl='triton' cannot handle {reason}; this call and later ones like it use "
+            "the torch path (same results). This warning is shown once.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return "torch"
 
 
 def check_impl(fn: str, impl: object) -> str:

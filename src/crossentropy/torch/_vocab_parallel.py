@@ -76,10 +76,7 @@ def _check_options(
     V.check_reduction(fn, reduction)
     V.check_impl(fn, impl)
     if impl == "triton":
-        raise ValueError(
-            f"{fn}: impl='triton' is not available with process_group; use impl='auto' or 'torch' "
-            "(the per-rank work runs on the chunked torch path)"
-        )
+        V.kernel_fallback(fn, "process_group (vocab parallel)")
     return V.check_options(
         fn,
         ignore_index=ignore_index,
@@ -737,7 +734,8 @@ def vocab_parallel_cross_entropy(
             counted rows, as ``CrossEntropyAux(loss, lse, z_loss, n_valid)``.
         process_group: the tensor-parallel group; rank ``r`` of it holds classes
             ``[V_0 + ... + V_{r-1}, V_0 + ... + V_r)``.
-        impl: ``"auto"`` or ``"torch"`` (the per-rank work runs on the chunked torch path).
+        impl: the per-rank work runs on the chunked torch path; ``"triton"`` falls back to it
+            with a one-time warning.
 
     Returns:
         The loss (fp32, fp64 for fp64 input), scalar or batch-shaped; ``CrossEntropyAux`` with
