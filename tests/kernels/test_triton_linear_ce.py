@@ -203,6 +203,38 @@ class TestCuda:
         for a, b in zip(*outs):
             assert torch.equal(a, b)
 
+    def test_index_overflow_probability_targets(self) -> None:
+        # N * V > 2**31: the (N, V) probability targets are addressed with int64 offsets.
+        n, d, v = 16384, 64, 131104
+        g = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(n, d, device="cuda", generator=g).to(torch.bfloat16).requires_grad_()
+        w = (torch.randn(v, d, device="cuda", generator=g) * 0.5).to(torch.bfloat16)
+        target = torch.rand(n, v, device="cuda", generator=g)
+        target /= target.sum(1, keepdim=True)
+        ce, lse = linear_ce_rows(x, w, target)
+        g_ce, g_lse = torch.randn_like(ce), torch.randn_like(lse)
+        (dx,) = torch.autograd.grad((ce, lse), x, (g_ce, g_lse))
+        tail = slice(n - 16, n)
+        xr = x.detach()[tail].double().requires_grad_()
+        ce_ref, lse_ref = ref_rows(
+            xr @ w.double().T,
+            target[tail],
+            weight=None,
+            ignore_index=-100,
+            label_smoothing=0.0,
+            softcap=None,
+        )
+        torch.testing.assert_close(
+            ce[tail].double(), ce_ref, atol=LOSS_ATOL[torch.bfloat16], rtol=1e-5
+        )
+        torch.testing.assert_close(
+            lse[tail].double(), lse_ref, atol=LOSS_ATOL[torch.bfloat16], rtol=1e-5
+        )
+        (dref,) = torch.autograd.grad(
+            (ce_ref, lse_ref), xr, (g_ce[tail].double(), g_lse[tail].double())
+        )
+        assert rel_err(dx[tail], dref) <= GRAD_RTOL[torch.bfloat16]
+
 
 @pytest.mark.slow
 def test_kernels_compile_for_sm90_without_a_gpu(tmp_path: Path) -> None:
