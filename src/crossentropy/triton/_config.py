@@ -78,7 +78,9 @@ def linear_config(
     # Enough programs to fill every SM about twice, never more splits than vocabulary tiles.
     v_splits = max(1, min(v_tiles, -(-2 * num_sms // row_blocks)))
     # d(logits) slab of about 64 MiB in bf16.
+    # At most 65535 vocabulary tiles per slab: the backward grid's second dimension is capped there.
     slab_v = max(block_v, (64 * 2**20 // (2 * max(n_rows, 1))) // block_v * block_v)
+    slab_v = min(slab_v, 65535 * block_v)
     return LinearConfig(
         block_n=block_n,
         block_v=block_v,

@@ -43,6 +43,7 @@ from crossentropy.triton._softmax_ce import (
     check_float,
     check_rows_args,
     grad_coefs,
+    on_device,
     prepare_target,
     rows_contiguous,
 )
@@ -294,7 +295,10 @@ def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
     if a.device.type == "cuda" and _MM_OUT_DTYPE_OK.get("cuda", True):
         try:
             return torch.mm(a, b, out_dtype=torch.float32)  # type: ignore[call-arg]
-        except (RuntimeError, TypeError):
+        except torch.OutOfMemoryError:
+            raise  # not a missing feature: keep the fp32-output GEMM for later calls
+        except (RuntimeError, TypeError, NotImplementedError):
+            # torch without mm(..., out_dtype=) (TypeError) or without it for this dtype/GPU.
             _MM_OUT_DTYPE_OK["cuda"] = False
     if a.device.type == "cuda":
         # Older torch: the GEMM still accumulates in fp32 but rounds this slab's sum to the input
@@ -335,36 +339,37 @@ class _LinearCERows(torch.autograd.Function):
         splits = triton.cdiv(v, v_per_split)
         part = torch.empty(5, splits, n, dtype=torch.float32, device=x.device)
         if n > 0:
-            _linear_ce_fwd_kernel[(triton.cdiv(n, cfg.block_n), splits)](
-                x,
-                x.stride(0),
-                lin_w,
-                lin_w.stride(0),
-                lin_b if lin_b is not None else part,
-                target,
-                target.stride(0),
-                weight if weight is not None else part,
-                part,
-                n,
-                v,
-                d,
-                v_per_split,
-                ignore_index,
-                float(label_smoothing),
-                float(softcap) if softcap is not None else 1.0,
-                HAS_BIAS=lin_b is not None,
-                HAS_WEIGHT=weight is not None,
-                IS_PROB=is_prob,
-                HAS_SMOOTHING=label_smoothing > 0.0,
-                HAS_SOFTCAP=softcap is not None,
-                BLOCK_N=cfg.block_n,
-                BLOCK_V=cfg.block_v,
-                BLOCK_D=cfg.block_d,
-                PRECISION=_precision(x.dtype),
-                UPCAST=interp and x.dtype == torch.bfloat16,
-                num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages,
-            )
+            with on_device(x):
+                _linear_ce_fwd_kernel[(triton.cdiv(n, cfg.block_n), splits)](
+                    x,
+                    x.stride(0),
+                    lin_w,
+                    lin_w.stride(0),
+                    lin_b if lin_b is not None else part,
+                    target,
+                    target.stride(0),
+                    weight if weight is not None else part,
+                    part,
+                    n,
+                    v,
+                    d,
+                    v_per_split,
+                    ignore_index,
+                    float(label_smoothing),
+                    float(softcap) if softcap is not None else 1.0,
+                    HAS_BIAS=lin_b is not None,
+                    HAS_WEIGHT=weight is not None,
+                    IS_PROB=is_prob,
+                    HAS_SMOOTHING=label_smoothing > 0.0,
+                    HAS_SOFTCAP=softcap is not None,
+                    BLOCK_N=cfg.block_n,
+                    BLOCK_V=cfg.block_v,
+                    BLOCK_D=cfg.block_d,
+                    PRECISION=_precision(x.dtype),
+                    UPCAST=interp and x.dtype == torch.bfloat16,
+                    num_warps=cfg.num_warps,
+                    num_stages=cfg.num_stages,
+                )
         m_part, s_part, zy_part, az_part, a_part = part.unbind(0)
         # Merge the splits' online logsumexps: lse = M + log sum_k s_k e^{m_k - M}. m_k is a
         # finite floor for splits that saw only -inf, so no (-inf) - (-inf) here either.
@@ -426,41 +431,42 @@ class _LinearCERows(torch.autograd.Function):
             dz = dz_buf[:, : v_hi - v_lo]
             if n > 0:
                 grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(v_hi - v_lo, cfg.block_v))
-                _linear_ce_dz_kernel[grid](
-                    x,
-                    x.stride(0),
-                    lin_w,
-                    lin_w.stride(0),
-                    lin_b if lin_b is not None else lse,
-                    target,
-                    target.stride(0),
-                    weight if weight is not None else lse,
-                    lse,
-                    coef,
-                    g_a,
-                    g_s,
-                    dz,
-                    dz.stride(0),
-                    n,
-                    v,
-                    d,
-                    v_lo,
-                    v_hi,
-                    eps,
-                    float(softcap) if softcap is not None else 1.0,
-                    HAS_BIAS=lin_b is not None,
-                    HAS_WEIGHT=weight is not None,
-                    IS_PROB=is_prob,
-                    HAS_SMOOTHING=eps > 0.0,
-                    HAS_SOFTCAP=softcap is not None,
-                    BLOCK_N=cfg.block_n,
-                    BLOCK_V=cfg.block_v,
-                    BLOCK_D=cfg.block_d,
-                    PRECISION=_precision(x.dtype),
-                    UPCAST=_interpreting(_linear_ce_dz_kernel) and x.dtype == torch.bfloat16,
-                    num_warps=cfg.num_warps,
-                    num_stages=cfg.num_stages,
-                )
+                with on_device(x):
+                    _linear_ce_dz_kernel[grid](
+                        x,
+                        x.stride(0),
+                        lin_w,
+                        lin_w.stride(0),
+                        lin_b if lin_b is not None else lse,
+                        target,
+                        target.stride(0),
+                        weight if weight is not None else lse,
+                        lse,
+                        coef,
+                        g_a,
+                        g_s,
+                        dz,
+                        dz.stride(0),
+                        n,
+                        v,
+                        d,
+                        v_lo,
+                        v_hi,
+                        eps,
+                        float(softcap) if softcap is not None else 1.0,
+                        HAS_BIAS=lin_b is not None,
+                        HAS_WEIGHT=weight is not None,
+                        IS_PROB=is_prob,
+                        HAS_SMOOTHING=eps > 0.0,
+                        HAS_SOFTCAP=softcap is not None,
+                        BLOCK_N=cfg.block_n,
+                        BLOCK_V=cfg.block_v,
+                        BLOCK_D=cfg.block_d,
+                        PRECISION=_precision(x.dtype),
+                        UPCAST=_interpreting(_linear_ce_dz_kernel) and x.dtype == torch.bfloat16,
+                        num_warps=cfg.num_warps,
+                        num_stages=cfg.num_stages,
+                    )
             else:
                 dz.zero_()
             if dx_acc is not None:
@@ -511,6 +517,12 @@ def linear_ce_rows(
     Returns:
         ``(ce_rows, lse_rows)``: float32 of shape (N,), differentiable w.r.t. ``input``,
         ``linear_weight`` and ``linear_bias``; gradients come back in their dtypes.
+
+    Precision: bf16/fp16 products run on tensor cores with fp32 accumulation; float32 inputs use
+    full-precision (``ieee``) products, which are exact to fp32 but do not use tensor cores (TF32
+    would cost ~1e-3 relative error in the logits). d(logits) is stored in the input dtype, so
+    float16 gradients of a mean over many rows can underflow, as in eager float16: scale the loss
+    (``torch.amp.GradScaler``).
 
     Example (CPU tensors need ``TRITON_INTERPRET=1``, so this is not run as a doctest)::
 

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -222,16 +223,29 @@ def _interpreting(kernel: Any) -> bool:
 
 
 def check_device(fn: str, kernel: Any, *tensors: Tensor | None) -> None:
-    """Raise a clear error when CPU tensors reach compiled (non-interpreted) kernels."""
+    """Raise a clear error when CPU tensors reach compiled (non-interpreted) kernels, or when the
+    tensors sit on different devices."""
+    devices = {t.device for t in tensors if t is not None}
+    if len(devices) > 1:
+        names = ", ".join(sorted(str(d) for d in devices))
+        raise ValueError(f"{fn}: all tensors must be on one device, got tensors on {names}")
     if _interpreting(kernel):
         return
     for t in tensors:
         if t is not None and t.device.type != "cuda":
-            raise RuntimeError(
+            raise ValueError(
                 f"{fn}: the Triton kernels need CUDA tensors, got a tensor on {t.device}. CPU "
                 "tensors run only under the Triton interpreter: set TRITON_INTERPRET=1 before "
                 "crossentropy.triton is first imported, or use impl='torch'."
             )
+
+
+def on_device(t: Tensor) -> Any:
+    """Context in which kernels launch on ``t``'s GPU: Triton launches on the *current* CUDA
+    device, which need not be the tensors' one (e.g. tensors on cuda:1 while cuda:0 is current)."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return nullcontext()
 
 
 def check_float(fn: str, name: str, t: Tensor) -> None:
@@ -301,28 +315,29 @@ class _SoftmaxCERows(torch.autograd.Function):
         grid = (triton.cdiv(n, cfg.block_n),)
         t_stride = target.stride(0) if n > 0 else 0
         if n > 0:
-            _softmax_ce_fwd_kernel[grid](
-                logits,
-                logits.stride(0),
-                target,
-                t_stride,
-                weight if weight is not None else ce,
-                ce,
-                lse,
-                big_a,
-                n,
-                v,
-                ignore_index,
-                float(label_smoothing),
-                float(softcap) if softcap is not None else 1.0,
-                HAS_WEIGHT=weight is not None,
-                IS_PROB=is_prob,
-                HAS_SMOOTHING=label_smoothing > 0.0,
-                HAS_SOFTCAP=softcap is not None,
-                BLOCK_N=cfg.block_n,
-                BLOCK_V=cfg.block_v,
-                num_warps=cfg.num_warps,
-            )
+            with on_device(logits):
+                _softmax_ce_fwd_kernel[grid](
+                    logits,
+                    logits.stride(0),
+                    target,
+                    t_stride,
+                    weight if weight is not None else ce,
+                    ce,
+                    lse,
+                    big_a,
+                    n,
+                    v,
+                    ignore_index,
+                    float(label_smoothing),
+                    float(softcap) if softcap is not None else 1.0,
+                    HAS_WEIGHT=weight is not None,
+                    IS_PROB=is_prob,
+                    HAS_SMOOTHING=label_smoothing > 0.0,
+                    HAS_SOFTCAP=softcap is not None,
+                    BLOCK_N=cfg.block_n,
+                    BLOCK_V=cfg.block_v,
+                    num_warps=cfg.num_warps,
+                )
         ctx.save_for_backward(logits, target, weight, lse, big_a)
         ctx.opts = (ignore_index, float(label_smoothing), softcap, is_prob, inplace_backward)
         ctx.set_materialize_grads(False)
@@ -352,30 +367,31 @@ class _SoftmaxCERows(torch.autograd.Function):
         dx = logits.detach() if inplace else torch.empty_like(logits)
         cfg = softmax_config(n, v, interpret=_interpreting(_softmax_ce_bwd_kernel))
         if n > 0:
-            _softmax_ce_bwd_kernel[(triton.cdiv(n, cfg.block_n),)](
-                logits,
-                logits.stride(0),
-                dx,
-                dx.stride(0),
-                target,
-                target.stride(0),
-                weight if weight is not None else lse,
-                lse,
-                coef,
-                g_a,
-                g_s,
-                n,
-                v,
-                eps,
-                float(softcap) if softcap is not None else 1.0,
-                HAS_WEIGHT=weight is not None,
-                IS_PROB=is_prob,
-                HAS_SMOOTHING=eps > 0.0,
-                HAS_SOFTCAP=softcap is not None,
-                BLOCK_N=cfg.block_n,
-                BLOCK_V=cfg.block_v,
-                num_warps=cfg.num_warps,
-            )
+            with on_device(logits):
+                _softmax_ce_bwd_kernel[(triton.cdiv(n, cfg.block_n),)](
+                    logits,
+                    logits.stride(0),
+                    dx,
+                    dx.stride(0),
+                    target,
+                    target.stride(0),
+                    weight if weight is not None else lse,
+                    lse,
+                    coef,
+                    g_a,
+                    g_s,
+                    n,
+                    v,
+                    eps,
+                    float(softcap) if softcap is not None else 1.0,
+                    HAS_WEIGHT=weight is not None,
+                    IS_PROB=is_prob,
+                    HAS_SMOOTHING=eps > 0.0,
+                    HAS_SOFTCAP=softcap is not None,
+                    BLOCK_N=cfg.block_n,
+                    BLOCK_V=cfg.block_v,
+                    num_warps=cfg.num_warps,
+                )
         return dx, None, None, None, None, None, None
 
 
@@ -450,7 +466,8 @@ def softmax_ce_rows(
 
     Returns:
         ``(ce_rows, lse_rows)``: float32 of shape (N,), differentiable w.r.t. ``logits``; the
-        gradient comes back in ``logits.dtype``.
+        gradient comes back in ``logits.dtype`` (math is fp32; with float16 logits, scale the
+        loss as for eager float16, since small gradients can underflow).
 
     Example (CPU tensors need ``TRITON_INTERPRET=1``, so this is not run as a doctest)::
 
