@@ -248,4 +248,9 @@ def test_kernels_compile_for_sm90_without_a_gpu(tmp_path: Path) -> None:
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("compiled for sm_90") == 4, out.stdout
+    sys.path.insert(0, str(script.parent))
+    try:
+        from _compile_sm90 import jobs
+    finally:
+        sys.path.remove(str(script.parent))
+    assert out.stdout.count("compiled for sm_90") == len(jobs()) >= 10, out.stdout
