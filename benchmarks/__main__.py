@@ -1,7 +1,9 @@
 """``python -m benchmarks [NAME ...] [FLAGS ...]``: run the named benchmark modules (all when none is named).
 
 Each module ``benchmarks/<name>.py`` has ``main(argv) -> int`` and writes its tables to
-``benchmarks/results/``.
+``benchmarks/results/``, and lists the flags it takes in ``FLAGS``; every module takes ``--quick``
+(small shapes, results under a ``_quick`` name). When no name is given, modules that set
+``NEEDS_CUDA = True`` are skipped on machines without a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -18,18 +20,55 @@ def available() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """Run ``NAME ...`` (leading benchmark names; all when none) with the remaining arguments."""
+    """Run ``NAME ...`` (leading benchmark names; all when none) with the remaining arguments.
+
+    Each module lists the flags it takes in ``FLAGS``; a flag no selected module takes is refused
+    before anything runs (a typo must not start an hour of full-size runs), and each module is
+    handed only its own flags. ``--flag value`` and ``--flag=value`` are both accepted.
+    """
     known = available()
     split = next((i for i, a in enumerate(argv) if a not in known), len(argv))
-    names, flags = argv[:split], argv[split:]
-    if flags and not flags[0].startswith("-"):
-        print(f"benchmarks: unknown benchmark {flags[0]!r}; choose from {', '.join(known)}")
+    names, rest = argv[:split], argv[split:]
+    if rest and not rest[0].startswith("-"):
+        print(f"benchmarks: unknown benchmark {rest[0]!r}; choose from {', '.join(known)}")
         return 2
+    groups: list[list[str]] = []  # one flag and the bare words after it
+    for word in rest:
+        if word.startswith("-"):
+            groups.append([word])
+        else:
+            groups[-1].append(word)
+    modules = {name: importlib.import_module(f"benchmarks.{name}") for name in names or known}
+    takes = {name: set(getattr(m, "FLAGS", ())) | {"-h", "--help"} for name, m in modules.items()}
+    for group in groups:
+        flag = group[0].split("=")[0]
+        if not any(flag in t for t in takes.values()):
+            offered = sorted(set().union(*takes.values()) - {"-h", "--help"})
+            print(
+                f"benchmarks: unknown flag {flag!r} for {', '.join(modules)}; "
+                f"they take {', '.join(offered) or 'no flags'}"
+            )
+            return 2
     status = 0
-    for name in names or known:
-        module = importlib.import_module(f"benchmarks.{name}")
-        status = max(status, int(module.main(flags) or 0))
+    for name, module in modules.items():
+        if not names and getattr(module, "NEEDS_CUDA", False) and not _has_cuda():
+            print(f"benchmarks: skipping {name} (needs a CUDA GPU; run it by name on one)")
+            continue
+        own = [w for g in groups if g[0].split("=")[0] in takes[name] for w in g]
+        try:
+            code = module.main(own)
+        except SystemExit as exc:  # argparse refusing a value: report it, go on with the others
+            code = exc.code if isinstance(exc.code, int) else 2
+        status = max(status, int(code or 0))
     return status
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ medians after warm-up; every ratio is against a baseline measured in the same ru
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import statistics
@@ -29,7 +30,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+NEEDS_CUDA = True  # `python -m benchmarks` (all) skips this module without a GPU
 RESULTS = Path(__file__).parent / "results"
+# the flags `python -m benchmarks` hands to main()
+FLAGS = ("--quick",)
 IGNORE = -100
 
 
@@ -222,7 +226,7 @@ def _softmax_case(
             setup()
             step()
         except Exception as exc:  # a baseline that cannot run this config
-            lines.append(f"| {label} | {name} | failed: {type(exc).__name__}: {exc} | | | | |")
+            lines.append(f"| {label} | {name} | failed: {_why(exc)} | | | | |")
             continue
         g_sub = state["g"][:sub].double()
         grad_err = float((g_sub - g_ref_sub).norm() / g_ref_sub.norm())
@@ -424,7 +428,7 @@ def _linear_section(quick: bool, rows: list[dict[str, Any]]) -> list[str]:
                     ms = _time_ms(step, reps=5)
                     mem = _peak_extra_mib(step)
                 except Exception as exc:
-                    lines.append(f"| {shape} | {std} | {name} | failed: {type(exc).__name__} | | |")
+                    lines.append(f"| {shape} | {std} | {name} | failed: {_why(exc)} | | |")
                     torch.cuda.empty_cache()
                     continue
                 rows.append(
@@ -483,7 +487,7 @@ def _linear_accuracy(quick: bool, rows: list[dict[str, Any]]) -> list[str]:
                 loss = loss_fn(xx, ww, y)
                 gx, gw = torch.autograd.grad(loss, (xx, ww))
             except Exception as exc:
-                lines.append(f"| {std} | {name} | failed: {type(exc).__name__} | | |")
+                lines.append(f"| {std} | {name} | failed: {_why(exc)} | | |")
                 continue
             le = abs(float(loss) - float(loss64))
             ex = float((gx.double() - gx64).norm() / gx64.norm())
@@ -509,8 +513,16 @@ def _linear_accuracy(quick: bool, rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _why(exc: BaseException) -> str:
+    """One table cell for a failed run: exception type and the first line of its message."""
+    first = (str(exc).splitlines() or [""])[0][:160].replace("|", "/")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def main(argv: list[str]) -> int:
-    quick = "--quick" in argv
+    parser = argparse.ArgumentParser(prog="python -m benchmarks gpu_kernels")
+    parser.add_argument("--quick", action="store_true", help="smaller shapes (a smoke run)")
+    quick = parser.parse_args(argv).quick
     try:
         import torch
     except ImportError:

@@ -22,6 +22,7 @@ thing. Time is one step after the warm-up (CPU: wall clock, shared machine, indi
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+# the flags `python -m benchmarks` hands to main()
+FLAGS = ("--quick", "--device")
 MIB = 1024 * 1024
 
 
@@ -125,10 +128,14 @@ def _run_child(variant: str, device: str, quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    quick = "--quick" in argv
-    device = argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
-    if "--child" in argv:
-        print(json.dumps(_child(argv[argv.index("--child") + 1], device, quick)))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks hf_memory")
+    parser.add_argument("--quick", action="store_true", help="V=8000, 2 x 512 tokens")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--child", choices=("plain", "fused"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    quick, device = args.quick, args.device
+    if args.child:
+        print(json.dumps(_child(args.child, device, quick)))
         return 0
     rows = [_run_child(v, device, quick) for v in ("plain", "fused")]
     plain, fused = rows

@@ -1,6 +1,6 @@
 """Fused linear cross-entropy on CPU: time and peak memory of forward+backward, against torch.
 
-``python -m benchmarks linear_ce_cpu [--rounds=R] [--repeats=K] [--quick]`` (flags with ``=``)
+``python -m benchmarks linear_ce_cpu [--rounds=R] [--repeats=K] [--quick]``
 
 Configuration: fp32, N=8192 rows, D=512 features, V=32000 classes (``--quick``: N=2048, V=8000).
 Hidden states and weight are scaled so the logits have standard deviation about 4 (LM-like entropy)
@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+# the flags `python -m benchmarks` hands to main()
+FLAGS = ("--rounds", "--repeats", "--quick", "--impls", "--threads", "--tag")
 IMPLS = ("eager", "torch_chunked", "crossentropy")
 
 

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="run benchmarks (from a source checkout), like `python -m benchmarks`",
         description="Run the benchmark modules of benchmarks/ (all when none is named). "
-        "Flags take the form --name=value and are passed to each benchmark.",
+        "Flags (--name=value or --name value) go to the benchmarks that take them; a flag "
+        "that none of them takes is refused.",
     )
     parser.add_argument(
         "args",

@@ -45,7 +45,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = _parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "command", None) != "bench":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        # `bench` hands every word after it to the benchmarks, flags first included (argparse's
+        # REMAINDER would refuse `crossentropy bench --quick`).
+        args.args = argv[argv.index("bench") + 1 :]
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
