@@ -201,6 +201,30 @@ def logits_blocks(group: Any) -> dict[str, Any]:
     return {"shapes": shapes, "shard": size, "n": n, "v": v}
 
 
+def double_backward(group: Any) -> dict[str, str]:
+    """create_graph=True through each vocab-parallel path: the error each raises (none expected to
+    pass silently with dropped second-order terms)."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    sizes = shard_sizes(50, world)
+    off, size = sum(sizes[:rank]), sizes[rank]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 4, dtype=torch.float64, generator=g).requires_grad_()
+    w = torch.randn(50, 4, dtype=torch.float64, generator=g)[off : off + size].requires_grad_()
+    y = torch.randint(0, 50, (6,), generator=g)
+    out: dict[str, str] = {}
+    runs = {
+        "logits": lambda: cross_entropy(x @ w.t(), y, process_group=group),
+        "linear": lambda: linear_cross_entropy(x, w, y, process_group=group),
+    }
+    for name, run in runs.items():
+        try:
+            torch.autograd.grad(run(), (x, w), create_graph=True)
+            out[name] = "no error"
+        except Exception as exc:
+            out[name] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 def run_all(group: Any) -> dict[str, Any]:
     results: dict[str, Any] = {"cases": {}, "errors": {}}
     for seed, case in enumerate(good_cases()):
@@ -211,6 +235,7 @@ def run_all(group: Any) -> dict[str, Any]:
     results["bad"] = bad_cases(group)
     results["dp"] = data_parallel(group)
     results["blocks"] = logits_blocks(group)
+    results["double"] = double_backward(group)
     return results
 
 

@@ -271,6 +271,18 @@ def test_logits_per_rank_are_one_shard_wide(results: dict, world: int) -> None:
 
 
 @pytest.mark.parametrize("world", [2, 3])
+def test_double_backward_is_a_clear_error_not_silently_first_order(
+    results: dict, world: int
+) -> None:
+    for res in results[world]:
+        for path in ("logits", "linear"):
+            assert res["double"][path].startswith("NotImplementedError: vocab-parallel"), res[
+                "double"
+            ]
+            assert "create_graph=True" in res["double"][path]
+
+
+@pytest.mark.parametrize("world", [2, 3])
 def test_global_count_makes_ddp_with_uneven_padding_match_one_big_batch(
     results: dict, world: int
 ) -> None:

@@ -129,7 +129,10 @@ def cross_entropy(
 
     Returns:
         The loss: a scalar for ``mean``/``sum``, the target's positions for ``none``; float32
-        (float64 for float64 input). Gradients come back in the input's dtype.
+        (float64 for float64 input). Gradients come back in the input's dtype. Higher-order
+        gradients (``create_graph=True``, e.g. MAML or gradient penalties) are exact: that backward
+        differentiates a plain recomputation (it materialises the logits once). The vocab-parallel
+        path has no double backward and raises ``NotImplementedError`` under ``create_graph=True``.
 
     Example:
         >>> import torch
@@ -267,7 +270,8 @@ def linear_cross_entropy(
     the inputs and gradients: about two (chunk_size, V) fp32 blocks, the fp32 gradients kept between
     the passes (one more copy while the backward scales them), and for bf16/fp16 inputs an fp32
     copy of ``linear_weight``. Under ``torch.compile`` the ``mean``/``sum`` path runs eagerly
-    (a graph break around it); Dynamo traces the ``none`` path's autograd Function.
+    (a graph break around it); Dynamo traces the ``none`` path's autograd Function. A backward
+    with ``create_graph=True`` (higher-order gradients) materialises the (N, V) logits once.
 
     Args:
         input: hidden states (..., D); any float dtype, any strides.

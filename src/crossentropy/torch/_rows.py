@@ -25,19 +25,23 @@ forms the gradients in the forward pass instead: 3 GEMMs per block in all, 6NDV 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 __all__ = [
     "FusedLinearCE",
     "RowSpec",
     "default_chunk_size",
+    "first_order_only",
     "linear_ce_rows",
+    "reference_rows",
     "softmax_ce_rows",
+    "twice_differentiable",
 ]
 
 # Target size of one (chunk, V) fp32 logits block. Two such blocks live at once (logits and, with a
@@ -198,6 +202,102 @@ def _grad_block(blk: _Block, spec: RowSpec, g_ce: Tensor | None, g_lse: Tensor |
 
 
 # ------------------------------------------------------------------------------------------------
+# Double backward. The fast backward passes above work in place under no_grad, so they are first
+# order only. Under create_graph=True (MAML-style inner loops, gradient penalties) the gradients come
+# instead from differentiating a plain, out-of-place recomputation of the forward pass from the saved
+# inputs: exact to every order, at the memory cost of materialising the (N, V) logits once.
+
+
+def reference_rows(logits: Tensor, target: Tensor, spec: RowSpec) -> tuple[Tensor, Tensor]:
+    """``(ce_rows, lse_rows)`` of 2-D logits with out-of-place, twice-differentiable torch ops."""
+    dtype = _compute_dtype(logits, spec.weight)
+    s = logits.to(dtype)
+    if spec.softcap is not None:
+        s = spec.softcap * torch.tanh(s / spec.softcap)
+    lse = torch.logsumexp(s, 1)
+    logp = s - lse.unsqueeze(1)
+    eps, n_cls, w = spec.label_smoothing, spec.num_classes, spec.weight
+    if spec.is_prob:
+        q = target.to(dtype)
+        if eps > 0.0:
+            q = q * (1.0 - eps) + eps / n_cls
+        a = q * w if w is not None else q
+        ce = -torch.where(a == 0, 0.0, a * logp).sum(1)  # 0 * log 0 = 0 on masked classes
+        return ce, lse
+    valid = target != spec.ignore_index
+    t = torch.where(valid, target, 0).long()
+    validf = valid.to(dtype)
+    w_t = w[t] * validf if w is not None else validf
+    ce = -(1.0 - eps) * w_t * logp.gather(1, t.unsqueeze(1)).squeeze(1)
+    if eps > 0.0:
+        smooth = -(logp @ w if w is not None else logp.sum(1))
+        ce = ce + (eps / n_cls) * validf * smooth
+    return torch.where(valid, ce, 0.0), lse
+
+
+def twice_differentiable(
+    recompute: Callable[[Any], tuple[Sequence[Tensor | None], Sequence[Tensor]]],
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate an autograd.Function backward: run it under no_grad for first-order gradients; under
+    ``create_graph=True`` differentiate ``recompute(ctx)`` instead.
+
+    ``recompute(ctx)`` returns ``(inputs, outputs)``: one entry per forward argument (the saved
+    tensor, or None where no gradient is returned) and the forward outputs rebuilt from them with
+    differentiable ops, one per output of the Function.
+    """
+
+    def decorate(backward: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(backward)
+        def wrapper(ctx: Any, *grads: Tensor | None) -> Any:
+            if not torch.is_grad_enabled():
+                return backward(ctx, *grads)
+            with torch.enable_grad():
+                inputs, outputs = recompute(ctx)
+                wanted: list[tuple[int, Tensor]] = [
+                    (i, t)
+                    for i, t in enumerate(inputs)
+                    if t is not None and t.requires_grad and ctx.needs_input_grad[i]
+                ]
+                pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+                result: list[Tensor | None] = [None] * len(inputs)
+                if not wanted or not pairs:
+                    return tuple(result)
+                got = torch.autograd.grad(
+                    [o for o, _ in pairs],
+                    [t for _, t in wanted],
+                    [g for _, g in pairs],
+                    create_graph=True,
+                    allow_unused=True,
+                )
+            for (i, _), g in zip(wanted, got):
+                result[i] = g
+            return tuple(result)
+
+        return wrapper
+
+    return decorate
+
+
+def first_order_only(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a backward that has no double-backward path: a clear error under create_graph=True
+    (never silently dropped second-order terms), no_grad otherwise."""
+
+    def decorate(backward: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(backward)
+        def wrapper(ctx: Any, *grads: Tensor | None) -> Any:
+            if torch.is_grad_enabled():
+                raise NotImplementedError(
+                    f"{what} has no double backward (create_graph=True); use the single-process "
+                    "path for higher-order gradients"
+                )
+            return backward(ctx, *grads)
+
+        return wrapper
+
+    return decorate
+
+
+# ------------------------------------------------------------------------------------------------
 # softmax_ce_rows: logits given
 
 
@@ -214,7 +314,12 @@ class _SoftmaxCERows(torch.autograd.Function):
         return blk.ce, blk.lse
 
     @staticmethod
-    @once_differentiable
+    def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor, Tensor]]:
+        logits, target = ctx.saved_tensors
+        return [logits, None, None], reference_rows(logits, target, ctx.spec)
+
+    @staticmethod
+    @twice_differentiable(lambda ctx: _SoftmaxCERows._recompute(ctx))
     def backward(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None) -> Any:  # type: ignore[override]
         logits, target = ctx.saved_tensors
         spec: RowSpec = ctx.spec
@@ -300,7 +405,14 @@ class _LinearCERows(torch.autograd.Function):
         return ce, lse
 
     @staticmethod
-    @once_differentiable
+    def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor, Tensor]]:
+        x, w, b, target = ctx.saved_tensors
+        dtype = _compute_dtype(x, w, b, ctx.spec.weight)
+        logits = _block_logits(x, w.to(dtype), b.to(dtype) if b is not None else None, dtype)
+        return [x, w, b, None, None, None], reference_rows(logits, target, ctx.spec)
+
+    @staticmethod
+    @twice_differentiable(lambda ctx: _LinearCERows._recompute(ctx))
     def backward(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None) -> Any:  # type: ignore[override]
         x, w, b, target = ctx.saved_tensors
         spec: RowSpec = ctx.spec
@@ -444,17 +556,30 @@ class FusedLinearCE(torch.autograd.Function):
         loss = (coef * ce).sum()
         if zcoef is not None:
             loss = loss + torch.where(zcoef != 0, zcoef * lse.square(), 0.0).sum()
-        # Saved (not kept as ctx attributes) so that autograd frees them after backward.
-        ctx.save_for_backward(dx, dw, db)
+        # Saved (not kept as ctx attributes) so that autograd frees them after backward. The inputs
+        # are saved too (references, no copies) for the double-backward recomputation.
+        ctx.save_for_backward(dx, dw, db, x, w, b, target, coef, zcoef)
+        ctx.spec = spec
         ctx.dtypes = (x.dtype, w.dtype, b.dtype if b is not None else None)
         ctx.mark_non_differentiable(ce, lse)
         return loss, ce, lse
 
     @staticmethod
-    @once_differentiable
+    def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor]]:
+        x, w, b, target, coef, zcoef = ctx.saved_tensors[3:]
+        dtype = _compute_dtype(x, w, b, ctx.spec.weight)
+        logits = _block_logits(x, w.to(dtype), b.to(dtype) if b is not None else None, dtype)
+        ce, lse = reference_rows(logits, target, ctx.spec)
+        loss = (coef * ce).sum()
+        if zcoef is not None:
+            loss = loss + torch.where(zcoef != 0, zcoef * lse.square(), 0.0).sum()
+        return [x, w, b, None, None, None, None, None], (loss,)
+
+    @staticmethod
+    @twice_differentiable(lambda ctx: FusedLinearCE._recompute(ctx))
     def backward(ctx: Any, g: Tensor | None, *_: Any) -> Any:  # type: ignore[override]
         out: list[Tensor | None] = []
-        for grad, dtype in zip(ctx.saved_tensors, ctx.dtypes):
+        for grad, dtype in zip(ctx.saved_tensors[:3], ctx.dtypes):
             if grad is None or g is None:
                 out.append(None)
                 continue

@@ -42,11 +42,10 @@ from typing import Any, Literal, overload
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from crossentropy.torch import _validation as V
 from crossentropy.torch._reduce import Counts, CrossEntropyAux, reduce_rows
-from crossentropy.torch._rows import _compute_dtype, default_chunk_size
+from crossentropy.torch._rows import _compute_dtype, default_chunk_size, first_order_only
 
 __all__ = [
     "vocab_parallel_cross_entropy",
@@ -503,7 +502,7 @@ class _LogitsCE(torch.autograd.Function):
         return ce, lse, coef
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("vocab-parallel cross-entropy")
     def backward(  # type: ignore[override]
         ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None, _g_coef: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, None, None]:
@@ -554,7 +553,7 @@ class _LinearCE(torch.autograd.Function):
         return ce, lse, coef
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("vocab-parallel cross-entropy")
     def backward(  # type: ignore[override]
         ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None, _g_coef: Tensor | None
     ) -> tuple[Tensor | None, ...]:

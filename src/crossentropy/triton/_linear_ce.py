@@ -32,8 +32,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from crossentropy.torch import _rows
 from crossentropy.triton._config import linear_config
 from crossentropy.triton._softmax_ce import (
     _M_FLOOR,
@@ -400,7 +400,21 @@ class _LinearCERows(torch.autograd.Function):
         return ce, lse
 
     @staticmethod
-    @once_differentiable
+    def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor, Tensor]]:
+        x, lin_w, lin_b, target, weight = ctx.saved_tensors[:5]
+        ignore_index, eps, softcap = ctx.opts[:3]
+        dtype = _rows._compute_dtype(x)
+        logits = x.to(dtype) @ lin_w.to(dtype).t()
+        if lin_b is not None:
+            logits = logits + lin_b.to(dtype)
+        spec = _rows.row_spec(
+            dtype, target, weight, ignore_index, eps, softcap, num_classes=lin_w.shape[0]
+        )
+        inputs = [x, lin_w, lin_b, None, None, None, None, None]
+        return inputs, _rows.reference_rows(logits, target, spec)
+
+    @staticmethod
+    @_rows.twice_differentiable(lambda ctx: _LinearCERows._recompute(ctx))
     def backward(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None) -> Any:  # type: ignore[override]
         x, lin_w, lin_b, target, weight, lse, big_a = ctx.saved_tensors
         ignore_index, eps, softcap, is_prob, cfg = ctx.opts

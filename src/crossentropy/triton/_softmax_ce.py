@@ -35,8 +35,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from crossentropy.torch import _rows
 from crossentropy.triton._config import softmax_config
 
 __all__ = [
@@ -344,7 +344,24 @@ class _SoftmaxCERows(torch.autograd.Function):
         return ce, lse
 
     @staticmethod
-    @once_differentiable
+    def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor, Tensor]]:
+        logits, target, weight = ctx.saved_tensors[:3]
+        ignore_index, eps, softcap = ctx.opts[:3]
+        spec = _rows.row_spec(
+            _rows._compute_dtype(logits),
+            target,
+            weight,
+            ignore_index,
+            eps,
+            softcap,
+            num_classes=logits.shape[1],
+        )
+        return [logits, None, None, None, None, None, None], _rows.reference_rows(
+            logits, target, spec
+        )
+
+    @staticmethod
+    @_rows.twice_differentiable(lambda ctx: _SoftmaxCERows._recompute(ctx))
     def backward(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None) -> Any:  # type: ignore[override]
         logits, target, weight, lse, big_a = ctx.saved_tensors
         ignore_index, eps, softcap, is_prob, inplace = ctx.opts
