@@ -208,6 +208,9 @@ BAD_CSV = [
     ("a,b,y\n0.5,0.5,a\n   \n0.5,0.4,b\n", [], ["line 4", "sum to 0.9"]),
     # a field Python's float() takes but the CSV parser does not is still found and named
     ("a,b,y\n0.5,0.5,a\n0_5,0.5,b\n", [], ["line 3", "column 'a'", "'0_5' is not a number"]),
+    # an empty field, and two numbers in one field, are named as such too
+    ("a,b,y\n0.5,0.5,a\n0.5,,b\n", [], ["line 3", "column 'b'", "'' is not a number"]),
+    ("a,b,y\n0.5,0.5,a\n0.5 0.1,0.5,b\n", [], ["line 3", "'0.5 0.1' is not a number"]),
 ]
 
 
@@ -322,3 +325,26 @@ def test_bad_utf8_is_reported_on_its_own_line(tmp_path, capsys):
     status, _, err = score([pred, "--label-column", "y", "--chunk-rows", 700], capsys)
     assert status == 2 and err.count("\n") == 1
     assert "line 1502: not UTF-8 text" in err
+
+
+def test_old_mac_line_endings_are_lines(tmp_path, capsys):
+    # a lone CR ends a line, in the predictions and in a --true file
+    pred = tmp_path / "cr.csv"
+    pred.write_bytes(b"a,b,y\r0.2,0.8,b\r0.6,0.4,a\r")
+    status, out, _ = score([pred, "--label-column", "y", "--json"], capsys)
+    assert status == 0
+    expected = -(np.log(0.8) + np.log(0.6)) / 2
+    assert json.loads(out)["log_loss_nats"] == pytest.approx(expected, rel=1e-12)
+    (tmp_path / "n.csv").write_bytes(b"a,b\r0.2,0.8\r0.6,0.4\r")
+    (tmp_path / "y.txt").write_bytes(b"y\rb\ra\r")
+    status, out, _ = score([tmp_path / "n.csv", "--true", tmp_path / "y.txt", "--json"], capsys)
+    assert status == 0
+    assert json.loads(out)["log_loss_nats"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_bad_utf8_in_a_true_file_is_reported_on_its_line(tmp_path, capsys):
+    (tmp_path / "n.csv").write_text("a,b\n0.2,0.8\n0.6,0.4\n")
+    (tmp_path / "y.txt").write_bytes(b"y\nb\n\xffa\n")
+    status, _, err = score([tmp_path / "n.csv", "--true", tmp_path / "y.txt"], capsys)
+    assert status == 2 and err.count("\n") == 1
+    assert "line 3: not UTF-8 text (byte 0xff" in err

@@ -176,6 +176,29 @@ class _LabelTable(dict[str, float]):
         return value
 
 
+def open_text(path: str) -> IO[str]:
+    """A text file read with universal line splitting (\n, \r\n or a lone \r end a line) and no
+    newline translation; utf-8-sig drops a BOM. Bytes that are not UTF-8 become lone surrogates
+    instead of failing a whole buffer, so :func:`check_utf8` can name their line."""
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def check_utf8(path: str, lines: list[str], first: int) -> None:
+    """Refuse the first of ``lines`` (numbered from ``first``) that held bytes that are not UTF-8."""
+    try:
+        "".join(lines).encode("utf-8")
+    except UnicodeEncodeError:
+        for i, line in enumerate(lines):
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                byte = line[exc.start].encode("utf-8", "surrogateescape")
+                raise CLIError(
+                    f"{path}: line {first + i}: not UTF-8 text (byte 0x{byte.hex()} at "
+                    f"character {exc.start + 1})"
+                ) from None
+
+
 class CSVReader:
     """Reads a CSV prediction file in chunks of lines (header = class names)."""
 
@@ -184,13 +207,9 @@ class CSVReader:
     ) -> None:
         self.path = path
         self.chunk_rows = chunk_rows
-        # Binary, decoded line by line: a bad byte is then reported on its own line. (A newline
-        # byte never occurs inside a multi-byte UTF-8 sequence, so splitting first is safe.)
-        self.file: IO[bytes] = open(path, "rb")
-        try:
-            header_line = self.file.readline().decode("utf-8-sig")  # a BOM is not a class name
-        except UnicodeDecodeError as exc:
-            raise CLIError(f"{path}: line 1: not UTF-8 text ({exc.reason})") from None
+        self.file: IO[str] = open_text(path)  # a BOM is not a class name
+        header_line = self.file.readline()
+        self._check_utf8([header_line], 1)
         if not header_line.strip():
             raise CLIError(f"{path}: empty file: expected a header line of class names")
         header = [h.strip() for h in next(csv.reader([header_line]))]
@@ -217,19 +236,13 @@ class CSVReader:
     def close(self) -> None:
         self.file.close()
 
+    def _check_utf8(self, lines: list[str], first: int) -> None:
+        check_utf8(self.path, lines, first)
+
     def _read_lines(self) -> list[str]:
-        raw = list(itertools.islice(self.file, self.chunk_rows))
-        try:
-            return [line.decode("utf-8") for line in raw]
-        except UnicodeDecodeError:
-            for i, line in enumerate(raw):
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise CLIError(
-                        f"{self.path}: line {self.next_line + i}: not UTF-8 text ({exc.reason})"
-                    ) from None
-            raise
+        lines = list(itertools.islice(self.file, self.chunk_rows))
+        self._check_utf8(lines, self.next_line)
+        return lines
 
     def chunks(self) -> Iterator[Chunk]:
         classes = self.classes
@@ -293,14 +306,23 @@ class CSVReader:
                     f"got {len(fields)}"
                 )
             for j in self.prob_cols:
-                try:  # the parser that refused the chunk, so that it refuses the same field
-                    np.loadtxt([fields[j]], dtype=np.float64, comments=None, ndmin=1)
-                except ValueError:
+                if not _parses_as_one_float(fields[j]):
                     return CLIError(
                         f"{self.path}: line {pos}: column {self.header[j]!r}: {fields[j].strip()!r} "
                         "is not a number"
                     )
         return CLIError(f"{self.path}: line {positions[0]} or later: {fallback}")
+
+
+def _parses_as_one_float(text: str) -> bool:
+    """Whether the chunk parser (``np.loadtxt``) reads ``text`` as exactly one float64."""
+    if not text.strip():
+        return False
+    try:
+        value = np.loadtxt([text], delimiter=",", dtype=np.float64, comments=None, ndmin=1)
+    except ValueError:
+        return False
+    return bool(value.size == 1)
 
 
 def _npy_header(path: str, f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
@@ -482,7 +504,7 @@ class TrueLabels:
             if self.total == 0:
                 raise CLIError(f"{path}: no labels (empty array)")
         else:
-            self._text = open(path, encoding="utf-8-sig", newline="")
+            self._text = open_text(path)
             self.unit = "line"
             self.total = None
             self.line = 0
@@ -540,30 +562,27 @@ class TrueLabels:
         assert self._text is not None  # only called for text files
         texts: list[str] = []
         positions: list[int] = []
-        try:
-            while len(texts) < count:
-                block = list(itertools.islice(self._text, count - len(texts)))
-                if not block:
-                    break
-                for raw in block:
-                    self.line += 1
-                    text = raw.strip()
-                    if not text:
+        while len(texts) < count:
+            block = list(itertools.islice(self._text, count - len(texts)))
+            if not block:
+                break
+            check_utf8(self.path, block, self.line + 1)
+            for raw in block:
+                self.line += 1
+                text = raw.strip()
+                if not text:
+                    continue
+                if not self._header_checked:
+                    self._header_checked = True
+                    # a first line that names no class is a column header ("label", "y")
+                    if self.classes.lookup(_unquote(text)) < 0 and "," not in text:
                         continue
-                    if not self._header_checked:
-                        self._header_checked = True
-                        # a first line that names no class is a column header ("label", "y")
-                        if self.classes.lookup(_unquote(text)) < 0 and "," not in text:
-                            continue
-                    if "," in text:
-                        raise CLIError(
-                            f"{self.path}: line {self.line}: expected one label per line, got "
-                            f"{text!r}"
-                        )
-                    texts.append(_unquote(text))
-                    positions.append(self.line)
-        except UnicodeDecodeError as exc:
-            raise CLIError(f"{self.path}: not UTF-8 text ({exc.reason})") from None
+                if "," in text:
+                    raise CLIError(
+                        f"{self.path}: line {self.line}: expected one label per line, got {text!r}"
+                    )
+                texts.append(_unquote(text))
+                positions.append(self.line)
         pos = np.asarray(positions, dtype=np.int64)
         return self._encode_texts(texts, pos), pos
 
