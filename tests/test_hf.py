@@ -6,6 +6,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -324,6 +325,10 @@ def test_label_smoothing_and_z_loss_options() -> None:
     target = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[:, 1:].reshape(-1)
     want = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), target, label_smoothing=0.1)
     with hf.patched(model, impl="torch", label_smoothing=0.1):
+        got = model(**batch).loss
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # NumPy scalars (as from a config loaded with NumPy) are numbers too
+    with hf.patched(model, label_smoothing=np.float32(0.1), chunk_size=np.int64(8)):
         got = model(**batch).loss
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 

@@ -301,6 +301,24 @@ def test_global_count_makes_ddp_with_uneven_padding_match_one_big_batch(
     assert max(float((g - w).abs().max()) for g, w in zip(ranks[0]["dp"]["naive"], want)) > 1e-3
 
 
+def test_count_all_reduce_runs_where_the_backend_can() -> None:
+    # NCCL reduces CUDA tensors only: even a bad (non-tensor or CPU) target must not put this
+    # rank's all-reduce on the CPU while the others wait on theirs.
+    from crossentropy.torch._data_parallel import _collective_device
+
+    cpu_target = torch.zeros(3, dtype=torch.long)
+    assert _collective_device(cpu_target, "gloo") == torch.device("cpu")
+    assert _collective_device(cpu_target, "cpu:gloo,cuda:nccl") == torch.device("cpu")
+    assert _collective_device("not a tensor", "gloo") == torch.device("cpu")
+    if torch.cuda.is_available():
+        here = torch.device("cuda", torch.cuda.current_device())
+        assert _collective_device(cpu_target, "nccl") == here
+        assert _collective_device([1, 2], "nccl") == here
+        assert _collective_device(cpu_target.cuda(), "nccl") == cpu_target.cuda().device
+    else:  # nothing better exists on a machine without CUDA (NCCL cannot start there anyway)
+        assert _collective_device([1, 2], "nccl") == torch.device("cpu")
+
+
 def test_global_valid_count_without_process_group() -> None:
     y = torch.tensor([[3, 1, -100], [2, -100, 0]])
     assert int(global_valid_count(y)) == 4

@@ -372,3 +372,40 @@ def test_impl_triton_falls_back_for_float64_with_one_warning(monkeypatch):
         torch.testing.assert_close(second, ref, rtol=1e-12, atol=1e-12)
     with pytest.warns(UserWarning, match="cannot handle process_group"):
         _check_options("vocab_parallel_cross_entropy", -100, "mean", 0.0, 0.0, None, "triton")
+
+
+def test_impl_triton_falls_back_for_mixed_dtypes_and_float64_class_weights(monkeypatch):
+    # The torch path computes in float64 when anything is float64 and takes mixed dtypes; the
+    # kernels take one fp32/bf16/fp16 dtype. Those calls go to the torch path, with a warning.
+    from crossentropy.torch import _validation, linear_cross_entropy
+
+    monkeypatch.setattr(_validation, "_FALLBACK_WARNED", set())
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 6, 2, -100, 3, 1])
+    h = torch.randn(6, 4, generator=g)
+    w64 = torch.randn(7, 4, dtype=torch.float64, generator=g)
+    cw64 = torch.rand(7, dtype=torch.float64, generator=g) + 0.5
+    x = torch.randn(6, 7, generator=g)
+    cases = [
+        (
+            lambda: linear_cross_entropy(h, w64, y, impl="triton"),
+            F.cross_entropy(h.double() @ w64.T, y),
+            "float64 linear_weight",
+        ),
+        (
+            lambda: linear_cross_entropy(h, w64.to(torch.bfloat16), y, impl="triton"),
+            F.cross_entropy(h @ w64.to(torch.bfloat16).float().T, y),
+            "mixed dtypes",
+        ),
+        (
+            lambda: cross_entropy(x, y, weight=cw64, impl="triton"),
+            F.cross_entropy(x.double(), y, weight=cw64),
+            "float64 class weight",
+        ),
+    ]
+    for call, ref, reason in cases:
+        with pytest.warns(UserWarning, match=reason):
+            got = call()
+        assert got.dtype == ref.dtype
+        tol = 1e-12 if ref.dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol)

@@ -330,3 +330,13 @@ def test_no_gradient_work_without_grad_mode(monkeypatch):
     torch.testing.assert_close(b, ref)
     linear_cross_entropy(x, w, y, chunk_size=4).backward()
     assert len(calls) == 4  # and with grad mode on, every block forms its gradient
+
+
+def test_numpy_integer_chunk_size_is_accepted() -> None:
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    h, w = torch.randn(9, 4, generator=g), torch.randn(6, 4, generator=g)
+    y = torch.randint(0, 6, (9,), generator=g)
+    got = linear_cross_entropy(h, w, y, chunk_size=np.int64(2))
+    torch.testing.assert_close(got, F.cross_entropy(h @ w.T, y), rtol=1e-6, atol=1e-6)

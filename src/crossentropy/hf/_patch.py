@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import numbers
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,6 +128,11 @@ def is_patched(model: nn.Module) -> bool:
     return _STATE_ATTR in model.__dict__
 
 
+def _is_real(value: object) -> bool:
+    # numbers.Real admits NumPy scalars, as torch does; bools are refused.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def patch(
     model: _M,
     *,
@@ -196,14 +202,15 @@ def patch(
     """
     if is_patched(model):
         raise ValueError(f"crossentropy.hf.patch: this {_name(model)} is already patched")
-    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
+    if not _is_real(label_smoothing) or not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(
             f"crossentropy.hf.patch: label_smoothing must be in [0, 1]; got {label_smoothing!r}"
         )
-    if not isinstance(z_loss, (int, float)) or z_loss < 0.0:
+    if not _is_real(z_loss) or z_loss < 0.0:
         raise ValueError(f"crossentropy.hf.patch: z_loss must be >= 0; got {z_loss!r}")
+    label_smoothing, z_loss = float(label_smoothing), float(z_loss)
     check_impl("crossentropy.hf.patch", impl)
-    check_chunk_size("crossentropy.hf.patch", chunk_size)
+    chunk_size = check_chunk_size("crossentropy.hf.patch", chunk_size)
     head = _check_supported(model)
     had_loss_function = "_loss_function" in model.__dict__
     state = _State(

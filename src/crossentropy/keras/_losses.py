@@ -11,6 +11,7 @@ masked out of the reduction, so ``"sum_over_batch_size"`` averages over the coun
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ _PACKAGE = "crossentropy"
 
 
 def _check_float(name: str, value: Any, owner: str, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a number; got {value!r}")
     value = float(value)
     if not value >= low or (high is not None and value > high):
@@ -38,9 +39,9 @@ def _check_float(name: str, value: Any, owner: str, low: float, high: float | No
 def _check_ignore_class(value: Any, owner: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{owner}: ignore_class must be an int or None; got {value!r}")
-    return value
+    return int(value)
 
 
 def _log_probs(y_pred: Any, from_logits: bool) -> Any:
@@ -254,7 +255,7 @@ class SparseCategoricalFocalCrossentropy(keras.losses.Loss):  # type: ignore[mis
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         owner = type(self).__name__
         self.gamma = _check_float("gamma", gamma, owner, 0.0)
-        if alpha is None or (isinstance(alpha, (int, float)) and not isinstance(alpha, bool)):
+        if alpha is None or (isinstance(alpha, numbers.Real) and not isinstance(alpha, bool)):
             self.alpha: float | list[float] | None = (
                 None if alpha is None else _check_float("alpha", alpha, owner, 0.0)
             )

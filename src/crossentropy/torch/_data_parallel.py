@@ -20,6 +20,8 @@ both need the ``* world_size``; only a hand-written ``all_reduce`` that sums gra
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -78,7 +80,7 @@ def global_valid_count(
         # waiting. float64 holds every count below 2**53 exactly, and any weight sum.
         rank = dist.get_rank(process_group)
         world = dist.get_world_size(process_group)
-        device = target.device if isinstance(target, Tensor) else torch.device("cpu")
+        device = _collective_device(target, str(dist.get_backend(process_group)))
         packed = torch.zeros(1 + world, dtype=torch.float64, device=device)
         packed[0] = float(count) if count is not None else 0.0
         packed[1 + rank] = (2.0 if kind is TypeError else 1.0) if problem else 0.0
@@ -89,10 +91,22 @@ def global_valid_count(
             kind = TypeError if 2.0 in codes else ValueError
             problem = f"global_valid_count: rank(s) {bad} were given invalid input"
         if count is not None:
-            count = packed[0].to(count.dtype)
+            count = packed[0].to(device=count.device, dtype=count.dtype)
     if problem or count is None:
         raise kind(problem)
     return count
+
+
+def _collective_device(target: object, backend: str) -> torch.device:
+    """Where the count's all-reduce runs: the target's device when the backend takes it, else a
+    device it does take (NCCL only reduces CUDA tensors, even when the target is bad input)."""
+    backend = backend.lower()
+    cpu_ok = "gloo" in backend or "mpi" in backend or "nccl" not in backend
+    if isinstance(target, Tensor) and (target.device.type != "cpu" or cpu_ok):
+        return target.device
+    if not cpu_ok and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _local_count(target: object, ignore_index: object, weight: object) -> Tensor:
@@ -102,9 +116,9 @@ def _local_count(target: object, ignore_index: object, weight: object) -> Tensor
         raise TypeError(
             f"global_valid_count: target must hold integer class ids; got {target.dtype}"
         )
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"global_valid_count: ignore_index must be an int; got {ignore_index!r}")
-    valid = target != ignore_index
+    valid = target != int(ignore_index)
     if weight is None:
         return valid.sum()
     if not isinstance(weight, Tensor) or weight.dim() != 1 or not weight.is_floating_point():

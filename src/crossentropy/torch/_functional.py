@@ -170,10 +170,12 @@ def cross_entropy(
         softcap=softcap,
     )
     logits, rows = V.flatten_logits(fn, input, target)
-    if impl == "triton" and logits.dtype not in V.KERNEL_DTYPES:
-        impl = V.kernel_fallback(fn, f"{logits.dtype} logits (the kernels take fp32, bf16, fp16)")
     num_classes = logits.shape[1]
     V.check_weight(fn, weight, num_classes)
+    if impl == "triton":
+        problem = V.kernel_dtype_problem({"logits": logits}, weight)
+        if problem is not None:
+            impl = V.kernel_fallback(fn, problem)
     if rows.is_prob:
         V.check_prob_ignore_index(fn, ignore_index)
     else:
@@ -327,10 +329,13 @@ def linear_cross_entropy(
     )
     chunk = V.check_chunk_size(fn, chunk_size)
     x, rows = V.flatten_linear(fn, input, linear_weight, target, linear_bias)
-    if impl == "triton" and x.dtype not in V.KERNEL_DTYPES:
-        impl = V.kernel_fallback(fn, f"{x.dtype} inputs (the kernels take fp32, bf16, fp16)")
     vocab = linear_weight.shape[0]
     V.check_weight(fn, weight, vocab)
+    if impl == "triton":
+        inputs = {"input": x, "linear_weight": linear_weight, "linear_bias": linear_bias}
+        problem = V.kernel_dtype_problem(inputs, weight)
+        if problem is not None:
+            impl = V.kernel_fallback(fn, problem)
     if rows.is_prob:
         V.check_prob_ignore_index(fn, ignore_index)
     else:

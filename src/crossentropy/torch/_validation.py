@@ -31,6 +31,7 @@ __all__ = [
     "flatten_linear",
     "flatten_logits",
     "is_compiling",
+    "kernel_dtype_problem",
     "kernel_fallback",
 ]
 
@@ -66,6 +67,26 @@ def kernel_fallback(fn: str, reason: str) -> str:
             stacklevel=3,
         )
     return "torch"
+
+
+def kernel_dtype_problem(inputs: dict[str, Tensor | None], weight: Tensor | None) -> str | None:
+    """Why the Triton kernels cannot take these dtypes (None when they can).
+
+    The kernels take one dtype among fp32/bf16/fp16 for all ``inputs`` and compute in fp32; the
+    torch path also takes mixed dtypes and computes in float64 when anything is float64 (the class
+    ``weight`` included), so those cases go there.
+    """
+    named = {k: t.dtype for k, t in inputs.items() if t is not None}
+    bad = {k: d for k, d in named.items() if d not in KERNEL_DTYPES}
+    if bad:
+        what = ", ".join(f"{d} {k}" for k, d in bad.items())
+        return f"{what} (the kernels take fp32, bf16, fp16)"
+    if len(set(named.values())) > 1:
+        what = ", ".join(f"{d} {k}" for k, d in named.items())
+        return f"mixed dtypes ({what}; the kernels take one)"
+    if weight is not None and weight.dtype == torch.float64:
+        return "a float64 class weight (the torch path then computes in float64)"
+    return None
 
 
 def check_impl(fn: str, impl: object) -> str:
@@ -114,7 +135,11 @@ def check_options(
 def check_chunk_size(fn: str, chunk_size: object) -> int | None:
     if chunk_size is None:
         return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if (
+        isinstance(chunk_size, (bool, np.bool_))
+        or not isinstance(chunk_size, numbers.Integral)
+        or chunk_size < 1
+    ):
         raise ValueError(f"{fn}: chunk_size must be None or a positive int; got {chunk_size!r}")
     return int(chunk_size)
 
