@@ -32,12 +32,18 @@ def main(argv: list[str]) -> int:
     if rest and not rest[0].startswith("-"):
         print(f"benchmarks: unknown benchmark {rest[0]!r}; choose from {', '.join(known)}")
         return 2
-    groups: list[list[str]] = []  # one flag and the bare words after it
+    groups: list[list[str]] = []  # one flag and the values after it
     for word in rest:
-        if word.startswith("-"):
+        if word in known:
+            print(f"benchmarks: name benchmarks before flags ({word!r} comes after a flag)")
+            return 2
+        if word.startswith("-") and not _is_number(word):
             groups.append([word])
-        else:
+        elif groups:
             groups[-1].append(word)
+        else:
+            print(f"benchmarks: {word!r} is neither a benchmark nor a flag")
+            return 2
     modules = {name: importlib.import_module(f"benchmarks.{name}") for name in names or known}
     takes = {name: set(getattr(m, "FLAGS", ())) | {"-h", "--help"} for name, m in modules.items()}
     for group in groups:
@@ -61,6 +67,14 @@ def main(argv: list[str]) -> int:
             code = exc.code if isinstance(exc.code, int) else 2
         status = max(status, int(code or 0))
     return status
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def _has_cuda() -> bool:

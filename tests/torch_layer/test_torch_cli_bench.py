@@ -79,3 +79,14 @@ def test_a_flag_no_benchmark_takes_is_refused_before_anything_runs(tmp_path, mon
     out = capsys.readouterr().out
     assert "unknown flag '--quik'" in out and "--n, --quick" in out
     assert "ran" not in out
+
+
+def test_names_after_flags_are_refused_and_negative_values_are_values(
+    tmp_path, monkeypatch, capsys
+):
+    _toy_runner(tmp_path, monkeypatch)
+    assert main(["bench", "--quick", "c_ok"]) == 2  # would otherwise run every benchmark
+    out = capsys.readouterr().out
+    assert "name benchmarks before flags" in out and "ran" not in out
+    assert main(["bench", "b_strict", "--n", "-5"]) == 0
+    assert "n=-5" in capsys.readouterr().out
