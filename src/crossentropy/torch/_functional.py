@@ -20,6 +20,7 @@ from crossentropy.torch._rows import (
     _compute_dtype,
     default_chunk_size,
     linear_ce_rows,
+    plain_linear_loss,
     row_spec,
     softmax_ce_rows,
 )
@@ -131,8 +132,10 @@ def cross_entropy(
         The loss: a scalar for ``mean``/``sum``, the target's positions for ``none``; float32
         (float64 for float64 input). Gradients come back in the input's dtype. Higher-order
         gradients (``create_graph=True``, e.g. MAML or gradient penalties) are exact: that backward
-        differentiates a plain recomputation (it materialises the logits once). The vocab-parallel
-        path has no double backward and raises ``NotImplementedError`` under ``create_graph=True``.
+        differentiates a plain recomputation (it materialises the logits once). Under
+        ``torch.func`` transforms (``grad``, ``vmap``, ``jvp``, ``jacrev``) and forward-mode AD
+        the computation itself uses plain torch ops, which compose with them. The vocab-parallel
+        path has neither: it raises ``NotImplementedError`` under ``create_graph=True``.
 
     Example:
         >>> import torch
@@ -174,6 +177,8 @@ def cross_entropy(
     V.check_weight(fn, weight, num_classes)
     if impl == "triton":
         problem = V.kernel_dtype_problem({"logits": logits}, weight)
+        if problem is None and V.composable_only(logits, weight):
+            problem = "torch.func transforms or forward-mode AD"
         if problem is not None:
             impl = V.kernel_fallback(fn, problem)
     if rows.is_prob:
@@ -273,7 +278,8 @@ def linear_cross_entropy(
     the passes (one more copy while the backward scales them), and for bf16/fp16 inputs an fp32
     copy of ``linear_weight``. Under ``torch.compile`` the ``mean``/``sum`` path runs eagerly
     (a graph break around it); Dynamo traces the ``none`` path's autograd Function. A backward
-    with ``create_graph=True`` (higher-order gradients) materialises the (N, V) logits once.
+    with ``create_graph=True`` (higher-order gradients) materialises the (N, V) logits once, and so
+    does a call under ``torch.func`` transforms or forward-mode AD (plain torch ops there).
 
     Args:
         input: hidden states (..., D); any float dtype, any strides.
@@ -334,6 +340,8 @@ def linear_cross_entropy(
     if impl == "triton":
         inputs = {"input": x, "linear_weight": linear_weight, "linear_bias": linear_bias}
         problem = V.kernel_dtype_problem(inputs, weight)
+        if problem is None and V.composable_only(x, linear_weight, linear_bias, weight):
+            problem = "torch.func transforms or forward-mode AD"
         if problem is not None:
             impl = V.kernel_fallback(fn, problem)
     if rows.is_prob:
@@ -415,6 +423,8 @@ def _fused_scalar(
         dtype, target, weight, ignore_index, label_smoothing, softcap, num_classes=w.shape[0]
     )
     rows = chunk or default_chunk_size(x.shape[0], w.shape[0])
+    if V.composable_only(x, w, b, weight):
+        return plain_linear_loss(x, w, b, target, coef, zcoef, spec)
     if not torch.is_grad_enabled():
         # no_grad / inference_mode: the Function would still see requires_grad on the parameters
         # and form every gradient in the forward pass; detached inputs make it compute the loss only.

@@ -33,12 +33,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from crossentropy.torch._validation import composable_only
+
 __all__ = [
     "FusedLinearCE",
     "RowSpec",
     "default_chunk_size",
     "first_order_only",
     "linear_ce_rows",
+    "plain_linear_loss",
     "reference_rows",
     "softmax_ce_rows",
     "twice_differentiable",
@@ -355,6 +358,8 @@ def softmax_ce_rows(
     spec = row_spec(
         dtype, target, weight, ignore_index, label_smoothing, softcap, num_classes=logits.shape[1]
     )
+    if composable_only(logits, weight):
+        return reference_rows(logits, target, spec)
     ce, lse = _SoftmaxCERows.apply(logits, target, spec)
     return ce, lse
 
@@ -407,8 +412,7 @@ class _LinearCERows(torch.autograd.Function):
     @staticmethod
     def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor, Tensor]]:
         x, w, b, target = ctx.saved_tensors
-        dtype = _compute_dtype(x, w, b, ctx.spec.weight)
-        logits = _block_logits(x, w.to(dtype), b.to(dtype) if b is not None else None, dtype)
+        logits = _plain_logits(x, w, b, ctx.spec)
         return [x, w, b, None, None, None], reference_rows(logits, target, ctx.spec)
 
     @staticmethod
@@ -494,9 +498,34 @@ def linear_ce_rows(
     spec = _linear_spec(
         input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, softcap
     )
+    if composable_only(input, linear_weight, linear_bias, weight):
+        return reference_rows(_plain_logits(input, linear_weight, linear_bias, spec), target, spec)
     chunk = chunk_size or default_chunk_size(input.shape[0], linear_weight.shape[0])
     ce, lse = _LinearCERows.apply(input, linear_weight, linear_bias, target, spec, chunk)
     return ce, lse
+
+
+def _plain_logits(x: Tensor, w: Tensor, b: Tensor | None, spec: RowSpec) -> Tensor:
+    """All (N, V) logits at once, with differentiable ops (double backward, torch.func)."""
+    dtype = _compute_dtype(x, w, b, spec.weight)
+    return _block_logits(x, w.to(dtype), b.to(dtype) if b is not None else None, dtype)
+
+
+def plain_linear_loss(
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    target: Tensor,
+    coef: Tensor,
+    zcoef: Tensor | None,
+    spec: RowSpec,
+) -> Tensor:
+    """What :class:`FusedLinearCE` computes, with differentiable ops (materialises the logits)."""
+    ce, lse = reference_rows(_plain_logits(x, w, b, spec), target, spec)
+    loss = (coef * ce).sum()
+    if zcoef is not None:
+        loss = loss + torch.where(zcoef != 0, zcoef * lse.square(), 0.0).sum()
+    return loss
 
 
 class FusedLinearCE(torch.autograd.Function):
@@ -567,12 +596,7 @@ class FusedLinearCE(torch.autograd.Function):
     @staticmethod
     def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor]]:
         x, w, b, target, coef, zcoef = ctx.saved_tensors[3:]
-        dtype = _compute_dtype(x, w, b, ctx.spec.weight)
-        logits = _block_logits(x, w.to(dtype), b.to(dtype) if b is not None else None, dtype)
-        ce, lse = reference_rows(logits, target, ctx.spec)
-        loss = (coef * ce).sum()
-        if zcoef is not None:
-            loss = loss + torch.where(zcoef != 0, zcoef * lse.square(), 0.0).sum()
+        loss = plain_linear_loss(x, w, b, target, coef, zcoef, ctx.spec)
         return [x, w, b, None, None, None, None, None], (loss,)
 
     @staticmethod

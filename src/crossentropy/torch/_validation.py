@@ -28,6 +28,7 @@ __all__ = [
     "check_reduction",
     "check_target_values",
     "check_weight",
+    "composable_only",
     "flatten_linear",
     "flatten_logits",
     "is_compiling",
@@ -44,6 +45,23 @@ def is_compiling() -> bool:
     compiler = getattr(torch, "compiler", None)
     check = getattr(compiler, "is_compiling", None)
     return bool(check()) if check is not None else False
+
+
+def composable_only(*tensors: Tensor | None) -> bool:
+    """True under ``torch.func`` transforms (grad, vmap, jacrev, ...) or with forward-mode AD dual
+    tensors. The custom autograd Functions (in-place, fused backward passes) cannot run there, so
+    callers switch to plain torch ops, which compose with every transform."""
+    if _functorch_active():
+        return True
+    from torch.autograd import forward_ad
+
+    return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def _functorch_active() -> bool:
+    functorch = getattr(torch._C, "_functorch", None)
+    level = getattr(functorch, "maybe_current_level", None)
+    return level is not None and level() is not None
 
 
 def check_reduction(fn: str, reduction: object) -> str:
@@ -214,8 +232,8 @@ def check_prob_ignore_index(fn: str, ignore_index: int) -> None:
 
 def check_target_values(fn: str, target: Tensor, num_classes: int, ignore_index: int) -> None:
     """Class ids must lie in [0, num_classes) unless equal to ignore_index (syncs on GPU)."""
-    if is_compiling() or target.numel() == 0:
-        return
+    if is_compiling() or target.numel() == 0 or _functorch_active():
+        return  # traced or transformed (vmap cannot read values); torch's own indexing checks
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if bool(bad.any()):
         value = int(target[bad].flatten()[0])
