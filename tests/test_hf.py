@@ -405,6 +405,8 @@ def test_patch_checks_its_options() -> None:
         hf.patch(model, impl="cuda")
     with pytest.raises(ValueError, match="chunk_size must be None or a positive int"):
         hf.patch(model, chunk_size=0)
+    with pytest.raises(ValueError, match="z_loss must be finite"):
+        hf.patch(model, z_loss=float("nan"))
     assert not hf.is_patched(model)
 
 

@@ -102,3 +102,56 @@ def test_first_order_backward_builds_no_graph() -> None:
     t = _inputs(4)
     (gx,) = torch.autograd.grad(cross_entropy(t["x"], t["y"]), t["x"])
     assert not gx.requires_grad and gx.grad_fn is None
+
+
+def test_fused_path_keeps_no_input_alive_and_says_what_to_do_when_one_is_gone() -> None:
+    # mean/sum hold only the gradients between the passes; a double backward finds the inputs
+    # through weak references, so a hidden state nobody holds any more is a clear error.
+    import weakref
+
+    t = _inputs(5)
+    h0, w, y = t["h"], t["w"], t["y"]
+
+    def loss_of_fresh_hidden(**kw: Any) -> tuple[Any, weakref.ref]:
+        hidden = torch.tanh(h0 * 1.5)  # a non-leaf only the loss would hold
+        out = linear_cross_entropy(hidden, w, y, **kw)
+        return out, weakref.ref(hidden)
+
+    loss, ref = loss_of_fresh_hidden()
+    assert ref() is None  # not kept alive by the fused path
+    (gw,) = torch.autograd.grad(loss, w, retain_graph=True)
+    torch.testing.assert_close(gw, torch.autograd.grad(_ref_loss(h0, w, y), w)[0])
+    with pytest.raises(NotImplementedError, match=r"was freed\. Pass return_aux=True"):
+        torch.autograd.grad(loss, w, create_graph=True)
+    # the recomputing path keeps its inputs and gives exact second-order terms
+    aux, _ = loss_of_fresh_hidden(return_aux=True)
+    (gw1,) = torch.autograd.grad(aux.loss, w, create_graph=True)
+    (gw2,) = torch.autograd.grad(_ref_loss(h0, w, y), w, create_graph=True)
+    u = torch.randn_like(w)
+    hv1 = torch.autograd.grad((gw1 * u).sum(), (h0, w))
+    hv2 = torch.autograd.grad((gw2 * u).sum(), (h0, w))
+    for a, b in zip(hv1, hv2):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _ref_loss(h0: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(torch.tanh(h0 * 1.5) @ w.t(), y)
+
+
+def test_probability_targets_get_their_gradient() -> None:
+    # distillation into a teacher that is itself trained: d loss / d target, as torch gives it
+    t = _inputs(6)
+    kw: dict[str, Any] = {"label_smoothing": 0.1, "weight": t["cw"]}
+    up = torch.rand(N, dtype=torch.float64)
+    q = t["p"].clone().requires_grad_()
+    want = torch.autograd.grad(F.cross_entropy(t["x"], q, **kw), q)[0]
+    got = torch.autograd.grad(cross_entropy(t["x"], q, **kw), q)[0]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    z = t["h"] @ t["w"].T
+    for reduction in ("mean", "none"):
+        ref = F.cross_entropy(z, q, reduction=reduction, **kw)
+        ours = linear_cross_entropy(t["h"], t["w"], q, reduction=reduction, **kw)
+        grads = up if reduction == "none" else None
+        want = torch.autograd.grad(ref, q, grads)[0]
+        got = torch.autograd.grad(ours, q, grads)[0]
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -340,3 +340,19 @@ def test_numpy_integer_chunk_size_is_accepted() -> None:
     y = torch.randint(0, 6, (9,), generator=g)
     got = linear_cross_entropy(h, w, y, chunk_size=np.int64(2))
     torch.testing.assert_close(got, F.cross_entropy(h @ w.T, y), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_backward_called_inside_autocast(reduction: str) -> None:
+    # torch discourages it but allows it; the backward passes must not be recast
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(7, 4, generator=g, requires_grad=True)
+    w = torch.randn(9, 4, generator=g, requires_grad=True)
+    y = torch.randint(0, 9, (7,), generator=g)
+    up = torch.rand(7, generator=g) if reduction == "none" else torch.tensor(1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(h, w, y, reduction=reduction)
+        got = torch.autograd.grad(loss, (h, w), up)
+    want = torch.autograd.grad(F.cross_entropy(h @ w.T, y, reduction=reduction), (h, w), up)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -54,4 +54,7 @@ def _load_benchmarks() -> object:
 
 def run(args: argparse.Namespace) -> int:
     module = _load_benchmarks()
-    return int(module.main(list(args.args)) or 0)  # type: ignore[attr-defined]
+    argv = list(args.args)
+    if argv[:1] == ["--"]:  # `crossentropy bench -- --flag`: the separator is not a flag
+        argv = argv[1:]
+    return int(module.main(argv) or 0)  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import numbers
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -206,8 +207,8 @@ def patch(
         raise ValueError(
             f"crossentropy.hf.patch: label_smoothing must be in [0, 1]; got {label_smoothing!r}"
         )
-    if not _is_real(z_loss) or z_loss < 0.0:
-        raise ValueError(f"crossentropy.hf.patch: z_loss must be >= 0; got {z_loss!r}")
+    if not _is_real(z_loss) or not math.isfinite(z_loss) or z_loss < 0.0:
+        raise ValueError(f"crossentropy.hf.patch: z_loss must be finite and >= 0; got {z_loss!r}")
     label_smoothing, z_loss = float(label_smoothing), float(z_loss)
     check_impl("crossentropy.hf.patch", impl)
     chunk_size = check_chunk_size("crossentropy.hf.patch", chunk_size)

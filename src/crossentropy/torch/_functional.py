@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 
+_PLAIN_ONLY = "torch.func transforms, forward-mode AD or probability targets that require grad"
+
+
 def _triton(fn: str) -> Any:
     try:
         import crossentropy.triton as kernels
@@ -177,8 +180,8 @@ def cross_entropy(
     V.check_weight(fn, weight, num_classes)
     if impl == "triton":
         problem = V.kernel_dtype_problem({"logits": logits}, weight)
-        if problem is None and V.composable_only(logits, weight):
-            problem = "torch.func transforms or forward-mode AD"
+        if problem is None and V.composable_only(logits, weight, target=rows.target):
+            problem = _PLAIN_ONLY
         if problem is not None:
             impl = V.kernel_fallback(fn, problem)
     if rows.is_prob:
@@ -280,6 +283,9 @@ def linear_cross_entropy(
     (a graph break around it); Dynamo traces the ``none`` path's autograd Function. A backward
     with ``create_graph=True`` (higher-order gradients) materialises the (N, V) logits once, and so
     does a call under ``torch.func`` transforms or forward-mode AD (plain torch ops there).
+    Autocast does not recast anything inside: the arithmetic follows the inputs' dtypes (fp32
+    math when any input is fp32), so under bf16 autocast with fp32 master weights pass
+    ``linear_weight.to(input.dtype)`` to get bf16 matmuls (and the Triton kernels).
 
     Args:
         input: hidden states (..., D); any float dtype, any strides.
@@ -340,8 +346,10 @@ def linear_cross_entropy(
     if impl == "triton":
         inputs = {"input": x, "linear_weight": linear_weight, "linear_bias": linear_bias}
         problem = V.kernel_dtype_problem(inputs, weight)
-        if problem is None and V.composable_only(x, linear_weight, linear_bias, weight):
-            problem = "torch.func transforms or forward-mode AD"
+        if problem is None and V.composable_only(
+            x, linear_weight, linear_bias, weight, target=rows.target
+        ):
+            problem = _PLAIN_ONLY
         if problem is not None:
             impl = V.kernel_fallback(fn, problem)
     if rows.is_prob:
@@ -423,7 +431,7 @@ def _fused_scalar(
         dtype, target, weight, ignore_index, label_smoothing, softcap, num_classes=w.shape[0]
     )
     rows = chunk or default_chunk_size(x.shape[0], w.shape[0])
-    if V.composable_only(x, w, b, weight):
+    if V.composable_only(x, w, b, weight, target=target):
         return plain_linear_loss(x, w, b, target, coef, zcoef, spec)
     if not torch.is_grad_enabled():
         # no_grad / inference_mode: the Function would still see requires_grad on the parameters

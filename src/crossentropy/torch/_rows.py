@@ -26,6 +26,7 @@ forms the gradients in the forward pass instead: 3 GEMMs per block in all, 6NDV 
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from crossentropy.torch._validation import composable_only
 __all__ = [
     "FusedLinearCE",
     "RowSpec",
+    "autocast_off",
     "default_chunk_size",
     "first_order_only",
     "linear_ce_rows",
@@ -238,6 +240,24 @@ def reference_rows(logits: Tensor, target: Tensor, spec: RowSpec) -> tuple[Tenso
     return torch.where(valid, ce, 0.0), lse
 
 
+def _no_autocast(tensors: Sequence[object]) -> Any:
+    """The custom Functions pick their dtypes themselves (fp32 math, float64 for float64 inputs);
+    inside an autocast region their matmuls and in-place updates must not be recast."""
+    device = next((t.device.type for t in tensors if isinstance(t, Tensor)), "cpu")
+    return torch.autocast(device_type=device, enabled=False)
+
+
+def autocast_off(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate an autograd.Function forward to run with autocast disabled (see _no_autocast)."""
+
+    @functools.wraps(forward)
+    def wrapper(ctx: Any, *args: Any) -> Any:
+        with _no_autocast(args):
+            return forward(ctx, *args)
+
+    return wrapper
+
+
 def twice_differentiable(
     recompute: Callable[[Any], tuple[Sequence[Tensor | None], Sequence[Tensor]]],
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -252,6 +272,10 @@ def twice_differentiable(
     def decorate(backward: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(backward)
         def wrapper(ctx: Any, *grads: Tensor | None) -> Any:
+            with _no_autocast(grads):
+                return _run(ctx, grads)
+
+        def _run(ctx: Any, grads: tuple[Tensor | None, ...]) -> Any:
             if not torch.is_grad_enabled():
                 return backward(ctx, *grads)
             with torch.enable_grad():
@@ -293,7 +317,8 @@ def first_order_only(what: str) -> Callable[[Callable[..., Any]], Callable[..., 
                     f"{what} has no double backward (create_graph=True); use the single-process "
                     "path for higher-order gradients"
                 )
-            return backward(ctx, *grads)
+            with _no_autocast(grads):
+                return backward(ctx, *grads)
 
         return wrapper
 
@@ -306,6 +331,7 @@ def first_order_only(what: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
 class _SoftmaxCERows(torch.autograd.Function):
     @staticmethod
+    @autocast_off
     def forward(  # type: ignore[override]
         ctx: Any, logits: Tensor, target: Tensor, spec: RowSpec
     ) -> tuple[Tensor, Tensor]:
@@ -358,7 +384,7 @@ def softmax_ce_rows(
     spec = row_spec(
         dtype, target, weight, ignore_index, label_smoothing, softcap, num_classes=logits.shape[1]
     )
-    if composable_only(logits, weight):
+    if composable_only(logits, weight, target=target):
         return reference_rows(logits, target, spec)
     ce, lse = _SoftmaxCERows.apply(logits, target, spec)
     return ce, lse
@@ -383,6 +409,7 @@ class _LinearCERows(torch.autograd.Function):
     """General per-row version: logits recomputed in backward (1 + 3 GEMMs per block)."""
 
     @staticmethod
+    @autocast_off
     def forward(  # type: ignore[override]
         ctx: Any,
         x: Tensor,
@@ -498,7 +525,7 @@ def linear_ce_rows(
     spec = _linear_spec(
         input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, softcap
     )
-    if composable_only(input, linear_weight, linear_bias, weight):
+    if composable_only(input, linear_weight, linear_bias, weight, target=target):
         return reference_rows(_plain_logits(input, linear_weight, linear_bias, spec), target, spec)
     chunk = chunk_size or default_chunk_size(input.shape[0], linear_weight.shape[0])
     ce, lse = _LinearCERows.apply(input, linear_weight, linear_bias, target, spec, chunk)
@@ -528,6 +555,45 @@ def plain_linear_loss(
     return loss
 
 
+class _WeakInput:
+    """A weak reference to an input of :class:`FusedLinearCE` and its version at forward time.
+
+    A view (the flattened (N, D) input, for instance) is held through its base and rebuilt with
+    ``as_strided``, so it stays reachable for as long as the caller holds the tensor it passed.
+    """
+
+    __slots__ = ("geometry", "ref", "version")
+
+    def __init__(self, t: Tensor | None) -> None:
+        self.ref: weakref.ref[Tensor] | None = None
+        self.geometry: tuple[Any, ...] | None = None
+        self.version = 0
+        if t is None:
+            return
+        base = t._base if t._base is not None else t
+        self.ref = weakref.ref(base)
+        if base is not t:
+            self.geometry = (t.shape, t.stride(), t.storage_offset())
+        self.version = t._version  # shared with the base
+
+    def get(self) -> Tensor | None:
+        if self.ref is None:
+            return None
+        base = self.ref()
+        if base is None or base._version != self.version:
+            raise NotImplementedError(
+                "linear_cross_entropy: a double backward (create_graph=True) through the fused "
+                "'mean'/'sum' path needs its inputs, which that path does not keep (it holds only "
+                "the gradients); an input was "
+                + ("freed" if base is None else "modified in place")
+                + ". Pass return_aux=True (the recomputing path, which keeps its inputs) and "
+                "differentiate aux.loss."
+            )
+        if self.geometry is None:
+            return base
+        return base.as_strided(*self.geometry)
+
+
 class FusedLinearCE(torch.autograd.Function):
     """Scalar loss sum_i coef_i ce_i + zcoef_i lse_i^2 with gradients formed in the forward pass.
 
@@ -539,6 +605,7 @@ class FusedLinearCE(torch.autograd.Function):
     """
 
     @staticmethod
+    @autocast_off
     def forward(  # type: ignore[override]
         ctx: Any,
         x: Tensor,
@@ -586,8 +653,12 @@ class FusedLinearCE(torch.autograd.Function):
         if zcoef is not None:
             loss = loss + torch.where(zcoef != 0, zcoef * lse.square(), 0.0).sum()
         # Saved (not kept as ctx attributes) so that autograd frees them after backward. The inputs
-        # are saved too (references, no copies) for the double-backward recomputation.
-        ctx.save_for_backward(dx, dw, db, x, w, b, target, coef, zcoef)
+        # are held only weakly: keeping nothing but the gradients between the passes is the point of
+        # this path. A double backward uses them if the caller still holds them.
+        ctx.save_for_backward(dx, dw, db, coef, zcoef)
+        ctx.inputs = tuple(_WeakInput(t) for t in (x, w, b))
+        # class ids are small and needed as values only; probability targets are (N, V)
+        ctx.target = target if not target.is_floating_point() else _WeakInput(target)
         ctx.spec = spec
         ctx.dtypes = (x.dtype, w.dtype, b.dtype if b is not None else None)
         ctx.mark_non_differentiable(ce, lse)
@@ -595,8 +666,10 @@ class FusedLinearCE(torch.autograd.Function):
 
     @staticmethod
     def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor]]:
-        x, w, b, target, coef, zcoef = ctx.saved_tensors[3:]
-        loss = plain_linear_loss(x, w, b, target, coef, zcoef, ctx.spec)
+        coef, zcoef = ctx.saved_tensors[3:]
+        x, w, b = (ref.get() for ref in ctx.inputs)
+        target = ctx.target.get() if isinstance(ctx.target, _WeakInput) else ctx.target
+        loss = plain_linear_loss(x, w, b, target, coef, zcoef, ctx.spec)  # type: ignore[arg-type]
         return [x, w, b, None, None, None, None, None], (loss,)
 
     @staticmethod

@@ -47,10 +47,15 @@ def is_compiling() -> bool:
     return bool(check()) if check is not None else False
 
 
-def composable_only(*tensors: Tensor | None) -> bool:
-    """True under ``torch.func`` transforms (grad, vmap, jacrev, ...) or with forward-mode AD dual
-    tensors. The custom autograd Functions (in-place, fused backward passes) cannot run there, so
-    callers switch to plain torch ops, which compose with every transform."""
+def composable_only(*tensors: Tensor | None, target: Tensor | None = None) -> bool:
+    """True under ``torch.func`` transforms (grad, vmap, jacrev, ...), with forward-mode AD dual
+    tensors, or when probability targets need a gradient (distillation into a trained teacher).
+    The custom autograd Functions (in-place, fused backward passes for the logits' side) cannot do
+    these, so callers switch to plain torch ops, which compose with every transform."""
+    if target is not None and target.is_floating_point():
+        if target.requires_grad and torch.is_grad_enabled():
+            return True
+        tensors = (*tensors, target)
     if _functorch_active():
         return True
     from torch.autograd import forward_ad

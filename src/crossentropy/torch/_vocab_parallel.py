@@ -45,7 +45,12 @@ from torch import Tensor
 
 from crossentropy.torch import _validation as V
 from crossentropy.torch._reduce import Counts, CrossEntropyAux, reduce_rows
-from crossentropy.torch._rows import _compute_dtype, default_chunk_size, first_order_only
+from crossentropy.torch._rows import (
+    _compute_dtype,
+    autocast_off,
+    default_chunk_size,
+    first_order_only,
+)
 
 __all__ = [
     "vocab_parallel_cross_entropy",
@@ -483,6 +488,7 @@ def _zeros_if_none(g: Tensor | None, like: Tensor) -> Tensor:
 
 class _LogitsCE(torch.autograd.Function):
     @staticmethod
+    @autocast_off
     def forward(  # type: ignore[override]
         ctx: Any, logits: Tensor, target: Tensor, weight: Tensor | None, cfg: _Config
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -527,6 +533,7 @@ class _LogitsCE(torch.autograd.Function):
 
 class _LinearCE(torch.autograd.Function):
     @staticmethod
+    @autocast_off
     def forward(  # type: ignore[override]
         ctx: Any,
         x: Tensor,

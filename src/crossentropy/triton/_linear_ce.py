@@ -314,6 +314,7 @@ def _precision(dtype: torch.dtype) -> str:
 
 class _LinearCERows(torch.autograd.Function):
     @staticmethod
+    @_rows.autocast_off
     def forward(  # type: ignore[override]
         ctx: Any,
         x: Tensor,

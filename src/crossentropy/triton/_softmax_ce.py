@@ -296,6 +296,7 @@ def grad_coefs(
 
 class _SoftmaxCERows(torch.autograd.Function):
     @staticmethod
+    @_rows.autocast_off
     def forward(  # type: ignore[override]
         ctx: Any,
         logits: Tensor,
