@@ -58,12 +58,14 @@ def test_cross_entropy_gradgradcheck(opts: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(o) or "default")
 def test_linear_cross_entropy_gradgradcheck(opts: dict[str, Any]) -> None:
-    # mean/sum take the fused path (gradients formed in the forward pass), none the per-row one.
+    # return_aux=True: the recomputing path for every reduction (the fused mean/sum path has no
+    # double backward; see the next test).
     t = _inputs(1)
     target, kw = _resolve(opts, t)
 
     def f(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return linear_cross_entropy(h, w, target, linear_bias=b, chunk_size=2, **kw)
+        aux = linear_cross_entropy(h, w, target, linear_bias=b, chunk_size=2, return_aux=True, **kw)
+        return aux.loss  # type: ignore[union-attr]
 
     assert gradgradcheck(f, (t["h"], t["w"], t["b"]))
 
@@ -86,8 +88,10 @@ def test_maml_inner_step_matches_torch(reduction: str) -> None:
         return torch.autograd.grad(outer, (h, w, b))
 
     ours = inner(
-        lambda h, w, b: linear_cross_entropy(
-            h, w, y, linear_bias=b, reduction=reduction, label_smoothing=0.1
+        lambda h, w, b: (
+            linear_cross_entropy(
+                h, w, y, linear_bias=b, reduction=reduction, label_smoothing=0.1, return_aux=True
+            ).loss
         )
     )
     ref = inner(
@@ -104,9 +108,9 @@ def test_first_order_backward_builds_no_graph() -> None:
     assert not gx.requires_grad and gx.grad_fn is None
 
 
-def test_fused_path_keeps_no_input_alive_and_says_what_to_do_when_one_is_gone() -> None:
-    # mean/sum hold only the gradients between the passes; a double backward finds the inputs
-    # through weak references, so a hidden state nobody holds any more is a clear error.
+def test_fused_path_keeps_no_input_alive_and_refuses_double_backward_clearly() -> None:
+    # mean/sum hold only the gradients between the passes, so a double backward is a clear error
+    # naming the way out (return_aux=True), never silently first-order.
     import weakref
 
     t = _inputs(5)
@@ -121,7 +125,7 @@ def test_fused_path_keeps_no_input_alive_and_says_what_to_do_when_one_is_gone() 
     assert ref() is None  # not kept alive by the fused path
     (gw,) = torch.autograd.grad(loss, w, retain_graph=True)
     torch.testing.assert_close(gw, torch.autograd.grad(_ref_loss(h0, w, y), w)[0])
-    with pytest.raises(NotImplementedError, match=r"was freed\. Pass return_aux=True"):
+    with pytest.raises(NotImplementedError, match=r"no double backward.*return_aux=True"):
         torch.autograd.grad(loss, w, create_graph=True)
     # the recomputing path keeps its inputs and gives exact second-order terms
     aux, _ = loss_of_fresh_hidden(return_aux=True)

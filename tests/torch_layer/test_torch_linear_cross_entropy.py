@@ -356,3 +356,17 @@ def test_backward_called_inside_autocast(reduction: str) -> None:
     want = torch.autograd.grad(F.cross_entropy(h @ w.T, y, reduction=reduction), (h, w), up)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_autocast_does_not_change_the_plain_path_either() -> None:
+    # probability targets that require grad take plain torch ops; autocast must not recast those
+    # matmuls to bf16 (the result would then depend on target.requires_grad)
+    g = torch.Generator().manual_seed(2)
+    h, w = torch.randn(6, 4, generator=g), torch.randn(5, 4, generator=g)
+    p = torch.softmax(torch.randn(6, 5, generator=g), 1)
+    want = F.cross_entropy(h @ w.T, p)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = linear_cross_entropy(h, w, p)
+        plain = linear_cross_entropy(h, w, p.clone().requires_grad_())
+    torch.testing.assert_close(fast, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(plain, want, rtol=1e-6, atol=1e-6)

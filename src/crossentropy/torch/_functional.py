@@ -280,9 +280,11 @@ def linear_cross_entropy(
     the inputs and gradients: about two (chunk_size, V) fp32 blocks, the fp32 gradients kept between
     the passes (one more copy while the backward scales them), and for bf16/fp16 inputs an fp32
     copy of ``linear_weight``. Under ``torch.compile`` the ``mean``/``sum`` path runs eagerly
-    (a graph break around it); Dynamo traces the ``none`` path's autograd Function. A backward
-    with ``create_graph=True`` (higher-order gradients) materialises the (N, V) logits once, and so
-    does a call under ``torch.func`` transforms or forward-mode AD (plain torch ops there).
+    (a graph break around it); Dynamo traces the ``none`` path's autograd Function. The fused
+    ``mean``/``sum`` path keeps no inputs, so it has no double backward: ``create_graph=True``
+    raises ``NotImplementedError`` there. ``return_aux=True`` takes the recomputing path, which is
+    exact to every order (that backward materialises the (N, V) logits once), as does a call under
+    ``torch.func`` transforms or forward-mode AD (plain torch ops there).
     Autocast does not recast anything inside: the arithmetic follows the inputs' dtypes (fp32
     math when any input is fp32), so under bf16 autocast with fp32 master weights pass
     ``linear_weight.to(input.dtype)`` to get bf16 matmuls (and the Triton kernels).

@@ -26,7 +26,6 @@ forms the gradients in the forward pass instead: 3 GEMMs per block in all, 6NDV 
 from __future__ import annotations
 
 import functools
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -305,18 +304,15 @@ def twice_differentiable(
     return decorate
 
 
-def first_order_only(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a backward that has no double-backward path: a clear error under create_graph=True
-    (never silently dropped second-order terms), no_grad otherwise."""
+def first_order_only(message: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a backward that has no double-backward path: ``NotImplementedError(message)`` under
+    create_graph=True (never silently dropped second-order terms), no_grad otherwise."""
 
     def decorate(backward: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(backward)
         def wrapper(ctx: Any, *grads: Tensor | None) -> Any:
             if torch.is_grad_enabled():
-                raise NotImplementedError(
-                    f"{what} has no double backward (create_graph=True); use the single-process "
-                    "path for higher-order gradients"
-                )
+                raise NotImplementedError(message)
             with _no_autocast(grads):
                 return backward(ctx, *grads)
 
@@ -385,7 +381,8 @@ def softmax_ce_rows(
         dtype, target, weight, ignore_index, label_smoothing, softcap, num_classes=logits.shape[1]
     )
     if composable_only(logits, weight, target=target):
-        return reference_rows(logits, target, spec)
+        with _no_autocast((logits,)):
+            return reference_rows(logits, target, spec)
     ce, lse = _SoftmaxCERows.apply(logits, target, spec)
     return ce, lse
 
@@ -526,7 +523,9 @@ def linear_ce_rows(
         input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, softcap
     )
     if composable_only(input, linear_weight, linear_bias, weight, target=target):
-        return reference_rows(_plain_logits(input, linear_weight, linear_bias, spec), target, spec)
+        with _no_autocast((input,)):
+            logits = _plain_logits(input, linear_weight, linear_bias, spec)
+            return reference_rows(logits, target, spec)
     chunk = chunk_size or default_chunk_size(input.shape[0], linear_weight.shape[0])
     ce, lse = _LinearCERows.apply(input, linear_weight, linear_bias, target, spec, chunk)
     return ce, lse
@@ -548,50 +547,12 @@ def plain_linear_loss(
     spec: RowSpec,
 ) -> Tensor:
     """What :class:`FusedLinearCE` computes, with differentiable ops (materialises the logits)."""
-    ce, lse = reference_rows(_plain_logits(x, w, b, spec), target, spec)
+    with _no_autocast((x,)):
+        ce, lse = reference_rows(_plain_logits(x, w, b, spec), target, spec)
     loss = (coef * ce).sum()
     if zcoef is not None:
         loss = loss + torch.where(zcoef != 0, zcoef * lse.square(), 0.0).sum()
     return loss
-
-
-class _WeakInput:
-    """A weak reference to an input of :class:`FusedLinearCE` and its version at forward time.
-
-    A view (the flattened (N, D) input, for instance) is held through its base and rebuilt with
-    ``as_strided``, so it stays reachable for as long as the caller holds the tensor it passed.
-    """
-
-    __slots__ = ("geometry", "ref", "version")
-
-    def __init__(self, t: Tensor | None) -> None:
-        self.ref: weakref.ref[Tensor] | None = None
-        self.geometry: tuple[Any, ...] | None = None
-        self.version = 0
-        if t is None:
-            return
-        base = t._base if t._base is not None else t
-        self.ref = weakref.ref(base)
-        if base is not t:
-            self.geometry = (t.shape, t.stride(), t.storage_offset())
-        self.version = t._version  # shared with the base
-
-    def get(self) -> Tensor | None:
-        if self.ref is None:
-            return None
-        base = self.ref()
-        if base is None or base._version != self.version:
-            raise NotImplementedError(
-                "linear_cross_entropy: a double backward (create_graph=True) through the fused "
-                "'mean'/'sum' path needs its inputs, which that path does not keep (it holds only "
-                "the gradients); an input was "
-                + ("freed" if base is None else "modified in place")
-                + ". Pass return_aux=True (the recomputing path, which keeps its inputs) and "
-                "differentiate aux.loss."
-            )
-        if self.geometry is None:
-            return base
-        return base.as_strided(*self.geometry)
 
 
 class FusedLinearCE(torch.autograd.Function):
@@ -652,31 +613,24 @@ class FusedLinearCE(torch.autograd.Function):
         loss = (coef * ce).sum()
         if zcoef is not None:
             loss = loss + torch.where(zcoef != 0, zcoef * lse.square(), 0.0).sum()
-        # Saved (not kept as ctx attributes) so that autograd frees them after backward. The inputs
-        # are held only weakly: keeping nothing but the gradients between the passes is the point of
-        # this path. A double backward uses them if the caller still holds them.
-        ctx.save_for_backward(dx, dw, db, coef, zcoef)
-        ctx.inputs = tuple(_WeakInput(t) for t in (x, w, b))
-        # class ids are small and needed as values only; probability targets are (N, V)
-        ctx.target = target if not target.is_floating_point() else _WeakInput(target)
-        ctx.spec = spec
+        # Saved (not kept as ctx attributes) so that autograd frees them after backward. Nothing
+        # else is kept between the passes, the inputs included: that is the point of this path, and
+        # why it has no double backward.
+        ctx.save_for_backward(dx, dw, db)
         ctx.dtypes = (x.dtype, w.dtype, b.dtype if b is not None else None)
         ctx.mark_non_differentiable(ce, lse)
         return loss, ce, lse
 
     @staticmethod
-    def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor]]:
-        coef, zcoef = ctx.saved_tensors[3:]
-        x, w, b = (ref.get() for ref in ctx.inputs)
-        target = ctx.target.get() if isinstance(ctx.target, _WeakInput) else ctx.target
-        loss = plain_linear_loss(x, w, b, target, coef, zcoef, ctx.spec)  # type: ignore[arg-type]
-        return [x, w, b, None, None, None, None, None], (loss,)
-
-    @staticmethod
-    @twice_differentiable(lambda ctx: FusedLinearCE._recompute(ctx))
+    @first_order_only(
+        "linear_cross_entropy: the fused 'mean'/'sum' path forms its gradients in the forward pass "
+        "and keeps no inputs, so it has no double backward (create_graph=True). For higher-order "
+        "gradients pass return_aux=True and differentiate aux.loss (the recomputing path, exact to "
+        "every order); for a model patched by crossentropy.hf, unpatch it first."
+    )
     def backward(ctx: Any, g: Tensor | None, *_: Any) -> Any:  # type: ignore[override]
         out: list[Tensor | None] = []
-        for grad, dtype in zip(ctx.saved_tensors[:3], ctx.dtypes):
+        for grad, dtype in zip(ctx.saved_tensors, ctx.dtypes):
             if grad is None or g is None:
                 out.append(None)
                 continue

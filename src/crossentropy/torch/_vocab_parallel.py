@@ -486,6 +486,12 @@ def _zeros_if_none(g: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g.to(like.dtype)
 
 
+_NO_DOUBLE_BACKWARD = (
+    "vocab-parallel cross-entropy has no double backward (create_graph=True); use the "
+    "single-process path for higher-order gradients"
+)
+
+
 class _LogitsCE(torch.autograd.Function):
     @staticmethod
     @autocast_off
@@ -508,7 +514,7 @@ class _LogitsCE(torch.autograd.Function):
         return ce, lse, coef
 
     @staticmethod
-    @first_order_only("vocab-parallel cross-entropy")
+    @first_order_only(_NO_DOUBLE_BACKWARD)
     def backward(  # type: ignore[override]
         ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None, _g_coef: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, None, None]:
@@ -560,7 +566,7 @@ class _LinearCE(torch.autograd.Function):
         return ce, lse, coef
 
     @staticmethod
-    @first_order_only("vocab-parallel cross-entropy")
+    @first_order_only(_NO_DOUBLE_BACKWARD)
     def backward(  # type: ignore[override]
         ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None, _g_coef: Tensor | None
     ) -> tuple[Tensor | None, ...]:
