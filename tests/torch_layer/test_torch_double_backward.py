@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from _options import resolve
 from torch.autograd import gradgradcheck
 
 from crossentropy.torch import cross_entropy, linear_cross_entropy
@@ -44,15 +45,10 @@ OPTIONS: list[dict[str, Any]] = [
 ]
 
 
-def _resolve(opts: dict[str, Any], t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    kw = {k: (t[v] if k == "weight" else v) for k, v in opts.items() if k != "target"}
-    return t[opts.get("target", "y")], kw
-
-
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(o) or "default")
 def test_cross_entropy_gradgradcheck(opts: dict[str, Any]) -> None:
     t = _inputs(0)
-    target, kw = _resolve(opts, t)
+    target, kw = resolve(opts, t)
     assert gradgradcheck(lambda x: cross_entropy(x, target, **kw), (t["x"],))
 
 
@@ -61,7 +57,7 @@ def test_linear_cross_entropy_gradgradcheck(opts: dict[str, Any]) -> None:
     # return_aux=True: the recomputing path for every reduction (the fused mean/sum path has no
     # double backward; see the next test).
     t = _inputs(1)
-    target, kw = _resolve(opts, t)
+    target, kw = resolve(opts, t)
 
     def f(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         aux = linear_cross_entropy(h, w, target, linear_bias=b, chunk_size=2, return_aux=True, **kw)

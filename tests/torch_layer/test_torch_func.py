@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
+from _options import resolve
 from torch.func import grad, jacrev, jvp, vmap
 
 from crossentropy.torch import CrossEntropyLoss, cross_entropy, linear_cross_entropy
@@ -41,15 +42,10 @@ CASES: list[dict[str, Any]] = [
 ]
 
 
-def _kw(case: dict[str, Any], d: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    kw = {k: (d[v] if k == "weight" else v) for k, v in case.items() if k != "target"}
-    return d[case.get("target", "y")], kw
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(c) or "default")
 def test_grad_jacrev_and_jvp_match_torch(case: dict[str, Any]) -> None:
     d = _data(0)
-    target, kw = _kw(case, d)
+    target, kw = resolve(case, d)
 
     def ours(x: torch.Tensor) -> torch.Tensor:
         return cross_entropy(x, target, **kw)

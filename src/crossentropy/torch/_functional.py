@@ -31,9 +31,6 @@ __all__ = [
 ]
 
 
-_PLAIN_ONLY = "torch.func transforms, forward-mode AD or probability targets that require grad"
-
-
 def _triton(fn: str) -> Any:
     try:
         import crossentropy.triton as kernels
@@ -179,11 +176,7 @@ def cross_entropy(
     num_classes = logits.shape[1]
     V.check_weight(fn, weight, num_classes)
     if impl == "triton":
-        problem = V.kernel_dtype_problem({"logits": logits}, weight)
-        if problem is None and V.composable_only(logits, weight, target=rows.target):
-            problem = _PLAIN_ONLY
-        if problem is not None:
-            impl = V.kernel_fallback(fn, problem)
+        impl = V.kernel_or_fallback(fn, {"logits": logits}, weight, rows.target)
     if rows.is_prob:
         V.check_prob_ignore_index(fn, ignore_index)
     else:
@@ -347,13 +340,7 @@ def linear_cross_entropy(
     V.check_weight(fn, weight, vocab)
     if impl == "triton":
         inputs = {"input": x, "linear_weight": linear_weight, "linear_bias": linear_bias}
-        problem = V.kernel_dtype_problem(inputs, weight)
-        if problem is None and V.composable_only(
-            x, linear_weight, linear_bias, weight, target=rows.target
-        ):
-            problem = _PLAIN_ONLY
-        if problem is not None:
-            impl = V.kernel_fallback(fn, problem)
+        impl = V.kernel_or_fallback(fn, inputs, weight, rows.target)
     if rows.is_prob:
         V.check_prob_ignore_index(fn, ignore_index)
     else:

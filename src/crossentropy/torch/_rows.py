@@ -43,6 +43,7 @@ __all__ = [
     "first_order_only",
     "linear_ce_rows",
     "plain_linear_loss",
+    "plain_logits",
     "reference_rows",
     "softmax_ce_rows",
     "twice_differentiable",
@@ -436,7 +437,7 @@ class _LinearCERows(torch.autograd.Function):
     @staticmethod
     def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor, Tensor]]:
         x, w, b, target = ctx.saved_tensors
-        logits = _plain_logits(x, w, b, ctx.spec)
+        logits = plain_logits(x, w, b, ctx.spec)
         return [x, w, b, None, None, None], reference_rows(logits, target, ctx.spec)
 
     @staticmethod
@@ -524,14 +525,14 @@ def linear_ce_rows(
     )
     if composable_only(input, linear_weight, linear_bias, weight, target=target):
         with _no_autocast((input,)):
-            logits = _plain_logits(input, linear_weight, linear_bias, spec)
+            logits = plain_logits(input, linear_weight, linear_bias, spec)
             return reference_rows(logits, target, spec)
     chunk = chunk_size or default_chunk_size(input.shape[0], linear_weight.shape[0])
     ce, lse = _LinearCERows.apply(input, linear_weight, linear_bias, target, spec, chunk)
     return ce, lse
 
 
-def _plain_logits(x: Tensor, w: Tensor, b: Tensor | None, spec: RowSpec) -> Tensor:
+def plain_logits(x: Tensor, w: Tensor, b: Tensor | None, spec: RowSpec) -> Tensor:
     """All (N, V) logits at once, with differentiable ops (double backward, torch.func)."""
     dtype = _compute_dtype(x, w, b, spec.weight)
     return _block_logits(x, w.to(dtype), b.to(dtype) if b is not None else None, dtype)
@@ -548,7 +549,12 @@ def plain_linear_loss(
 ) -> Tensor:
     """What :class:`FusedLinearCE` computes, with differentiable ops (materialises the logits)."""
     with _no_autocast((x,)):
-        ce, lse = reference_rows(_plain_logits(x, w, b, spec), target, spec)
+        ce, lse = reference_rows(plain_logits(x, w, b, spec), target, spec)
+    return _scalar_loss(ce, lse, coef, zcoef)
+
+
+def _scalar_loss(ce: Tensor, lse: Tensor, coef: Tensor, zcoef: Tensor | None) -> Tensor:
+    """sum_i coef_i ce_i + zcoef_i lse_i^2 (z-loss terms only where zcoef_i != 0)."""
     loss = (coef * ce).sum()
     if zcoef is not None:
         loss = loss + torch.where(zcoef != 0, zcoef * lse.square(), 0.0).sum()
@@ -610,9 +616,7 @@ class FusedLinearCE(torch.autograd.Function):
                 dw.addmm_(grad.t(), xb.to(dtype))
             if db is not None:
                 db.add_(grad.sum(0))
-        loss = (coef * ce).sum()
-        if zcoef is not None:
-            loss = loss + torch.where(zcoef != 0, zcoef * lse.square(), 0.0).sum()
+        loss = _scalar_loss(ce, lse, coef, zcoef)
         # Saved (not kept as ctx attributes) so that autograd frees them after backward. Nothing
         # else is kept between the passes, the inputs included: that is the point of this path, and
         # why it has no double backward.

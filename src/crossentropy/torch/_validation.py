@@ -32,8 +32,8 @@ __all__ = [
     "flatten_linear",
     "flatten_logits",
     "is_compiling",
-    "kernel_dtype_problem",
     "kernel_fallback",
+    "kernel_or_fallback",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -92,24 +92,33 @@ def kernel_fallback(fn: str, reason: str) -> str:
     return "torch"
 
 
-def kernel_dtype_problem(inputs: dict[str, Tensor | None], weight: Tensor | None) -> str | None:
-    """Why the Triton kernels cannot take these dtypes (None when they can).
+def kernel_or_fallback(
+    fn: str,
+    inputs: dict[str, Tensor | None],
+    weight: Tensor | None,
+    target: Tensor,
+) -> str:
+    """``"triton"`` when the kernels can take this call, else ``"torch"`` with a one-time warning.
 
     The kernels take one dtype among fp32/bf16/fp16 for all ``inputs`` and compute in fp32; the
-    torch path also takes mixed dtypes and computes in float64 when anything is float64 (the class
-    ``weight`` included), so those cases go there.
+    torch path also takes mixed dtypes, computes in float64 when anything is float64 (the class
+    ``weight`` included), and alone runs under torch.func transforms, forward-mode AD and with
+    probability targets that require grad.
     """
     named = {k: t.dtype for k, t in inputs.items() if t is not None}
     bad = {k: d for k, d in named.items() if d not in KERNEL_DTYPES}
+    problem = None
     if bad:
         what = ", ".join(f"{d} {k}" for k, d in bad.items())
-        return f"{what} (the kernels take fp32, bf16, fp16)"
-    if len(set(named.values())) > 1:
+        problem = f"{what} (the kernels take fp32, bf16, fp16)"
+    elif len(set(named.values())) > 1:
         what = ", ".join(f"{d} {k}" for k, d in named.items())
-        return f"mixed dtypes ({what}; the kernels take one)"
-    if weight is not None and weight.dtype == torch.float64:
-        return "a float64 class weight (the torch path then computes in float64)"
-    return None
+        problem = f"mixed dtypes ({what}; the kernels take one)"
+    elif weight is not None and weight.dtype == torch.float64:
+        problem = "a float64 class weight (the torch path then computes in float64)"
+    elif composable_only(*inputs.values(), weight, target=target):
+        problem = "torch.func transforms, forward-mode AD or probability targets that require grad"
+    return "triton" if problem is None else kernel_fallback(fn, problem)
 
 
 def check_impl(fn: str, impl: object) -> str:

@@ -404,13 +404,16 @@ class _LinearCERows(torch.autograd.Function):
     def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor, Tensor]]:
         x, lin_w, lin_b, target, weight = ctx.saved_tensors[:5]
         ignore_index, eps, softcap = ctx.opts[:3]
-        dtype = _rows._compute_dtype(x)
-        logits = x.to(dtype) @ lin_w.to(dtype).t()
-        if lin_b is not None:
-            logits = logits + lin_b.to(dtype)
         spec = _rows.row_spec(
-            dtype, target, weight, ignore_index, eps, softcap, num_classes=lin_w.shape[0]
+            _rows._compute_dtype(x),
+            target,
+            weight,
+            ignore_index,
+            eps,
+            softcap,
+            num_classes=lin_w.shape[0],
         )
+        logits = _rows.plain_logits(x, lin_w, lin_b, spec)
         inputs = [x, lin_w, lin_b, None, None, None, None, None]
         return inputs, _rows.reference_rows(logits, target, spec)
 
