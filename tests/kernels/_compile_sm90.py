@@ -70,7 +70,7 @@ def _softmax_jobs(dt: str, prob: bool, n: int, v: int) -> list[tuple[Any, ...]]:
 
 
 def _linear_jobs(dt: str, prob: bool, n: int, d: int, v: int) -> list[tuple[Any, ...]]:
-    cfg = linear_config(n, d, v, interpret=False)
+    cfg = linear_config(n, d, v, interpret=False, elem_bytes=4 if dt == "fp32" else 2)
     consts: dict[str, object] = dict(HAS_WEIGHT=True, IS_PROB=prob, HAS_SMOOTHING=True)
     consts |= dict(HAS_SOFTCAP=True, HAS_BIAS=True, UPCAST=False)
     consts |= dict(PRECISION="ieee" if dt == "fp32" else "tf32")

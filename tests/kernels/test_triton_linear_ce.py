@@ -294,3 +294,55 @@ def test_second_order_gradients_match_torch() -> None:
         got = hvp(rows)
         for a, b in zip(got, want):
             assert rel_err(a, b.double()) < 1e-5, rel_err(a, b.double())
+
+
+@pytest.mark.parametrize("elem_bytes", [2, 4])
+@pytest.mark.parametrize("n", [1, 1000, 8192, 16384, 2**20])
+def test_backward_slab_fits_its_budget_in_every_dtype(n: int, elem_bytes: int) -> None:
+    # The backward's d(logits) slab is stored in the input dtype: ~64 MiB whatever its size, never
+    # narrower than one tile, and within the grid's 65535-tile limit.
+    from crossentropy.triton._config import linear_config
+
+    cfg = linear_config(n, 4096, 128256, interpret=False, elem_bytes=elem_bytes)
+    assert cfg.slab_v % cfg.block_v == 0
+    assert cfg.block_v <= cfg.slab_v <= 65535 * cfg.block_v
+    if cfg.slab_v > cfg.block_v:
+        assert n * cfg.slab_v * elem_bytes <= 64 * 2**20
+    if cfg.block_v < cfg.slab_v < 65535 * cfg.block_v:
+        assert n * (cfg.slab_v + cfg.block_v) * elem_bytes > 64 * 2**20
+
+
+def test_in_place_fp32_gemm_probe_trusts_only_a_correct_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The backward adds each slab's dX into its fp32 accumulator with
+    # addmm(..., out_dtype=float32, out=acc) only where a one-time probe saw that op add in place
+    # correctly; otherwise (op missing, or aliasing that drops acc) it keeps a separate GEMM.
+    from crossentropy.triton import _linear_ce as L
+
+    real_addmm = torch.addmm
+
+    def exact(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, **kw: Any) -> torch.Tensor:
+        return acc.add_(a.float() @ b.float())
+
+    def overwrites(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, **kw: Any) -> torch.Tensor:
+        return acc.copy_(a.float() @ b.float())  # beta = 0 by mistake
+
+    for fake, want in ((None, False), (exact, True), (overwrites, False)):
+        monkeypatch.setattr(L, "_ADDMM_INTO_F32_OK", {})
+        monkeypatch.setattr(torch, "addmm", fake or real_addmm)
+        # CPU torch has no addmm.dtype_out kernel, so the real op is "missing" here.
+        assert L.addmm_into_f32_works(torch.device("cpu"), torch.bfloat16) is want
+    monkeypatch.setattr(torch, "addmm", real_addmm)
+
+    # float32 operands: plain in-place addmm_, same sum as a separate product.
+    g = torch.Generator().manual_seed(3)
+    acc = torch.randn(5, 7, generator=g)
+    a, b = torch.randn(5, 3, generator=g), torch.randn(3, 7, generator=g)
+    want_acc = acc + a @ b
+    L._add_mm_f32_(acc, a, b)
+    torch.testing.assert_close(acc, want_acc)
+    # bf16 operands on CPU: the separate fp32 product.
+    acc = torch.randn(5, 7, generator=g)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    want_acc = acc + a16.float() @ b16.float()
+    L._add_mm_f32_(acc, a16, b16)
+    torch.testing.assert_close(acc, want_acc, rtol=1e-5, atol=1e-5)

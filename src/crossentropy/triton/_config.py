@@ -65,9 +65,18 @@ def softmax_config(n_rows: int, n_cols: int, *, interpret: bool) -> SoftmaxConfi
 
 
 def linear_config(
-    n_rows: int, hidden: int, vocab: int, *, interpret: bool, num_sms: int = 132
+    n_rows: int,
+    hidden: int,
+    vocab: int,
+    *,
+    interpret: bool,
+    num_sms: int = 132,
+    elem_bytes: int = 2,
 ) -> LinearConfig:
-    """Tiles for fused linear-CE on input (n_rows, hidden) and weight (vocab, hidden)."""
+    """Tiles for fused linear-CE on input (n_rows, hidden) and weight (vocab, hidden).
+
+    ``elem_bytes`` is the input dtype's size: the backward's d(logits) slab is stored in it.
+    """
     if interpret:
         return LinearConfig(
             block_n=16, block_v=32, block_d=16, num_warps=1, num_stages=1, v_splits=2, slab_v=64
@@ -77,9 +86,10 @@ def linear_config(
     v_tiles = -(-vocab // block_v)
     # Enough programs to fill every SM about twice, never more splits than vocabulary tiles.
     v_splits = max(1, min(v_tiles, -(-2 * num_sms // row_blocks)))
-    # d(logits) slab of about 64 MiB in bf16.
+    # d(logits) slab of about 64 MiB in the input dtype.
     # At most 65535 vocabulary tiles per slab: the backward grid's second dimension is capped there.
-    slab_v = max(block_v, (64 * 2**20 // (2 * max(n_rows, 1))) // block_v * block_v)
+    slab_bytes = 64 * 2**20
+    slab_v = max(block_v, (slab_bytes // (elem_bytes * max(n_rows, 1))) // block_v * block_v)
     slab_v = min(slab_v, 65535 * block_v)
     return LinearConfig(
         block_n=block_n,
