@@ -211,6 +211,12 @@ BAD_CSV = [
     # an empty field, and two numbers in one field, are named as such too
     ("a,b,y\n0.5,0.5,a\n0.5,,b\n", [], ["line 3", "column 'b'", "'' is not a number"]),
     ("a,b,y\n0.5,0.5,a\n0.5 0.1,0.5,b\n", [], ["line 3", "'0.5 0.1' is not a number"]),
+    # a quote left open: in a label (which would otherwise read as an unknown label 'b'), in a
+    # probability, across lines, and in the header
+    ('a,b,y\n0.5,0.5,a\n0.2,0.8,"b\n0.5,0.5,a\n', [], ["line 3", "double-quoted", "not closed"]),
+    ('a,b,y\n0.5,0.5,a\n"0.2,0.8,b\n', [], ["line 3", "not closed"]),
+    ('a,b,y\n0.2,0.8,"b\nx"\n', [], ["line 2", "span lines are not supported"]),
+    ('"a,b,y\n0.5,0.5,a\n', [], ["line 1", "not closed"]),
 ]
 
 

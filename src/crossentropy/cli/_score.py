@@ -212,6 +212,8 @@ class CSVReader:
         self._check_utf8([header_line], 1)
         if not header_line.strip():
             raise CLIError(f"{path}: empty file: expected a header line of class names")
+        if _unbalanced_quote(header_line):
+            raise _quote_error(path, 1)
         header = [h.strip() for h in next(csv.reader([header_line]))]
         self.n_fields = len(header)
         self.label_col: int | None = None
@@ -289,6 +291,8 @@ class CSVReader:
                 unknown = np.flatnonzero(target < 0)
                 if unknown.size:
                     i = int(unknown[0])
+                    if _unbalanced_quote(kept[i]):
+                        raise _quote_error(self.path, int(positions[i]))
                     text = next(csv.reader([kept[i]]))[self.label_col].strip()
                     raise CLIError(
                         f"{self.path}: line {positions[i]}: label {text!r} is not one of the "
@@ -299,6 +303,8 @@ class CSVReader:
     def _diagnose(self, kept: list[str], positions: np.ndarray, fallback: str) -> CLIError:
         """Find the first malformed line of a chunk that NumPy refused, and say what is wrong."""
         for line, pos in zip(kept, positions):
+            if _unbalanced_quote(line):
+                return _quote_error(self.path, int(pos))
             fields = next(csv.reader([line]))
             if len(fields) != self.n_fields:
                 return CLIError(
@@ -312,6 +318,18 @@ class CSVReader:
                         "is not a number"
                     )
         return CLIError(f"{self.path}: line {positions[0]} or later: {fallback}")
+
+
+def _unbalanced_quote(line: str) -> bool:
+    """An odd number of double quotes: a quoted field left open (or one that spans lines)."""
+    return line.count('"') % 2 == 1
+
+
+def _quote_error(path: str, line: int) -> CLIError:
+    return CLIError(
+        f"{path}: line {line}: a double-quoted field is not closed on this line (fields that "
+        "span lines are not supported)"
+    )
 
 
 def _parses_as_one_float(text: str) -> bool:
