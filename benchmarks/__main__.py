@@ -8,8 +8,10 @@ Each module ``benchmarks/<name>.py`` has ``main(argv) -> int`` and writes its ta
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +29,8 @@ def main(argv: list[str]) -> int:
     handed only its own flags. ``--flag value`` and ``--flag=value`` are both accepted.
     """
     known = available()
+    if argv == ["--list"]:
+        return list_benchmarks(known)
     split = next((i for i, a in enumerate(argv) if a not in known), len(argv))
     names, rest = argv[:split], argv[split:]
     if rest and not rest[0].startswith("-"):
@@ -67,6 +71,33 @@ def main(argv: list[str]) -> int:
             code = exc.code if isinstance(exc.code, int) else 2
         status = max(status, int(code or 0))
     return status
+
+
+def describe(name: str) -> tuple[str, tuple[str, ...], bool]:
+    """(first docstring line, FLAGS, NEEDS_CUDA) of ``benchmarks/<name>.py``, read without
+    importing it (some modules pull in transformers or Triton)."""
+    tree = ast.parse((Path(__file__).parent / f"{name}.py").read_text(encoding="utf-8"))
+    doc = (ast.get_docstring(tree) or "").strip().splitlines()
+    values: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name) and target.id in ("FLAGS", "NEEDS_CUDA"):
+                values[target.id] = ast.literal_eval(node.value)
+    flags = tuple(str(f) for f in values.get("FLAGS", ()))  # type: ignore[attr-defined]
+    summary = re.sub(r"^``python -m benchmarks \w+``:\s*", "", doc[0] if doc else "")
+    summary = summary.replace("``", "")
+    return summary, flags, bool(values.get("NEEDS_CUDA", False))
+
+
+def list_benchmarks(known: list[str]) -> int:
+    """``--list``: each benchmark with what it measures and the flags it takes."""
+    for name in known:
+        summary, flags, needs_cuda = describe(name)
+        gpu = " (CUDA only)" if needs_cuda else ""
+        print(f"{name}{gpu}: {summary}")
+        print(f"    flags: {', '.join(flags) or 'none'}; details: `python -m benchmarks {name} -h`")
+    return 0
 
 
 def _is_number(word: str) -> bool:

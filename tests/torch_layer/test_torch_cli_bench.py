@@ -53,6 +53,7 @@ def _toy_runner(tmp_path, monkeypatch):
         "    return 0\n"
     )
     (pkg / "c_ok.py").write_text(
+        '"""``python -m benchmarks c_ok``: the one that runs."""\n'
         "FLAGS = ('--quick',)\ndef main(argv):\n    print('c ran', argv)\n    return 0\n"
     )
     monkeypatch.chdir(tmp_path)
@@ -90,3 +91,13 @@ def test_names_after_flags_are_refused_and_negative_values_are_values(
     assert "name benchmarks before flags" in out and "ran" not in out
     assert main(["bench", "b_strict", "--n", "-5"]) == 0
     assert "n=-5" in capsys.readouterr().out
+
+
+def test_list_names_each_benchmark_with_its_flags_without_running_it(tmp_path, monkeypatch, capsys):
+    _toy_runner(tmp_path, monkeypatch)
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "a_gpu (CUDA only)" in out and "flags: --n, --quick" in out
+    assert "c_ok: the one that runs." in out
+    assert "ran" not in out and "b got" not in out
+    assert "benchmarks" not in sys.modules or "benchmarks.c_ok" not in sys.modules

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run the benchmark modules of benchmarks/ (all when none is named). "
         "Flags (--name=value or --name value) go to the benchmarks that take them; a flag "
         "that none of them takes is refused.",
+        epilog="`crossentropy bench --list` lists the benchmarks with their flags; "
+        "`crossentropy bench NAME -h` shows one benchmark's options.",
     )
     parser.add_argument(
         "args",
