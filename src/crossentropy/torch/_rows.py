@@ -403,6 +403,29 @@ def _row_blocks(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
 
 
+_Grads = tuple[Tensor | None, Tensor | None, Tensor | None]
+
+
+def _grad_buffers(x: Tensor, w: Tensor, needs: Sequence[bool], dtype: torch.dtype) -> _Grads:
+    """dX (filled block by block), dW and db (accumulated over blocks) where ``needs`` asks."""
+    need_x, need_w, need_b = needs[:3]
+    dx = torch.empty(x.shape, dtype=dtype, device=x.device) if need_x else None
+    dw = torch.zeros(w.shape, dtype=dtype, device=w.device) if need_w else None
+    db = torch.zeros(w.shape[0], dtype=dtype, device=w.device) if need_b else None
+    return dx, dw, db
+
+
+def _add_block_grads(grads: _Grads, grad: Tensor, xb: Tensor, wc: Tensor, i0: int, i1: int) -> None:
+    """Rows i0:i1 of dX, and their share of dW and db, from the block's d(logits) ``grad``."""
+    dx, dw, db = grads
+    if dx is not None:
+        torch.mm(grad, wc, out=dx[i0:i1])
+    if dw is not None:
+        dw.addmm_(grad.t(), xb.to(grad.dtype))
+    if db is not None:
+        db.add_(grad.sum(0))
+
+
 class _LinearCERows(torch.autograd.Function):
     """General per-row version: logits recomputed in backward (1 + 3 GEMMs per block)."""
 
@@ -449,23 +472,15 @@ class _LinearCERows(torch.autograd.Function):
         wc = w.to(dtype)
         bc = b.to(dtype) if b is not None else None
         n = x.shape[0]
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx = torch.empty(x.shape, dtype=dtype, device=x.device) if need_x else None
-        dw = torch.zeros(w.shape, dtype=dtype, device=w.device) if need_w else None
-        db = torch.zeros(w.shape[0], dtype=dtype, device=w.device) if need_b else None
+        grads = _grad_buffers(x, w, ctx.needs_input_grad, dtype)
         for i0, i1 in _row_blocks(n, ctx.chunk):
             xb = x[i0:i1]
             z = _block_logits(xb, wc, bc, dtype)
             blk = _forward_block(z, target[i0:i1], spec, keep_p=True)
             gc = g_ce[i0:i1].to(dtype) if g_ce is not None else None
             gl = g_lse[i0:i1].to(dtype) if g_lse is not None else None
-            grad = _grad_block(blk, spec, gc, gl)
-            if dx is not None:
-                torch.mm(grad, wc, out=dx[i0:i1])
-            if dw is not None:
-                dw.addmm_(grad.t(), xb.to(dtype))
-            if db is not None:
-                db.add_(grad.sum(0))
+            _add_block_grads(grads, _grad_block(blk, spec, gc, gl), xb, wc, i0, i1)
+        dx, dw, db = grads
         return (
             dx.to(x.dtype) if dx is not None else None,
             dw.to(w.dtype) if dw is not None else None,
@@ -588,13 +603,10 @@ class FusedLinearCE(torch.autograd.Function):
         wc = w.to(dtype)
         bc = b.to(dtype) if b is not None else None
         n = x.shape[0]
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         ce = torch.empty(n, dtype=dtype, device=x.device)
         lse = torch.empty(n, dtype=dtype, device=x.device)
-        dx = torch.empty(x.shape, dtype=dtype, device=x.device) if need_x else None
-        dw = torch.zeros(w.shape, dtype=dtype, device=w.device) if need_w else None
-        db = torch.zeros(w.shape[0], dtype=dtype, device=w.device) if need_b else None
-        any_grad = need_x or need_w or need_b
+        grads = _grad_buffers(x, w, ctx.needs_input_grad, dtype)
+        any_grad = any(ctx.needs_input_grad[:3])
         for i0, i1 in _row_blocks(n, chunk):
             xb = x[i0:i1]
             z = _block_logits(xb, wc, bc, dtype)
@@ -609,18 +621,12 @@ class FusedLinearCE(torch.autograd.Function):
             if zcoef is not None:
                 zc = zcoef[i0:i1]
                 gl = torch.where(zc != 0, 2.0 * zc * blk.lse, 0.0)
-            grad = _grad_block(blk, spec, gc, gl)
-            if dx is not None:
-                torch.mm(grad, wc, out=dx[i0:i1])
-            if dw is not None:
-                dw.addmm_(grad.t(), xb.to(dtype))
-            if db is not None:
-                db.add_(grad.sum(0))
+            _add_block_grads(grads, _grad_block(blk, spec, gc, gl), xb, wc, i0, i1)
         loss = _scalar_loss(ce, lse, coef, zcoef)
         # Saved (not kept as ctx attributes) so that autograd frees them after backward. Nothing
         # else is kept between the passes, the inputs included: that is the point of this path, and
         # why it has no double backward.
-        ctx.save_for_backward(dx, dw, db)
+        ctx.save_for_backward(*grads)
         ctx.dtypes = (x.dtype, w.dtype, b.dtype if b is not None else None)
         ctx.mark_non_differentiable(ce, lse)
         return loss, ce, lse
