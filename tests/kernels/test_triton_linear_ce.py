@@ -346,3 +346,50 @@ def test_in_place_fp32_gemm_probe_trusts_only_a_correct_op(monkeypatch: pytest.M
     want_acc = acc + a16.float() @ b16.float()
     L._add_mm_f32_(acc, a16, b16)
     torch.testing.assert_close(acc, want_acc, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("shape", "chunk"), [((0, 3), 4), ((1, 1), 4), ((5, 7), 3), ((33, 40), 64)]
+)
+def test_rounding_into_the_accumulator_storage_is_exact(
+    dtype: torch.dtype, shape: tuple[int, int], chunk: int
+) -> None:
+    from crossentropy.triton._linear_ce import to_16bit_in_place
+
+    g = torch.Generator().manual_seed(11)
+    acc = torch.randn(shape, generator=g) * 1000
+    want = acc.to(dtype)
+    got = to_16bit_in_place(acc, dtype, chunk=chunk)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert torch.equal(got, want)  # bitwise: every chunk read before it was overwritten
+    assert got.untyped_storage().data_ptr() == acc.untyped_storage().data_ptr()
+    with pytest.raises(ValueError, match="contiguous float32"):
+        to_16bit_in_place(torch.zeros(4, 6).t(), dtype)
+
+
+def test_input_grad_shares_the_accumulator_only_when_autograd_will_not_keep_it() -> None:
+    # A non-leaf input's dX is rounded inside the fp32 accumulator's storage (no second N x D
+    # buffer); a leaf's (or a view of a leaf's) gets its own, since it would be kept as .grad.
+    # The values are the same bit for bit either way.
+    dev = device()
+    g = torch.Generator().manual_seed(5)
+    n, d, v = 9, 16, 70
+    leaf = torch.randn(n, d, generator=g).to(dev, torch.bfloat16).requires_grad_()
+    w = torch.randn(v, d, generator=g).to(dev, torch.bfloat16)
+    y = torch.randint(0, v, (n,), generator=g).to(dev)
+    up = torch.randn(n, generator=g).to(dev)
+
+    def dx_of(x: torch.Tensor) -> torch.Tensor:
+        ce, _ = linear_ce_rows(x, w, y)
+        (dx,) = torch.autograd.grad(ce, x, up)
+        return dx
+
+    from_leaf = dx_of(leaf)
+    non_leaf = leaf * 1
+    from_non_leaf = dx_of(non_leaf)
+    from_view = dx_of(leaf.view(n, d))
+    assert torch.equal(from_leaf, from_non_leaf) and torch.equal(from_leaf, from_view)
+    assert from_leaf.untyped_storage().nbytes() == n * d * 2
+    assert from_view.untyped_storage().nbytes() == n * d * 2
+    assert from_non_leaf.untyped_storage().nbytes() == n * d * 4

@@ -19,10 +19,11 @@
 # Memory traffic (b bytes per element): forward reads X once per vocabulary split and W once per
 # row block (N/block_n times, mostly from L2); backward reads X and W about once per slab plus
 # dZ_slab written and read twice (3 N V b in all).
-# Extra memory beyond the gradients: the fp32 dX accumulator (4 N D bytes), one dZ slab
-# (N slab_v b bytes, ~64 MiB by default), O(N) floats of per-row statistics. Each slab's dX GEMM
-# adds into the accumulator in place (addmm with an fp32 output, where torch has it); otherwise
-# it costs one more (N, D) fp32 temporary.
+# Extra memory beyond the gradients: the fp32 dX accumulator (4 N D bytes; the 16-bit dX is then
+# rounded into its storage unless the input is a leaf), one dZ slab (N slab_v b bytes, ~64 MiB by
+# default), O(N) floats of per-row statistics. Each slab's dX GEMM adds into the accumulator in
+# place (addmm with an fp32 output, where torch has it); otherwise it costs one more (N, D) fp32
+# temporary.
 # dZ is stored in the input dtype so the GEMMs run on tensor cores; computing it in fp32 first
 # keeps the logits themselves unrounded (the main source of bf16 error in eager PyTorch).
 
@@ -346,6 +347,28 @@ def _add_mm_f32_(acc: Tensor, a: Tensor, b: Tensor) -> None:
         acc += _mm_f32(a, b)
 
 
+def to_16bit_in_place(acc: Tensor, dtype: torch.dtype, chunk: int = 1 << 24) -> Tensor:
+    """Contiguous float32 ``acc`` rounded to the 2-byte ``dtype`` inside acc's own storage.
+
+    Saves the separate 2-byte copy (N D 2 bytes at the end of the backward) at the cost of the
+    result keeping acc's 4-byte storage alive while it lives; fine for a gradient that flows on
+    into the model and is freed, not for one kept as a ``.grad``. Front to back: result chunk k
+    covers bytes [2 lo, 2 hi), which only hold fp32 values of chunks before k or of chunk k itself,
+    and chunk k is read into a temporary before it is written.
+    """
+    if acc.dtype != torch.float32 or not acc.is_contiguous():
+        raise ValueError(
+            f"to_16bit_in_place: expected a contiguous float32 tensor, got {acc.dtype}"
+        )
+    flat = acc.view(-1)
+    m = flat.numel()
+    out = flat.view(dtype)[:m]
+    for lo in range(0, m, chunk):
+        hi = min(m, lo + chunk)
+        out[lo:hi].copy_(flat[lo:hi].to(dtype))
+    return out.view(acc.shape)
+
+
 def _precision(dtype: torch.dtype) -> str:
     # fp32 inputs: full-precision products (tf32 would cost ~1e-3 relative error in the logits).
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -435,6 +458,10 @@ class _LinearCERows(torch.autograd.Function):
             ce = torch.where(valid, ce, zero)
             big_a = torch.where(valid, big_a, zero)
         ctx.save_for_backward(x, lin_w, lin_b, target, weight, lse, big_a)
+        # dX may live in its fp32 accumulator's storage unless autograd may keep it as a .grad
+        # (of x, or of the leaf that x is a view of: a view's gradient is a view too)
+        root = x._base if x._base is not None else x
+        ctx.dx_may_share = not (root.is_leaf or root.retains_grad or x.retains_grad)
         ctx.opts = (ignore_index, float(label_smoothing), softcap, is_prob, cfg)
         ctx.set_materialize_grads(False)
         return ce, lse
@@ -533,7 +560,13 @@ class _LinearCERows(torch.autograd.Function):
                 torch.mm(dz.t(), x, out=dw[v_lo:v_hi])
             if db is not None:
                 db[v_lo:v_hi] = dz.sum(0, dtype=torch.float32)
-        dx = dx_acc.to(x.dtype) if dx_acc is not None else None
+        del dz_buf, dz  # before dX is rounded: the peak is the accumulator plus one slab
+        dx = None
+        if dx_acc is not None:
+            if ctx.dx_may_share and x.element_size() == 2:
+                dx = to_16bit_in_place(dx_acc, x.dtype)
+            else:
+                dx = dx_acc.to(x.dtype)
         dbias = db.to(lin_b.dtype) if db is not None and lin_b is not None else None
         return dx, dw, dbias, *nones
 
