@@ -20,8 +20,49 @@ def test_version_is_a_string():
 
 
 def test_cli_info_runs(capsys):
+    import importlib.metadata
+
+    import torch
+
     assert main(["info"]) == 0
-    assert "crossentropy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "crossentropy" in out
+    rows = dict(line.split(None, 1) for line in out.splitlines())
+    assert rows["torch"].strip() == torch.__version__
+    assert rows["sklearn"].strip() == importlib.metadata.version("scikit-learn")
+    assert rows["impl='torch'"].startswith("available")
+    assert "impl='triton'" in rows
+
+
+def test_cli_info_tells_installed_but_broken_from_missing(monkeypatch, capsys):
+    import importlib
+
+    real_import = importlib.import_module
+
+    def fake_import(name, *args, **kwargs):
+        if name == "keras":
+            raise ImportError("No module named 'tensorflow'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    assert main(["info"]) == 0
+    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert "installed, import failed: No module named 'tensorflow'" in rows["keras"]
+    assert "KERAS_BACKEND=torch" in rows["keras"]
+
+
+def test_a_missing_optional_package_names_the_extra_to_install(monkeypatch, capsys):
+    # e.g. `crossentropy demo` after `pip install crossentropy[cli]`: one line, the extra to add
+    from crossentropy.cli import _demo
+
+    def run(args):
+        raise ModuleNotFoundError("No module named 'constriction'", name="constriction")
+
+    monkeypatch.setattr(_demo, "run", run)
+    assert main(["demo", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "'constriction'" in err and "pip install 'crossentropy[demo]'" in err
 
 
 def test_cli_without_command_prints_help_and_fails(capsys):

@@ -62,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if os.environ.get("CROSSENTROPY_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {_missing_package(exc)}", file=sys.stderr)
+        return 2
     except (CLIError, ValueError, OSError) as exc:
         if os.environ.get("CROSSENTROPY_TRACEBACK"):
             raise
@@ -73,6 +78,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return 1
     return int(status or 0)
+
+
+# top-level module -> the extra of crossentropy that installs it
+_EXTRAS = {
+    "rich": "cli",
+    "torch": "torch",
+    "triton": "triton",
+    "transformers": "hf",
+    "accelerate": "hf",
+    "keras": "keras",
+    "pyarrow": "parquet",
+    "matplotlib": "demo",
+    "constriction": "demo",
+    "sklearn": "demo",
+}
+
+
+def _missing_package(exc: ModuleNotFoundError) -> str:
+    name = (exc.name or "").split(".")[0]
+    extra = _EXTRAS.get(name)
+    if extra is None:
+        return f"a required module is missing: {_one_line(exc)}"
+    return (
+        f"this command needs the Python package {name!r}, which is not installed; "
+        f"install it with: pip install 'crossentropy[{extra}]'"
+    )
 
 
 def _one_line(exc: BaseException) -> str:
