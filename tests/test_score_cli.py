@@ -354,3 +354,155 @@ def test_bad_utf8_in_a_true_file_is_reported_on_its_line(tmp_path, capsys):
     status, _, err = score([tmp_path / "n.csv", "--true", tmp_path / "y.txt"], capsys)
     assert status == 2 and err.count("\n") == 1
     assert "line 3: not UTF-8 text (byte 0xff" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# Session 4: problems found by probing the CLI as a user
+
+
+def test_class_and_file_names_are_text_not_markup(tmp_path, capsys):
+    # "[pad]"-like tokens are common class names; rich must not read them as style tags
+    path = tmp_path / "model[best].csv"
+    path.write_text("[/],[pad],[bold red]x,y\n0.2,0.3,0.5,[pad]\n0.6,0.2,0.2,[/]\n")
+    status, out, err = score([path, "--label-column", "y"], capsys)
+    assert status == 0, err
+    assert "model[best].csv" in out.replace("\n", "")  # rich may wrap the long path
+    for name in ("[/]", "[pad]", "[bold red]x"):
+        assert name in out
+
+
+def test_normalize_does_not_overflow_on_huge_finite_scores(tmp_path, capsys):
+    path = tmp_path / "huge.csv"
+    path.write_text("a,b,y\n1e308,1e308,b\n3,1,a\n")
+    report = score_json([path, "--label-column", "y", "--normalize"], capsys)
+    assert report["log_loss_nats"] == pytest.approx((math.log(2) - math.log(0.75)) / 2, rel=1e-12)
+    small = tmp_path / "small.csv"
+    small.write_text("a,b,y\n0.5,0.5,b\n0.75,0.25,a\n")
+    plain = score_json([small, "--label-column", "y"], capsys)
+    assert report["brier"] == pytest.approx(plain["brier"], rel=1e-12)
+    assert report["n_zero_prob"] == 0
+
+
+def test_integer_npy_labels_name_classes_like_text_labels(tmp_path, capsys):
+    # header "1,0": the integer label 1 is the class named "1" (column 0), in every label format
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    y_names = ["1", "0", "1"]
+    pred = tmp_path / "rev.csv"
+    pred.write_text("1,0\n" + "".join(f"{a},{b}\n" for a, b in p))
+    (tmp_path / "y.txt").write_text("\n".join(y_names) + "\n")
+    np.save(tmp_path / "y.npy", np.array([1, 0, 1]))
+    from_text = score_json([pred, "--true", tmp_path / "y.txt"], capsys)
+    from_npy = score_json([pred, "--true", tmp_path / "y.npy"], capsys)
+    want = skm.log_loss(y_names, p[:, ::-1], labels=["0", "1"])  # sklearn: sorted columns
+    assert from_text["log_loss_nats"] == pytest.approx(want, rel=1e-12)
+    assert from_npy["log_loss_nats"] == pytest.approx(want, rel=1e-12)
+    assert from_npy["accuracy"] == 1.0
+    # a label no class is named after is refused, naming the rule
+    np.save(tmp_path / "y2.npy", np.array([1, 2, 0]))
+    status, _, err = score([pred, "--true", tmp_path / "y2.npy"], capsys)
+    assert status == 2 and "row 2" in err and "label 2 is not one of the classes" in err
+    # non-numeric class names: integer labels are column positions, as before
+    named = tmp_path / "named.csv"
+    named.write_text("cat,dog\n" + "".join(f"{a},{b}\n" for a, b in p))
+    np.save(tmp_path / "pos.npy", np.array([0, 1, 0]))
+    assert score_json([named, "--true", tmp_path / "pos.npy"], capsys)["log_loss_nats"] == (
+        pytest.approx(want, rel=1e-12)
+    )
+
+
+def test_a_damaged_npy_header_is_refused_before_any_work(tmp_path, capsys):
+    # a 64-byte file whose header claims 10**7 columns, and a truncated column-major array
+    header = tmp_path / "hdr.npy"
+    with open(header, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f8", "fortran_order": False, "shape": (2, 10**7)}
+        )
+    fortran = tmp_path / "fortran.npy"
+    np.save(fortran, np.asfortranarray(random_predictions(6, k=3)[0]))
+    data = fortran.read_bytes()
+    fortran.write_bytes(data[:-20])
+    np.save(tmp_path / "y.npy", np.array([0, 1]))
+    for path, row in ((header, "row 1"), (fortran, "row 6")):  # 124 of 144 bytes: 5 whole rows
+        status, _, err = score([path, "--true", tmp_path / "y.npy"], capsys)
+        assert status == 2 and err.count("\n") == 1, err
+        assert path.name in err and row in err and "truncated" in err
+
+
+def test_default_row_sum_tolerance_follows_classes_and_dtype(tmp_path, capsys):
+    rng = np.random.default_rng(9)
+    k = 1000
+    p = rng.dirichlet(np.ones(k), size=50)
+    y = rng.integers(0, k, size=50)
+    names = [f"c{i}" for i in range(k)]
+    six = tmp_path / "k1000.csv"
+    rows = [",".join(f"{v:.6f}" for v in row) + f",c{t}" for row, t in zip(p, y)]
+    six.write_text(",".join([*names, "y"]) + "\n" + "\n".join(rows) + "\n")
+    lines = six.read_text().splitlines()
+    sums = [sum(float(v) for v in line.split(",")[:-1]) for line in lines[1:]]
+    assert max(abs(s - 1) for s in sums) > 1e-5  # 6-decimal text of 1000 classes
+    assert score_json([six, "--label-column", "y"], capsys)["n"] == 50
+    half = np.float16(rng.dirichlet(np.ones(10), size=200))
+    assert np.abs(half.astype(np.float64).sum(1) - 1).max() > 1e-5
+    np.save(tmp_path / "half.npy", half)
+    np.save(tmp_path / "y.npy", rng.integers(0, 10, size=200))
+    assert score_json([tmp_path / "half.npy", "--true", tmp_path / "y.npy"], capsys)["n"] == 200
+    # a row that really does not sum to 1 is still refused, and --tol still overrides
+    off = tmp_path / "off.csv"
+    off.write_text("a,b,y\n0.5,0.49,a\n")
+    status, _, err = score([off, "--label-column", "y"], capsys)
+    assert status == 2 and "sum to 0.99" in err and "tolerance 1e-05" in err
+    assert score_json([off, "--label-column", "y", "--tol", "0.02"], capsys)["n"] == 1
+
+
+def test_one_column_npy_errors_quote_the_stored_value(tmp_path, capsys):
+    np.save(tmp_path / "b.npy", np.array([0.25, -2.0, 0.5]))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 1]))
+    status, _, err = score([tmp_path / "b.npy", "--true", tmp_path / "y.npy"], capsys)
+    assert status == 2 and "row 2: probability -2.0 of '1' is not inside [0, 1]" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("a\tb\ty\n0.5\t0.5\ta\n", ["line 1", "contains tabs", "comma-separated"]),
+        ("a;b;y\n0.5;0.5;a\n", ["line 1", "contains semicolons"]),
+        ("a,b,y,\n0.5,0.5,a,\n", ["line 1", "column 4 of the header has no name"]),
+    ],
+)
+def test_header_problems_are_named(tmp_path, capsys, text, fragments):
+    path = tmp_path / "h.csv"
+    path.write_text(text)
+    status, _, err = score([path, "--label-column", "y"], capsys)
+    assert status == 2 and err.count("\n") == 1
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_blank_lines_before_the_header_are_skipped_and_counted(tmp_path, capsys):
+    path = tmp_path / "lead.csv"
+    path.write_text('\n\n a, "b",y\n0.25,0.75,b\n0.5,0.4,a\n')
+    status, _, err = score([path, "--label-column", "y"], capsys)
+    assert status == 2 and "line 5" in err and "sum to 0.9" in err
+    path.write_text('\n\n a, "b",y\n0.25,0.75,b\n')
+    report = score_json([path, "--label-column", "y"], capsys)
+    assert report["classes"] == ["a", "b"] and report["accuracy"] == 1.0
+
+
+def test_bins_and_true_paths_are_checked_up_front(tmp_path, capsys):
+    status, _, err = score([EXAMPLE, "--label-column", "label", "--bins", str(10**12)], capsys)
+    assert status == 2 and "--bins must be between 1 and 100,000" in err
+    (tmp_path / "labels").mkdir()
+    status, _, err = score([EXAMPLE, "--true", tmp_path / "labels"], capsys)
+    assert status == 2 and "is a directory" in err
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
+    # `crossentropy score ... --json | head -1`: no error line, a non-zero status
+    from crossentropy.cli import _score
+
+    def run(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(_score, "run", run)
+    assert main(["score", str(EXAMPLE), "--json"]) == 1
+    assert capsys.readouterr().err == ""

@@ -62,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader left (`crossentropy score ... | head`): stop quietly, as other tools do
+        _silence_stdout()
+        return 1  # what rich's console does for the text report (Python's documented advice)
     except ModuleNotFoundError as exc:
         if os.environ.get("CROSSENTROPY_TRACEBACK"):
             raise
@@ -104,6 +108,15 @@ def _missing_package(exc: ModuleNotFoundError) -> str:
         f"this command needs the Python package {name!r}, which is not installed; "
         f"install it with: pip install 'crossentropy[{extra}]'"
     )
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
 
 
 def _one_line(exc: BaseException) -> str:

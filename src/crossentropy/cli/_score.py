@@ -24,6 +24,9 @@ from crossentropy.cli._main import CLIError
 
 DEFAULT_CHUNK_ROWS = 65536
 DEFAULT_TOL = 1e-5
+MAX_BINS = 100_000
+# rounding unit of a value written as text with 6 decimals (half a unit in the last place)
+TEXT_UNIT = 5e-7
 FORMATS = ("csv", "npy", "parquet")
 _SUFFIXES = {".csv": "csv", ".txt": "csv", ".npy": "npy", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -43,8 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     truth.add_argument(
         "--true",
         metavar="TRUE",
-        help="true labels: .npy (class indices or names) or a text/CSV file with one label per "
-        "line (an optional header line is skipped)",
+        help="true labels: .npy (class names, or integers: the class of that name when every "
+        "class name is an integer, else the column position) or a text/CSV file with one label "
+        "per line (an optional header line is skipped)",
     )
     truth.add_argument(
         "--label-column", metavar="NAME", help="column of PRED (CSV/Parquet) holding the true label"
@@ -79,8 +83,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tol",
         type=float,
-        default=DEFAULT_TOL,
-        help=f"tolerance on row sums (default {DEFAULT_TOL:g}, enough for 6-decimal text)",
+        default=None,
+        help=f"tolerance on row sums (default: {DEFAULT_TOL:g}, or 4 sqrt(k) rounding units for k "
+        "classes where that is larger; a unit is 5e-7 for text and Parquet (6 decimals) and the "
+        "dtype's epsilon for a float .npy)",
     )
     parser.add_argument(
         "--bins", type=int, default=15, help="confidence bins for the ECE (default 15)"
@@ -101,6 +107,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 # Class names and label lookup
 
 
+def _is_integer_text(text: str) -> bool:
+    body = text.strip()
+    body = body[1:] if body[:1] in "+-" else body
+    return body.isdigit() and body.isascii() and len(body) <= 18
+
+
 class Classes:
     """Class names in column order and the lookup from a label's text to its column."""
 
@@ -114,6 +126,12 @@ class Classes:
             seen.add(name)
         self.names = names
         self.index = {name: i for i, name in enumerate(names)}
+        # the names as int64 when every one is an integer ("0", "1", "-3"), else None
+        self.integer_names: np.ndarray | None = None
+        if all(_is_integer_text(name) for name in names):
+            ints = np.array([int(name) for name in names], dtype=np.int64)
+            if np.unique(ints).shape[0] == ints.shape[0]:  # not "1" and "01"
+                self.integer_names = ints
 
     def __len__(self) -> int:
         return len(self.names)
@@ -208,19 +226,37 @@ class CSVReader:
         self.path = path
         self.chunk_rows = chunk_rows
         self.file: IO[str] = open_text(path)  # a BOM is not a class name
-        header_line = self.file.readline()
-        self._check_utf8([header_line], 1)
+        header_at = 0
+        while True:  # blank lines before the header are skipped, as blank lines elsewhere
+            header_line = self.file.readline()
+            header_at += 1
+            self._check_utf8([header_line], header_at)
+            if not header_line or header_line.strip():
+                break
         if not header_line.strip():
             raise CLIError(f"{path}: empty file: expected a header line of class names")
         if _unbalanced_quote(header_line):
-            raise _quote_error(path, 1)
-        header = [h.strip() for h in next(csv.reader([header_line]))]
+            raise _quote_error(path, header_at)
+        header = [h.strip() for h in next(csv.reader([header_line], skipinitialspace=True))]
+        if len(header) == 1:
+            for sep, name in (("\t", "tabs"), (";", "semicolons")):
+                if sep in header_line:
+                    raise CLIError(
+                        f"{path}: line {header_at}: the header has one comma-separated field "
+                        f"but contains {name}; CSV files are read as comma-separated"
+                    )
+        empty = [j + 1 for j, h in enumerate(header) if not h]
+        if empty:
+            raise CLIError(
+                f"{path}: line {header_at}: column {empty[0]} of the header has no name (a "
+                "trailing comma?); the header line names the classes"
+            )
         self.n_fields = len(header)
         self.label_col: int | None = None
         if label_column is not None:
             if label_column not in header:
                 raise CLIError(
-                    f"{path}: line 1: no column named {label_column!r}; the columns are "
+                    f"{path}: line {header_at}: no column named {label_column!r}; the columns are "
                     f"{', '.join(header)}"
                 )
             self.label_col = header.index(label_column)
@@ -233,7 +269,8 @@ class CSVReader:
             )
         self.header = header
         self.classes = Classes(names if names is not None else header_names, path)
-        self.next_line = 2
+        self.value_unit = TEXT_UNIT
+        self.next_line = header_at + 1
 
     def close(self) -> None:
         self.file.close()
@@ -371,6 +408,16 @@ class NPYArray:
         self.fortran = fortran and len(self.shape) > 1
         self.row_items = int(np.prod(self.shape[1:]))
         self.n_rows = int(self.shape[0])
+        # a damaged header must not make us build 10**9 class names or map a short file
+        data_bytes = os.fstat(self.file.fileno()).st_size - self.file.tell()
+        row_bytes = self.row_items * self.dtype.itemsize
+        if row_bytes * self.n_rows > data_bytes:
+            whole = data_bytes // row_bytes if row_bytes else 0
+            raise CLIError(
+                f"{path}: row {whole + 1}: file ends early (truncated); the header promises shape "
+                f"{self.shape}, {row_bytes * self.n_rows:,} bytes of data, and {data_bytes:,} "
+                "follow it"
+            )
         self.done = 0
         self._mmap: np.ndarray | None = None
         if self.fortran:
@@ -418,6 +465,8 @@ class NPYReader:
                 f"{path}: --labels gives {len(names)} names but the array has {k} columns"
             )
         self.classes = Classes(names if names is not None else [str(i) for i in range(k)], path)
+        dtype = self.array.dtype
+        self.value_unit = max(TEXT_UNIT, float(np.finfo(dtype).eps)) if dtype.kind == "f" else 0.0
 
     def close(self) -> None:
         self.array.close()
@@ -427,6 +476,15 @@ class NPYReader:
             first = self.array.done + 1
             rows = self.array.read(self.chunk_rows).astype(np.float64)
             if self.binary:
+                # check the stored positive-class value itself, so errors quote it
+                bad = np.flatnonzero(~((rows >= 0) & (rows <= 1)))
+                if bad.size:
+                    i = int(bad[0])
+                    what = "is missing (NaN)" if np.isnan(rows[i]) else "is not inside [0, 1]"
+                    raise CLIError(
+                        f"{self.path}: row {first + i}: probability {float(rows[i])!r} of "
+                        f"{self.classes.names[1]!r} {what}"
+                    )
                 rows = np.stack([1 - rows, rows], axis=1)
             yield Chunk(rows, None, np.arange(first, first + rows.shape[0]), "row")
 
@@ -467,6 +525,7 @@ class ParquetReader:
         if self.file.metadata.num_rows == 0:
             raise CLIError(f"{path}: no rows")
         self.classes = Classes(names if names is not None else self.prob_columns, path)
+        self.value_unit = TEXT_UNIT
 
     def close(self) -> None:
         self.file.close()
@@ -513,6 +572,8 @@ class TrueLabels:
         self.count = 0
         self._npy: NPYArray | None = None
         self._text: IO[str] | None = None
+        if os.path.isdir(path):
+            raise CLIError(f"{path}: is a directory, expected a file of labels")
         if not os.path.isfile(path):
             raise CLIError(f"{path}: no such file")
         if path.endswith(".npy"):
@@ -548,6 +609,8 @@ class TrueLabels:
 
     def _encode_npy(self, values: np.ndarray, positions: np.ndarray) -> np.ndarray:
         k = len(self.classes)
+        if values.dtype.kind in "iu" and self.classes.integer_names is not None:
+            return self._encode_ints_by_name(values, positions)
         if values.dtype.kind in "iu":
             bad = np.flatnonzero((values < 0) | (values >= k))
             if bad.size:
@@ -564,6 +627,24 @@ class TrueLabels:
             f"{self.path}: labels must be integers (class indices) or strings (class names); got "
             f"dtype {values.dtype}"
         )
+
+    def _encode_ints_by_name(self, values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        # Class names that are all integers ("1", "0" or "3", "5", "7") are what integer labels
+        # mean, as for text labels; positions would silently disagree with the header.
+        names = self.classes.integer_names
+        assert names is not None
+        order = np.argsort(names)
+        keys = names[order]
+        at = np.clip(np.searchsorted(keys, values), 0, keys.shape[0] - 1)
+        bad = np.flatnonzero(keys[at] != values)
+        if bad.size:
+            i = int(bad[0])
+            raise CLIError(
+                f"{self.path}: row {positions[i]}: label {int(values[i])} is not one of the "
+                f"classes ({self.classes.describe()}); integer labels name classes when every "
+                "class name is an integer"
+            )
+        return order[at].astype(np.intp)
 
     def _encode_texts(self, texts: list[str], positions: np.ndarray) -> np.ndarray:
         index = self.classes.lookup_many(texts)
@@ -643,6 +724,12 @@ def _open_reader(args: argparse.Namespace) -> CSVReader | NPYReader | ParquetRea
     return CSVReader(path, args.label_column, args.labels, args.chunk_rows)
 
 
+def default_tol(n_classes: int, unit: float) -> float:
+    """Row-sum tolerance: rounding errors of k values add up like a random walk, so 4 sqrt(k)
+    units covers rounded text and float16/float32 softmax outputs alike; never below 1e-5."""
+    return max(DEFAULT_TOL, 4.0 * math.sqrt(n_classes) * unit)
+
+
 def _check_chunk(
     path: str, chunk: Chunk, classes: Classes, normalize: bool, tol: float
 ) -> np.ndarray:
@@ -663,14 +750,17 @@ def _check_chunk(
             f"{path}: {chunk.where(i)}: probability {float(p[i, j])!r} of {classes.names[j]!r} "
             f"is not {allowed}"
         )
-    sums = p.sum(axis=1)
     if normalize:
-        zero = np.flatnonzero(sums <= 0)
+        # scaled by the row maximum first, so that huge finite scores do not overflow the sum
+        top = p.max(axis=1)
+        zero = np.flatnonzero(top <= 0)
         if zero.size:
             raise CLIError(
                 f"{path}: {chunk.where(int(zero[0]))}: probabilities sum to 0; cannot normalize"
             )
-        return p / sums[:, None]
+        q = p / top[:, None]
+        return q / q.sum(axis=1)[:, None]
+    sums = p.sum(axis=1)
     off = np.flatnonzero(np.abs(sums - 1) > tol)
     if off.size:
         i = int(off[0])
@@ -687,12 +777,13 @@ def score_file(args: argparse.Namespace) -> tuple[Any, Classes]:
 
     if args.chunk_rows < 1:
         raise CLIError(f"--chunk-rows must be at least 1; got {args.chunk_rows}")
-    if args.tol < 0 or not math.isfinite(args.tol):
+    if args.tol is not None and (args.tol < 0 or not math.isfinite(args.tol)):
         raise CLIError(f"--tol must be a non-negative number; got {args.tol}")
     reader = _open_reader(args)
     truth: TrueLabels | None = None
     try:
         classes = reader.classes
+        tol = args.tol if args.tol is not None else default_tol(len(classes), reader.value_unit)
         if args.true is not None:
             truth = TrueLabels(args.true, classes)
         elif (
@@ -706,7 +797,7 @@ def score_file(args: argparse.Namespace) -> tuple[Any, Classes]:
         acc = ScoreAccumulator(list(classes.names), n_bins=args.bins, eps=args.eps)
         n = 0
         for chunk in reader.chunks():
-            probs = _check_chunk(args.pred, chunk, classes, args.normalize, args.tol)
+            probs = _check_chunk(args.pred, chunk, classes, args.normalize, tol)
             if truth is not None:
                 target, _ = truth.take(probs.shape[0])
                 if target.shape[0] < probs.shape[0]:
@@ -790,6 +881,7 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 
 def print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(highlight=False)
@@ -798,7 +890,7 @@ def print_report(report: dict[str, Any]) -> None:
         if report["base"] is None
         else ("bits" if report["base"] == 2 else f"base {report['base']:g}")
     )
-    console.print(f"[bold]crossentropy score[/bold] {report['file']}")
+    console.print(f"[bold]crossentropy score[/bold] {escape(report['file'])}")
     summary = Table(show_header=False)
     summary.add_column("metric")
     summary.add_column("value", justify="right")
@@ -823,7 +915,8 @@ def print_report(report: dict[str, Any]) -> None:
     for row in report["per_class"]:
         ce = row["cross_entropy"]
         shown = _fmt(ce) if ce is not None else ("inf" if row["count"] else "-")
-        per_class.add_row(row["label"], f"{row['count']:,}", shown, _fmt(row["accuracy"]))
+        label = escape(row["label"])  # class names such as "[pad]" are text, not markup
+        per_class.add_row(label, f"{row['count']:,}", shown, _fmt(row["accuracy"]))
     console.print(per_class)
 
 
@@ -832,8 +925,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--base must be a positive number other than 1; got {args.base:g}")
     if args.eps is not None and not 0 < args.eps < 0.5:
         raise CLIError(f"--eps must be in (0, 0.5); got {args.eps:g}")
-    if args.bins < 1:
-        raise CLIError(f"--bins must be at least 1; got {args.bins}")
+    if not 1 <= args.bins <= MAX_BINS:
+        raise CLIError(f"--bins must be between 1 and {MAX_BINS:,}; got {args.bins}")
     scores, _ = score_file(args)
     report = report_dict(args.pred, scores, args.base)
     if args.json:
