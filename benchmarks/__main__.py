@@ -34,19 +34,25 @@ def main(argv: list[str]) -> int:
     split = next((i for i, a in enumerate(argv) if a not in known), len(argv))
     names, rest = argv[:split], argv[split:]
     if rest and not rest[0].startswith("-"):
-        print(f"benchmarks: unknown benchmark {rest[0]!r}; choose from {', '.join(known)}")
+        print(
+            f"benchmarks: unknown benchmark {rest[0]!r}; choose from {', '.join(known)}",
+            file=sys.stderr,
+        )
         return 2
     groups: list[list[str]] = []  # one flag and the values after it
     for word in rest:
         if word in known:
-            print(f"benchmarks: name benchmarks before flags ({word!r} comes after a flag)")
+            print(
+                f"benchmarks: name benchmarks before flags ({word!r} comes after a flag)",
+                file=sys.stderr,
+            )
             return 2
         if word.startswith("-") and not _is_number(word):
             groups.append([word])
         elif groups:
             groups[-1].append(word)
         else:
-            print(f"benchmarks: {word!r} is neither a benchmark nor a flag")
+            print(f"benchmarks: {word!r} is neither a benchmark nor a flag", file=sys.stderr)
             return 2
     modules = {name: importlib.import_module(f"benchmarks.{name}") for name in names or known}
     takes = {name: set(getattr(m, "FLAGS", ())) | {"-h", "--help"} for name, m in modules.items()}
@@ -56,7 +62,8 @@ def main(argv: list[str]) -> int:
             offered = sorted(set().union(*takes.values()) - {"-h", "--help"})
             print(
                 f"benchmarks: unknown flag {flag!r} for {', '.join(modules)}; "
-                f"they take {', '.join(offered) or 'no flags'}"
+                f"they take {', '.join(offered) or 'no flags'}",
+                file=sys.stderr,
             )
             return 2
     status = 0

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import positive_int
+
 RESULTS = Path(__file__).parent / "results"
 # the flags `python -m benchmarks` hands to main()
 FLAGS = ("--quick", "--device", "--repeats")
@@ -133,7 +135,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="V=8000, 2 x 512 tokens")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="processes per variant (median reported)"
+        "--repeats", type=positive_int, default=3, help="processes per variant (median reported)"
     )
     parser.add_argument("--child", choices=("plain", "fused"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

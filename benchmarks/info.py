@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import positive_int
+
 RESULTS = Path(__file__).parent / "results" / "info.md"
 # the flags `python -m benchmarks` hands to main()
 FLAGS = ("--rows", "--classes", "--repeats", "--quick")
@@ -46,9 +48,9 @@ def _time_pair(
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks info", description=__doc__)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rows", type=positive_int, default=1_000_000)
+    parser.add_argument("--classes", type=positive_int, default=100)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument(
         "--quick", action="store_true", help="100,000 rows, results in info_quick.md"
     )

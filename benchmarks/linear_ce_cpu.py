@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import positive_int
+
 RESULTS = Path(__file__).parent / "results"
 # the flags `python -m benchmarks` hands to main()
 FLAGS = ("--rounds", "--repeats", "--quick", "--impls", "--threads", "--tag")
@@ -169,8 +171,8 @@ def _rel(a: Any, b: Any) -> float:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks linear_ce_cpu")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=positive_int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--quick", action="store_true", help="N=2048, V=8000 (a smoke run)")
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import positive_int
+
 RESULTS = Path(__file__).parent / "results"
 # the flags `python -m benchmarks` hands to main()
 FLAGS = ("--rows", "--classes", "--repeats", "--quick")
@@ -28,9 +30,9 @@ FLAGS = ("--rows", "--classes", "--repeats", "--quick")
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks metrics")
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rows", type=positive_int, default=1_000_000)
+    parser.add_argument("--classes", type=positive_int, default=100)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import positive_int
+
 RESULTS = Path(__file__).parent / "results"
 # the flags `python -m benchmarks` hands to main()
 FLAGS = ("--rows", "--keep", "--quick")
@@ -80,7 +82,7 @@ def write_csv(path: Path, rows: int, chunk: int = 500_000) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks score_rss")
-    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rows", type=positive_int, default=10_000_000)
     parser.add_argument("--keep", default=None)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)

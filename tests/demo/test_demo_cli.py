@@ -197,6 +197,7 @@ def test_output_directory_not_writable(tmp_path: Path, capsys: pytest.CaptureFix
     blocker.write_text("x")
     # A directory cannot be created below a regular file (this holds for root too).
     _bad(capsys, ["--out", str(blocker / "sub")], "not writable")
+    _bad(capsys, ["--out", str(blocker)], "is an existing file, not a directory")
 
 
 @pytest.mark.parametrize("steps", ["0", "-3"])
@@ -258,7 +259,7 @@ def test_read_text_keeps_a_prefix_of_large_files(
 def test_read_text_rejects_a_file_shorter_than_the_context(tmp_path: Path) -> None:
     short = tmp_path / "short.txt"
     short.write_bytes(b"abcde")
-    with pytest.raises(ValueError, match="only 5 bytes; the demo needs at least 6"):
+    with pytest.raises(ValueError, match="only 5 bytes; the demo needs at least 6 bytes"):
         _run.read_text(short)
 
 

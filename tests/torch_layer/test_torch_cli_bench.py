@@ -77,9 +77,9 @@ def test_running_all_benchmarks_skips_gpu_ones_and_hands_each_its_own_flags(
 def test_a_flag_no_benchmark_takes_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
     _toy_runner(tmp_path, monkeypatch)
     assert main(["bench", "--quik"]) == 2
-    out = capsys.readouterr().out
-    assert "unknown flag '--quik'" in out and "--n, --quick" in out
-    assert "ran" not in out
+    captured = capsys.readouterr()
+    assert "unknown flag '--quik'" in captured.err and "--n, --quick" in captured.err
+    assert "ran" not in captured.out
 
 
 def test_names_after_flags_are_refused_and_negative_values_are_values(
@@ -87,8 +87,8 @@ def test_names_after_flags_are_refused_and_negative_values_are_values(
 ):
     _toy_runner(tmp_path, monkeypatch)
     assert main(["bench", "--quick", "c_ok"]) == 2  # would otherwise run every benchmark
-    out = capsys.readouterr().out
-    assert "name benchmarks before flags" in out and "ran" not in out
+    captured = capsys.readouterr()
+    assert "name benchmarks before flags" in captured.err and "ran" not in captured.out
     assert main(["bench", "b_strict", "--n", "-5"]) == 0
     assert "n=-5" in capsys.readouterr().out
 

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "bench",
         help="run benchmarks (from a source checkout), like `python -m benchmarks`",
-        description="Run the benchmark modules of benchmarks/ (all when none is named). "
+        description="Run the benchmark modules of benchmarks/ (all when none is named; names "
+        "come before flags). "
         "Flags (--name=value or --name value) go to the benchmarks that take them; a flag "
         "that none of them takes is refused.",
         epilog="`crossentropy bench --list` lists the benchmarks with their flags; "

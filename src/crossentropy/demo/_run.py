@@ -103,7 +103,9 @@ def read_text(path: str | os.PathLike[str]) -> tuple[bytes, int]:
         raise OSError(f"cannot read text file '{path}': {exc.strerror or exc}") from None
     if len(data) < TEXT_MIN_BYTES:
         what = "is empty" if not data else f"has only {len(data)} bytes"
-        raise ValueError(f"text file '{path}' {what}; the demo needs at least {TEXT_MIN_BYTES}")
+        raise ValueError(
+            f"text file '{path}' {what}; the demo needs at least {TEXT_MIN_BYTES} bytes"
+        )
     return data, max(size, len(data))
 
 
@@ -117,6 +119,8 @@ def split_text(data: bytes) -> int:
 def prepare_out(out: str | os.PathLike[str]) -> Path:
     """Create ``out`` if needed and check that files can be written in it."""
     path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise OSError(f"output directory '{out}' is an existing file, not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
