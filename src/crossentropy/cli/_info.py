@@ -49,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
     for module, dist in _PACKAGES:
         text, works[module] = _status(module, dist)
         rows.append((module, text))
-    cuda = False
     if works["torch"]:
         import torch
 

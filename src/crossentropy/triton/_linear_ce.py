@@ -292,9 +292,8 @@ _MM_OUT_DTYPE_OK: dict[str, bool] = {}
 
 
 def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b with fp32 output and fp32 accumulation, on tensor cores where torch allows."""
-    if a.dtype == torch.float32:
-        return a @ b
+    """a @ b of 16-bit operands with fp32 output and accumulation, on tensor cores where torch
+    allows (fp32 operands never get here: ``_add_mm_f32_`` adds them with ``addmm_``)."""
     if a.device.type == "cuda" and _MM_OUT_DTYPE_OK.get("cuda", True):
         try:
             return torch.mm(a, b, out_dtype=torch.float32)  # type: ignore[call-arg]
