@@ -132,3 +132,41 @@ def test_sample_rejects_length_below_order() -> None:
     source = random_source(4, 2, 1.0, np.random.default_rng(0))
     with pytest.raises(ValueError, match="length"):
         source.sample(3, 1, np.random.default_rng(0))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    k=st.integers(2, 12),
+    order=st.integers(1, 2),
+    concentration=st.floats(0.05, 3.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_exact_rates_are_h_plus_kl_and_match_scipy(
+    k: int, order: int, concentration: float, seed: int
+) -> None:
+    """The demo's exact cross-entropy and KL rates, each against its own reference, and the
+    identity H(P, Q) = H + KL on the numbers (to float64 rounding)."""
+    from crossentropy.demo._run import exact_rates
+
+    rng = np.random.default_rng(seed)
+    source = random_source(k, order, concentration, rng)
+    pi = source.stationary()
+    # Unnormalised rows, every entry positive (a zero under a positive p would cost infinity).
+    table = (rng.dirichlet(np.full(k, concentration), size=k**order) + 1e-4) * 5.0
+    q = table / table.sum(axis=1, keepdims=True)
+    rates = exact_rates(source.transition, table, pi)
+    kl = sum(
+        w * scipy.stats.entropy(p_row, q_row, base=2)
+        for w, p_row, q_row in zip(pi, source.transition, q)
+    )
+    ce = sum(
+        w * sum(-p * math.log2(qq) for p, qq in zip(p_row, q_row))
+        for w, p_row, q_row in zip(pi, source.transition, q)
+    )
+    assert rates["kl"] == pytest.approx(kl, rel=1e-9, abs=1e-12)
+    assert rates["cross_entropy"] == pytest.approx(ce, rel=1e-12)
+    assert abs(rates["cross_entropy"] - (source.entropy_rate() + rates["kl"])) <= 1e-12
+    # The model that is the source: KL 0, cross-entropy rate H.
+    same = exact_rates(source.transition, source.transition, pi)
+    assert abs(same["kl"]) <= 1e-12
+    assert same["cross_entropy"] == pytest.approx(source.entropy_rate(), rel=1e-12)

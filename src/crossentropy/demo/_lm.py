@@ -187,8 +187,9 @@ def per_symbol_bits(
 
 def probability_table(
     model: Any, device: torch.device, chunk: int = 8192
-) -> npt.NDArray[np.float32]:
-    """The model's next-symbol probabilities for every context, ``(K**order, K)`` float32."""
+) -> npt.NDArray[np.float64]:
+    """The model's next-symbol probabilities for every context, ``(K**order, K)`` float64 (so that
+    a probability below float32's range is still positive)."""
     import torch
 
     n_ctx = model.n_symbols**model.order
@@ -200,4 +201,4 @@ def probability_table(
             c = torch.arange(start, min(start + chunk, n_ctx), device=device)
             rows.append(model.log_probs(c).double().exp().cpu().numpy())
     model.train(was_training)
-    return np.concatenate(rows).astype(np.float32)
+    return np.concatenate(rows)

@@ -83,19 +83,25 @@ def _plot_training(ax: Any, summary: dict[str, Any]) -> None:
         alpha=0.15,
         label="gap CE − H ≈ KL(source ‖ model)",
     )
-    final = summary["model"]["val_cross_entropy_bits"]
+    model = summary["model"]
+    rate, kl = model["cross_entropy_rate_bits"], model["kl_rate_bits"]
     # Zoom on the second half of training, where the gap is too thin to see on the full scale.
     late = ev >= ev[-1] / 2
     inset = ax.inset_axes((0.36, 0.4, 0.61, 0.3))
     inset.plot(ev[late], val[late], "o-", color="#1f77b4", ms=3, lw=1.4)
     inset.axhline(h, color="k", ls="--", lw=1.0)
+    inset.axhline(rate, color="#1f77b4", ls=":", lw=1.2)
     inset.fill_between(ev[late], h, val[late], where=val[late] >= h, color="#1f77b4", alpha=0.2)
-    kl = summary["model"]["kl_rate_bits"]
+    lo, hi = model["val_cross_entropy_ci95_bits"]
+    est = model["val_cross_entropy_bits"]
+    inset.errorbar([ev[-1]], [est], yerr=[[est - lo], [hi - est]], color="#1f77b4", capsize=3)
     inset.set_title(
-        f"last half, zoomed: final {final:.4f} bits, gap {final - h:.4f} (exact KL {kl:.4f})",
-        fontsize=8,
+        f"last half, zoomed. Exact, final model: H + KL = {h:.4f} + {kl:.4f} = {rate:.4f} "
+        f"(dotted).\nSampled: {est:.4f}, 95% interval "
+        f"[{lo:.4f}, {hi:.4f}]",
+        fontsize=7,
     )
-    span = max(float(val[late].max()) - h, 0.01)
+    span = max(float(val[late].max()) - h, hi - h, rate - h, 0.01)
     inset.set_ylim(h - 0.15 * span, h + 1.1 * span)
     inset.tick_params(labelsize=7)
     inset.grid(alpha=0.3)
@@ -120,21 +126,30 @@ def _plot_code_lengths(ax: Any, summary: dict[str, Any]) -> None:
     ]
     if summary.get("text"):
         groups.append(("your file, held-out\n(bits / byte)", summary["text"]["coding"], None))
-    bars = ["entropy rate H", "cross-entropy bound", "range coder", "gzip", "bz2", "lzma"]
-    colors = ["k", "#9ecae1", "#1f77b4", "#fdae6b", "#e6550d", "#a63603"]
+    bars = [
+        "entropy rate H",
+        "model's bound",
+        "coder's bound (rounded q)",
+        "range coder",
+        "gzip",
+        "bz2",
+        "lzma",
+    ]
+    colors = ["k", "#c6dbef", "#6baed6", "#1f77b4", "#fdae6b", "#e6550d", "#a63603"]
     width = 0.8 / len(bars)
     for g, (_, coding, h) in enumerate(groups):
         base = coding["baselines_bits_per_symbol"]
         values = [
             h,
-            coding["bound_bits_per_symbol"],
+            coding["model_bound_bits_per_symbol"],
+            coding["quantized_bound_bits_per_symbol"],
             coding["bits_per_symbol"],
             base["gzip"],
             base["bz2"],
             base["lzma"],
         ]
         for i, v in enumerate(values):
-            if v is None:
+            if v is None or not math.isfinite(v):
                 continue
             x = g + (i - (len(bars) - 1) / 2) * width
             ax.bar(x, v, width * 0.9, color=colors[i], label=bars[i] if g == 0 else None)
@@ -147,8 +162,10 @@ def _plot_code_lengths(ax: Any, summary: dict[str, Any]) -> None:
     ax.set_ylabel("bits per coded unit")
     coding = summary["coding"]
     ax.set_title(
-        f"Cross-entropy is code length (coder {coding['overhead_fraction'] * 100:+.3f}% "
-        f"vs bound, round trip {'ok' if coding['round_trip'] else 'FAILED'})"
+        "Cross-entropy is code length\n"
+        f"(range coder {coding['overhead_fraction'] * 100:+.3f}% over the cross-entropy of its "
+        f"rounded q, round trip {'ok' if coding['round_trip'] else 'FAILED'})",
+        fontsize=10,
     )
     top = max(ax.get_ylim()[1], fixed)
     ax.set_ylim(0, top * 1.45)
@@ -217,7 +234,6 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
 
     src, model, coding = summary["source"], summary["model"], summary["coding"]
     h = src["entropy_rate_bits"]
-    ce = model["val_cross_entropy_bits"]
     ok = summary["acceptance"]
 
     t = Table(
@@ -227,24 +243,52 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
     )
     t.add_column("quantity")
     t.add_column("bits/symbol", justify="right")
+    t.add_column("95% interval", justify="right")
     t.add_column("perplexity", justify="right")
-    t.add_row("entropy rate H (exact)", f"{h:.4f}", f"{model['source_perplexity']:.3f}")
+    t.add_row("[bold]exact[/], from the tables", "", "", "")
+    t.add_row("  entropy rate H", f"{h:.4f}", "", f"{model['source_perplexity']:.3f}")
+    t.add_row("  KL(source ‖ model)", f"{model['kl_rate_bits']:.4f}", "", "")
+    t.add_row("  H + KL", f"{model['h_plus_kl_bits']:.4f}", "", "")
     t.add_row(
-        "model cross-entropy (validation)",
-        f"{ce:.4f} ± {model['val_cross_entropy_se_bits']:.4f}",
+        "  cross-entropy rate",
+        f"{model['cross_entropy_rate_bits']:.4f}",
+        "",
+        f"{model['cross_entropy_rate_perplexity']:.3f}",
+    )
+    t.add_row(
+        "  rate − (H + KL)",
+        f"{model['identity_error_bits']:.0e}",
+        "",
+        "",
+        end_section=True,
+    )
+    t.add_row(f"[bold]sampled[/], {src['val_symbols']:,} symbols", "", "", "")
+    t.add_row(
+        "  cross-entropy CE",
+        f"{model['val_cross_entropy_bits']:.4f} ± {model['val_cross_entropy_se_bits']:.4f}",
+        _interval(model["val_cross_entropy_ci95_bits"]),
         f"{model['perplexity']:.3f}",
     )
-    t.add_row("gap = CE − H (includes sampling noise)", f"{model['gap_bits']:.4f}", "")
-    t.add_row("true source's CE on this data", f"{model['val_true_model_bits']:.4f}", "")
-    t.add_row("CE − true source's CE (paired KL estimate)", f"{model['paired_gap_bits']:.4f}", "")
-    t.add_row("KL(source ‖ model) rate, exact", f"{model['kl_rate_bits']:.4f}", "")
+    t.add_row(
+        "  KL, paired estimate",
+        f"{model['paired_gap_bits']:.4f} ± {model['paired_gap_se_bits']:.4f}",
+        _interval(model["paired_gap_ci95_bits"]),
+        "",
+        end_section=True,
+    )
     verdict = (
         ok["cross_entropy_at_least_h_minus_noise"] and ok["cross_entropy_within_0.15_bits_of_h"]
     )
     t.add_row(
-        f"H − noise ≤ CE ≤ H + 0.15 (noise {model['noise_bits']:.4f})",
+        f"check H−{model['noise_bits']:.4f} ≤ CE ≤ H+0.15",
         "[green]pass[/]" if verdict else "[red]FAIL[/]",
         "",
+        "",
+    )
+    t.caption = (
+        "exact rows: from the source's and the model's probabilities; sampled rows: on held-out "
+        "symbols, ± one standard error (batch means); paired estimate: CE minus the source's own "
+        "−log2 p on the same symbols"
     )
     console.print(t)
     console.print(
@@ -267,6 +311,11 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
             f"{text['train_bytes']:,} bytes and codes the rest; gzip, bz2 and lzma are charged "
             "only for the same rest (size of the whole file minus size of its first part)."
         )
+    console.print(
+        "  q̂: the coder rounds each probability to a count c/2**24 with c ≥ 1, so every symbol "
+        "stays codable; its output cannot be shorter than the coder's bound, the cross-entropy "
+        "of q̂. Rounding a tiny q up to 2**-24 can put that bound below the model's."
+    )
 
     part = summary["classification"]
     c = Table(
@@ -292,32 +341,64 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
     )
 
 
+def _interval(ci: list[float]) -> str:
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def _percent(bits: float, bound: float | None) -> str:
+    if bound is None or not bound or not math.isfinite(bound) or not math.isfinite(bits):
+        return ""
+    return f"{(bits / bound - 1) * 100:+.3f}%"
+
+
 def _coding_table(title: str, coding: dict[str, Any], h: float | None, unit: str) -> Any:
     from rich.table import Table
 
     t = Table(title=title, title_justify="left")
     t.add_column("code")
-    t.add_column("size (bytes)", justify="right")
+    t.add_column("bytes", justify="right")
     t.add_column(f"bits/{unit}", justify="right")
-    t.add_column("vs bound", justify="right")
+    t.add_column("vs model's\nbound", justify="right")
+    t.add_column("vs coder's\nbound", justify="right")
     n = coding["symbols"]
-    bound = coding["bound_bits"]
+    model_bound = coding["model_bound_bits"]
+    coder_bound = coding["quantized_bound_bits"]
 
-    def row(name: str, bits: float, note: str = "") -> None:
-        vs = f"{(bits / bound - 1) * 100:+.3f}%" if bound else ""
-        t.add_row(name, f"{bits / 8:,.0f}", f"{bits / n:.4f}", note or vs)
+    def row(name: str, bits: float | None, size: str, against_coder: bool = False) -> None:
+        bits = math.inf if bits is None else bits  # JSON stores an infinite bound as null
+        t.add_row(
+            name,
+            size,
+            _per(bits, n),
+            _percent(bits, model_bound),
+            _percent(bits, coder_bound) if against_coder else "",
+        )
 
     if h is not None:
-        t.add_row("entropy H × n (the floor)", f"{h * n / 8:,.0f}", f"{h:.4f}", "")
-    row("cross-entropy bound Σ −log2 q", bound, "—")
+        t.add_row("entropy H × n (floor)", f"{h * n / 8:,.1f}", f"{h:.4f}", "", "")
+    t.add_row("model's bound Σ−log2 q", _bytes(model_bound, 1), _per(model_bound, n), "—", "")
+    row("coder's bound Σ−log2 q̂", coder_bound, _bytes(coder_bound, 1))
     trip = "round trip ok" if coding["round_trip"] else "[red]round trip FAILED[/]"
-    row(f"range coder, {trip}", coding["compressed_bits"])
+    bits = coding["compressed_bits"]
+    row(f"range coder ({trip})", bits, _bytes(bits, 0), against_coder=True)
     for name, label in (("gzip", "gzip -9"), ("bz2", "bz2 -9"), ("lzma", "lzma -9e")):
-        row(label, coding["baselines_bits"][name])
+        bits = coding["baselines_bits"][name]
+        row(label, bits, _bytes(bits, 0))
     t.add_row(
         "fixed-length code",
         f"{coding['fixed_length_bits_per_symbol'] * n / 8:,.0f}",
         f"{coding['fixed_length_bits_per_symbol']:.4f}",
         "",
+        "",
     )
     return t
+
+
+def _per(bits: float | None, n: int) -> str:
+    return "inf" if bits is None or not math.isfinite(bits) else f"{bits / n:.4f}"
+
+
+def _bytes(bits: float | None, decimals: int) -> str:
+    if bits is None or not math.isfinite(bits):
+        return "inf"
+    return f"{bits / 8:,.{decimals}f}"
