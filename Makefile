@@ -2,20 +2,34 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make test` installs everything a developer needs (.[dev]); `make demo` only what the demo
+# imports (.[demo]). They share .venv; the full install also satisfies the demo's.
 STAMP := $(VENV)/.installed-stamp
+DEMO_STAMP := $(VENV)/.demo-stamp
+# Without an NVIDIA GPU the demo gets the CPU build of torch that .[dev] pins (pip's default torch
+# on Linux is the CUDA build, gigabytes the demo would not use); set TORCH_PIN= to choose otherwise.
+TORCH_PIN ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,torch==2.13.0)
 PYTEST_ARGS ?=
 # Benchmarks `make bench` runs: the CPU ones here, all of them (GPU kernels too) on a CUDA machine.
 BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory)
 
 .PHONY: demo test lint typecheck pytest bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
 
-demo: $(STAMP)
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP) $(DEMO_STAMP)
+
+# A current full install (`make test`'s) already has everything the demo needs.
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	if [ $(STAMP) -nt pyproject.toml ]; then :; else \
+	  $(BIN)/python -m pip install -q -e ".[cli,demo]" $(TORCH_PIN); fi
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/crossentropy demo
 
 lint: $(STAMP)
