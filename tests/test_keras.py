@@ -185,12 +185,17 @@ def test_gradients_match_torch_with_random_upstream() -> None:
 def test_focal_matches_core(shape: tuple[int, ...], classes: int, gamma: float) -> None:
     logits, labels = _data(classes + int(gamma * 10), shape, classes)
     ours = SparseCategoricalFocalCrossentropy(
-        gamma=gamma, from_logits=True, ignore_class=IGNORE, dtype="float64"
+        alpha=None, gamma=gamma, from_logits=True, ignore_class=IGNORE, dtype="float64"
     )
     want = crossentropy.focal_loss(logits, labels, gamma=gamma, ignore_index=IGNORE)
     np.testing.assert_allclose(_np(ours(labels, logits)), float(want), rtol=REDUCED_RTOL)
     ours_none = SparseCategoricalFocalCrossentropy(
-        gamma=gamma, from_logits=True, ignore_class=IGNORE, dtype="float64", reduction=None
+        alpha=None,
+        gamma=gamma,
+        from_logits=True,
+        ignore_class=IGNORE,
+        dtype="float64",
+        reduction=None,
     )
     want_none = crossentropy.focal_loss(
         logits, labels, gamma=gamma, ignore_index=IGNORE, reduction="none"
@@ -215,17 +220,110 @@ def test_focal_matches_core(shape: tuple[int, ...], classes: int, gamma: float) 
     )
 
 
-@pytest.mark.parametrize("from_logits", [True, False])
-def test_focal_matches_keras_categorical_focal(from_logits: bool) -> None:
-    logits, labels = _data(11, (10,), 4, ignore_frac=0.0)
+# Keras's focal loss on one-hot targets, over its own options. Logits of scale 3 over at most 7
+# classes keep every probability inside Keras's clip [1e-7, 1 - 1e-7], where the two agree.
+FOCAL_CASES = [
+    {},  # the defaults: alpha=0.25, gamma=2.0, probabilities
+    {"from_logits": True},
+    {"alpha": 1.0, "gamma": 0.0, "from_logits": True},
+    {"alpha": 0.5, "gamma": 0.5, "from_logits": True, "label_smoothing": 0.1},
+    {"gamma": 1.5, "label_smoothing": 0.3},
+    # Per-class weights exact in float32: Keras multiplies by them as a float32 tensor.
+    {"alpha": [0.125, 0.375, 1.0, 2.0, 0.75], "gamma": 2.0, "from_logits": True},
+    {"alpha": [0.125, 0.375, 1.0, 2.0, 0.75], "gamma": 3.0, "label_smoothing": 0.2},
+    {"from_logits": True, "label_smoothing": 1.0},
+]
+
+
+@pytest.mark.parametrize("options", FOCAL_CASES, ids=lambda o: ",".join(map(str, o.items())))
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum", None])
+def test_focal_matches_keras_categorical_focal(options: dict[str, Any], reduction: Any) -> None:
+    logits, labels = _data(11, (3, 4), 5, ignore_frac=0.0)
+    from_logits = options.get("from_logits", False)
     y_pred = logits if from_logits else _np(keras.ops.softmax(logits, axis=-1))
-    ours = SparseCategoricalFocalCrossentropy(gamma=1.5, alpha=0.25, from_logits=from_logits)
+    onehot = np.eye(5)[labels]
+    weights = np.random.default_rng(3).random((3, 4))
+    ours = SparseCategoricalFocalCrossentropy(**options, reduction=reduction, dtype="float64")
     theirs = keras.losses.CategoricalFocalCrossentropy(
-        gamma=1.5, alpha=0.25, from_logits=from_logits
+        **options, reduction=reduction, dtype="float64"
     )
     np.testing.assert_allclose(
-        _np(ours(labels, y_pred)), _np(theirs(np.eye(4)[labels], y_pred)), rtol=1e-5
+        _np(ours(labels, y_pred)), _np(theirs(onehot, y_pred)), rtol=1e-10, atol=1e-14
     )
+    np.testing.assert_allclose(
+        _np(ours(labels, y_pred, sample_weight=weights)),
+        _np(theirs(onehot, y_pred, sample_weight=weights)),
+        rtol=1e-10,
+        atol=1e-14,
+    )
+
+
+@pytest.mark.parametrize("options", FOCAL_CASES[:5], ids=lambda o: ",".join(map(str, o.items())))
+def test_focal_class_axis_matches_keras_on_the_last_axis(options: dict[str, Any]) -> None:
+    # Channels-first input with axis=1 gives Keras's values for the same data channels-last.
+    # (Not Keras with axis=1 itself: its label smoothing divides by the size of the *last* axis
+    # of y_true whatever `axis` says, so with smoothing it mixes up the class count.)
+    logits, labels = _data(12, (2, 6), 5, ignore_frac=0.0)
+    from_logits = options.get("from_logits", False)
+    y_pred = logits if from_logits else _np(keras.ops.softmax(logits, axis=-1))
+    ours = SparseCategoricalFocalCrossentropy(**options, axis=1, reduction=None, dtype="float64")
+    theirs = keras.losses.CategoricalFocalCrossentropy(**options, reduction=None, dtype="float64")
+    np.testing.assert_allclose(
+        _np(ours(labels, np.moveaxis(y_pred, -1, 1))),
+        _np(theirs(np.eye(5)[labels], y_pred)),
+        rtol=1e-10,
+        atol=1e-14,
+    )
+
+
+def test_focal_positional_arguments_mean_what_they_mean_in_keras() -> None:
+    logits, labels = _data(13, (9,), 5, ignore_frac=0.0)
+    onehot = np.eye(5)[labels]
+    # alpha, gamma, from_logits, label_smoothing, axis, reduction: Keras's positional order.
+    args = (0.625, 1.5, True, 0.25, -1, "sum")  # alpha exact in float32, where Keras keeps it
+    ours = SparseCategoricalFocalCrossentropy(*args, dtype="float64")
+    theirs = keras.losses.CategoricalFocalCrossentropy(*args, dtype="float64")
+    np.testing.assert_allclose(_np(ours(labels, logits)), _np(theirs(onehot, logits)), rtol=1e-10)
+    ce = SparseCategoricalCrossentropy(True, 3, None, -1, dtype="float64")
+    keras_ce = keras.losses.SparseCategoricalCrossentropy(True, 3, None, -1, dtype="float64")
+    np.testing.assert_allclose(_np(ce(labels, logits)), _np(keras_ce(labels, logits)), rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (SparseCategoricalFocalCrossentropy, keras.losses.CategoricalFocalCrossentropy),
+        (SparseCategoricalCrossentropy, keras.losses.SparseCategoricalCrossentropy),
+    ],
+    ids=["focal", "ce"],
+)
+def test_signature_follows_keras(ours: Any, theirs: Any) -> None:
+    """Keras's parameters come first, in Keras's order, with Keras's defaults (the name aside);
+    our extras (ignore_class, label_smoothing, z_loss) are keyword-only after them."""
+    import inspect
+
+    mine = list(inspect.signature(ours).parameters.values())
+    keras_params = list(inspect.signature(theirs).parameters.values())
+    assert [p.name for p in mine[: len(keras_params)]] == [p.name for p in keras_params]
+    for p, k in zip(mine, keras_params):
+        assert p.kind == k.kind, p.name
+        if p.name != "name":
+            assert p.default == k.default, p.name
+    extras = mine[len(keras_params) :]
+    assert extras and all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in extras)
+
+
+def test_focal_label_smoothing_with_ignore_class() -> None:
+    # ignore_class with smoothing: counted positions equal Keras's loss on them alone.
+    logits, labels = _data(14, (12,), 5)
+    keep = labels != IGNORE
+    options = {"alpha": [0.2, 0.4, 0.6, 0.8, 1.0], "gamma": 1.0, "label_smoothing": 0.25}
+    ours = SparseCategoricalFocalCrossentropy(
+        **options, from_logits=True, ignore_class=IGNORE, dtype="float64"
+    )
+    theirs = keras.losses.CategoricalFocalCrossentropy(**options, from_logits=True, dtype="float64")
+    want = _np(theirs(np.eye(5)[labels[keep]], logits[keep]))
+    np.testing.assert_allclose(_np(ours(labels, logits)), want, rtol=REDUCED_RTOL)
 
 
 def test_focal_gamma_zero_is_cross_entropy_and_stays_finite() -> None:
@@ -233,7 +331,7 @@ def test_focal_gamma_zero_is_cross_entropy_and_stays_finite() -> None:
     logits[0] = [60.0, -60.0, -60.0, -60.0, -60.0]  # p_y = 1 to double precision: (1 - p)^g = 0
     ce = SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE, dtype="float64")
     focal = SparseCategoricalFocalCrossentropy(
-        gamma=0.0, from_logits=True, ignore_class=IGNORE, dtype="float64"
+        alpha=1.0, gamma=0.0, from_logits=True, ignore_class=IGNORE, dtype="float64"
     )
     np.testing.assert_allclose(_np(focal(labels, logits)), _np(ce(labels, logits)), rtol=1e-12)
     assert np.isfinite(_np(focal(labels, logits)))
@@ -259,8 +357,10 @@ def test_focal_gamma_zero_is_cross_entropy_and_stays_finite() -> None:
             reduction="sum",
             name="ce",
         ),
-        SparseCategoricalFocalCrossentropy(gamma=1.0, alpha=[0.5, 1.0, 2.0], ignore_class=-1),
-        SparseCategoricalFocalCrossentropy(alpha=0.25),
+        SparseCategoricalFocalCrossentropy(
+            alpha=[0.5, 1.0, 2.0], gamma=1.0, label_smoothing=0.1, ignore_class=-1
+        ),
+        SparseCategoricalFocalCrossentropy(alpha=None),
         SparseCategoricalCrossentropy(from_logits=True, dtype="float64"),
         SparseCategoricalFocalCrossentropy(dtype="float64"),
     ],
@@ -333,6 +433,10 @@ def test_bad_arguments_are_refused() -> None:
         SparseCategoricalCrossentropy(ignore_class=1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"gamma must be >= 0\.0"):
         SparseCategoricalFocalCrossentropy(gamma=-1.0)
+    with pytest.raises(ValueError, match=r"label_smoothing must be \[0.0, 1.0\]; got -0.1"):
+        SparseCategoricalFocalCrossentropy(label_smoothing=-0.1)
+    with pytest.raises(TypeError, match="positional"):
+        SparseCategoricalCrossentropy(True, None, "sum", -1, "ce", None, 0.1)  # type: ignore[misc]
     with pytest.raises(TypeError, match="alpha must be None, a number or a sequence"):
         SparseCategoricalFocalCrossentropy(alpha="big")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="alpha has 2 per-class weights but y_pred has 3 classes"):
@@ -352,3 +456,57 @@ def test_import_crossentropy_does_not_import_keras() -> None:
     )
     env = {**os.environ, "PYTHONPATH": src}
     assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
+
+
+# A finder that makes TensorFlow (or Keras) unimportable, whether or not it is installed here.
+_BLOCK = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, _Block())
+import crossentropy.keras
+"""
+
+
+@pytest.mark.parametrize("blocked", ["tensorflow", "keras"])
+def test_import_without_a_backend_is_one_clear_error(blocked: str, tmp_path: Path) -> None:
+    src = str(Path(crossentropy.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": src, "KERAS_HOME": str(tmp_path)}  # no keras.json
+    env.pop("KERAS_BACKEND", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _BLOCK.format(blocked=blocked)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: crossentropy.keras")
+    # One error, its chain cut: no Keras-internal frames, no "During handling" second traceback.
+    assert proc.stderr.count("Traceback") == 1
+    assert "During handling" not in proc.stderr and "site-packages/keras" not in proc.stderr
+    if blocked == "tensorflow":
+        assert "KERAS_BACKEND=torch" in last
+        assert "KERAS_BACKEND is not set" in last and "tensorflow" in last
+    else:
+        assert "pip install 'crossentropy[keras]'" in last
+
+
+def test_import_names_the_backend_that_was_asked_for(tmp_path: Path) -> None:
+    src = str(Path(crossentropy.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": src, "KERAS_HOME": str(tmp_path), "KERAS_BACKEND": "jax"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _BLOCK.format(blocked="jax")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1
+    assert "KERAS_BACKEND=jax" in last and "KERAS_BACKEND=torch" in last

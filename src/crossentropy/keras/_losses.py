@@ -112,18 +112,21 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):  # type: ignore[misc]
     z-loss :math:`\lambda_z` as in PaLM. Ignored positions contribute 0 and are masked out of the
     reduction: ``"sum_over_batch_size"`` divides by the number of counted positions.
 
+    The arguments Keras's ``keras.losses.SparseCategoricalCrossentropy`` takes come first, in its
+    order and with its defaults; the extras are keyword-only.
+
     Args:
         from_logits: whether ``y_pred`` are logits (else probabilities, as in Keras).
         ignore_class: label value to skip (e.g. ``-100`` or a padding class), or ``None``.
-        label_smoothing: :math:`\varepsilon \in [0, 1]`.
-        z_loss: :math:`\lambda_z \ge 0`; needs ``from_logits=True``.
-        axis: the class axis of ``y_pred`` (default ``-1``).
         reduction: a Keras reduction (``"sum_over_batch_size"``, ``"sum"``, ``"mean"``,
             ``"mean_with_sample_weight"``, ``"none"`` or ``None``).
+        axis: the class axis of ``y_pred`` (default ``-1``).
         name: the loss name.
         dtype: the dtype of the computation (Keras's default float type when ``None``). Keras
             casts ``y_true`` to it before the loss sees it, so keep float32 (exact labels up to
             2**24) for vocabularies above 2048 classes: float16 rounds larger class ids.
+        label_smoothing: :math:`\varepsilon \in [0, 1]` (keyword-only).
+        z_loss: :math:`\lambda_z \ge 0`; needs ``from_logits=True`` (keyword-only).
 
     Call arguments:
         y_true: integer labels, shape ``y_pred.shape`` without the class axis (a trailing size-1
@@ -152,12 +155,13 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):  # type: ignore[misc]
         self,
         from_logits: bool = False,
         ignore_class: int | None = None,
-        label_smoothing: float = 0.0,
-        z_loss: float = 0.0,
-        axis: int = -1,
         reduction: str | None = "sum_over_batch_size",
+        axis: int = -1,
         name: str = "sparse_categorical_crossentropy",
         dtype: Any = None,
+        *,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
     ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         owner = type(self).__name__
@@ -204,28 +208,37 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):  # type: ignore[misc]
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SparseCategoricalFocalCrossentropy(keras.losses.Loss):  # type: ignore[misc]
-    r"""Softmax focal loss on integer labels, with ``ignore_class`` and per-class ``alpha``.
+    r"""Keras's categorical focal loss on integer labels, with ``ignore_class``.
 
-    For a position with label :math:`y` (not ``ignore_class``) and :math:`p = \operatorname{softmax}(z)`:
+    For a position with label :math:`y` (not ``ignore_class``), :math:`C` classes,
+    :math:`p = \operatorname{softmax}(z)` and the smoothed target
+    :math:`t = (1 - \varepsilon)\,\mathrm{onehot}(y) + \varepsilon / C`:
 
     .. math::
 
-        \ell = -\alpha_y\, (1 - p_y)^{\gamma} \log p_y,
+        \ell = \sum_c \alpha_c\, (1 - p_c)^{\gamma}\, (-t_c \log p_c),
 
-    with :math:`1 - p_y` computed as :math:`-\operatorname{expm1}(\log p_y)` so it keeps its
-    precision when :math:`p_y \to 1`. ``gamma=0`` and ``alpha=None`` give the sparse categorical
-    cross-entropy. Ignored positions contribute 0 and are masked out of the reduction. With a scalar
-    ``alpha`` this equals Keras's ``CategoricalFocalCrossentropy`` on one-hot targets.
+    which is :math:`-\alpha_y (1 - p_y)^{\gamma} \log p_y` without smoothing. This is
+    ``keras.losses.CategoricalFocalCrossentropy`` on ``one_hot(y_true)``, with the same signature,
+    positional order and defaults (``alpha=0.25``, ``gamma=2.0``), computed from the labels
+    without building the one-hot targets; ``ignore_class`` (keyword-only) gives ignored positions
+    a zero loss and masks them out of the reduction. :math:`1 - p` is computed as
+    :math:`-\operatorname{expm1}(\log p)`, so it keeps its precision when :math:`p \to 1`; with
+    ``from_logits=True``, :math:`\log p` comes from ``log_softmax`` (Keras clips :math:`p` to
+    :math:`[\epsilon, 1 - \epsilon]` first, so the two differ where a probability is below
+    :math:`10^{-7}`). ``gamma=0`` and ``alpha=1`` give the sparse categorical cross-entropy.
 
     Args:
+        alpha: weight of every class: a non-negative float (0.25, as in Keras and the paper), a
+            sequence of ``C`` per-class weights, or ``None`` for 1.
         gamma: focusing parameter :math:`\gamma \ge 0` (2 in the paper).
-        alpha: ``None`` (1), a non-negative float, or a sequence of ``C`` per-class weights.
         from_logits: whether ``y_pred`` are logits (else probabilities, as in Keras).
-        ignore_class: label value to skip, or ``None``.
+        label_smoothing: :math:`\varepsilon \in [0, 1]`, as in Keras.
         axis: the class axis of ``y_pred`` (default ``-1``).
         reduction: a Keras reduction.
         name: the loss name.
         dtype: the dtype of the computation (see :class:`SparseCategoricalCrossentropy`).
+        ignore_class: label value to skip, or ``None`` (keyword-only).
 
     Returns:
         The reduced loss or, with ``reduction=None``/``"none"``, per-position losses.
@@ -233,9 +246,9 @@ class SparseCategoricalFocalCrossentropy(keras.losses.Loss):  # type: ignore[mis
     Example:
         >>> import numpy as np
         >>> from crossentropy.keras import SparseCategoricalFocalCrossentropy
-        >>> loss = SparseCategoricalFocalCrossentropy(gamma=2.0, from_logits=True)
+        >>> loss = SparseCategoricalFocalCrossentropy(from_logits=True)  # alpha=0.25, gamma=2
         >>> round(float(loss([0, 1], np.array([[3.0, 0.0], [0.0, 0.0]]))), 4)
-        0.0867
+        0.0217
 
     References:
         Lin et al. 2017, "Focal Loss for Dense Object Detection".
@@ -243,14 +256,16 @@ class SparseCategoricalFocalCrossentropy(keras.losses.Loss):  # type: ignore[mis
 
     def __init__(
         self,
+        alpha: float | Sequence[float] | None = 0.25,
         gamma: float = 2.0,
-        alpha: float | Sequence[float] | None = None,
         from_logits: bool = False,
-        ignore_class: int | None = None,
+        label_smoothing: float = 0.0,
         axis: int = -1,
         reduction: str | None = "sum_over_batch_size",
         name: str = "sparse_categorical_focal_crossentropy",
         dtype: Any = None,
+        *,
+        ignore_class: int | None = None,
     ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         owner = type(self).__name__
@@ -271,8 +286,17 @@ class SparseCategoricalFocalCrossentropy(keras.losses.Loss):  # type: ignore[mis
                 _check_float("alpha", a, owner, 0.0)
             self.alpha = values
         self.from_logits = bool(from_logits)
+        self.label_smoothing = _check_float("label_smoothing", label_smoothing, owner, 0.0, 1.0)
         self.ignore_class = _check_ignore_class(ignore_class, owner)
         self.axis = int(axis)
+
+    def _focal(self, log_p: Any) -> Any:
+        """``(1 - p)^gamma (-log p)`` elementwise; ``log p <= 0``, so ``1 - p = -expm1(log p)``
+        is ``>= 0`` without a clamp."""
+        losses = -log_p
+        if self.gamma:
+            losses = losses * ops.power(-ops.expm1(log_p), self.gamma)
+        return losses
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         owner = type(self).__name__
@@ -281,33 +305,40 @@ class SparseCategoricalFocalCrossentropy(keras.losses.Loss):  # type: ignore[mis
         if self.ignore_class is not None:
             valid = ops.not_equal(labels, self.ignore_class)
             labels = ops.where(valid, labels, ops.zeros_like(labels))
-        log_p_y = _pick(_log_probs(y_pred, self.from_logits), labels)
-        losses = -log_p_y
-        if self.gamma:
-            # log p <= 0, so 1 - p = -expm1(log p) >= 0 without a clamp.
-            one_minus_p = -ops.expm1(log_p_y)
-            losses = losses * ops.power(one_minus_p, self.gamma)
-        if isinstance(self.alpha, list):
+        log_p = _log_probs(y_pred, self.from_logits)
+        alpha = self.alpha
+        if isinstance(alpha, list):
             n_classes = y_pred.shape[-1]
-            if n_classes is not None and len(self.alpha) != n_classes:
+            if n_classes is not None and len(alpha) != n_classes:
                 raise ValueError(
-                    f"{owner}: alpha has {len(self.alpha)} per-class weights but y_pred has "
+                    f"{owner}: alpha has {len(alpha)} per-class weights but y_pred has "
                     f"{n_classes} classes"
                 )
-            alpha = ops.convert_to_tensor(self.alpha, dtype=losses.dtype)
-            losses = losses * ops.take(alpha, labels)
-        elif self.alpha is not None:
-            losses = losses * self.alpha
+        if self.label_smoothing:
+            # Every class carries target mass eps / C, each with its own focal factor and alpha.
+            terms = self._focal(log_p)
+            if isinstance(alpha, list):
+                terms = terms * ops.convert_to_tensor(alpha, dtype=terms.dtype)
+            eps = self.label_smoothing
+            n = ops.cast(ops.shape(log_p)[-1], log_p.dtype)
+            losses = (1.0 - eps) * _pick(terms, labels) + eps * ops.sum(terms, axis=-1) / n
+        else:
+            losses = self._focal(_pick(log_p, labels))
+            if isinstance(alpha, list):
+                losses = losses * ops.take(ops.convert_to_tensor(alpha, dtype=losses.dtype), labels)
+        if alpha is not None and not isinstance(alpha, list):
+            losses = losses * alpha
         return _masked(losses, valid)
 
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = super().get_config()
         config.update(
-            gamma=self.gamma,
             alpha=self.alpha,
+            gamma=self.gamma,
             from_logits=self.from_logits,
-            ignore_class=self.ignore_class,
+            label_smoothing=self.label_smoothing,
             axis=self.axis,
+            ignore_class=self.ignore_class,
         )
         config.setdefault("dtype", self.dtype)
         return config
