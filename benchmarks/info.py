@@ -48,9 +48,18 @@ def _time_pair(
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks info", description=__doc__)
-    parser.add_argument("--rows", type=positive_int, default=1_000_000)
-    parser.add_argument("--classes", type=positive_int, default=100)
-    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument(
+        "--rows", type=positive_int, default=1_000_000, help="distributions (default: 1,000,000)"
+    )
+    parser.add_argument(
+        "--classes", type=positive_int, default=100, help="outcomes per distribution (default: 100)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=5,
+        help="timed runs of each implementation, alternating; the median counts (default: 5)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="100,000 rows, results in info_quick.md"
     )

@@ -171,10 +171,27 @@ def _rel(a: Any, b: Any) -> float:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks linear_ce_cpu")
-    parser.add_argument("--rounds", type=positive_int, default=2)
-    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=2,
+        help="times the whole set of implementations runs, in alternating order; the table "
+        "reports each one's best round (default: 2)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=3,
+        help="timed forward+backward passes per implementation and round, after one warm-up; "
+        "the median counts (default: 3)",
+    )
     parser.add_argument("--quick", action="store_true", help="N=2048, V=8000 (a smoke run)")
-    parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument(
+        "--impls",
+        default=",".join(IMPLS),
+        metavar="A,B,...",
+        help=f"comma-separated implementations to run, from {', '.join(IMPLS)} (default: all)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args(argv)

@@ -30,10 +30,24 @@ FLAGS = ("--rows", "--classes", "--repeats", "--quick")
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks metrics")
-    parser.add_argument("--rows", type=positive_int, default=1_000_000)
-    parser.add_argument("--classes", type=positive_int, default=100)
-    parser.add_argument("--repeats", type=positive_int, default=5)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--rows",
+        type=positive_int,
+        default=1_000_000,
+        help="predictions scored (default: 1,000,000)",
+    )
+    parser.add_argument(
+        "--classes", type=positive_int, default=100, help="classes per prediction (default: 100)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=5,
+        help="timed calls of each implementation, alternating; the median counts (default: 5)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="100,000 rows, results in metrics_quick.md"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rows = min(args.rows, 100_000)

@@ -82,9 +82,18 @@ def write_csv(path: Path, rows: int, chunk: int = 500_000) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks score_rss")
-    parser.add_argument("--rows", type=positive_int, default=10_000_000)
-    parser.add_argument("--keep", default=None)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--rows", type=positive_int, default=10_000_000, help="CSV rows (default: 10,000,000)"
+    )
+    parser.add_argument(
+        "--keep",
+        default=None,
+        metavar="PATH",
+        help="write the CSV to PATH and keep it (default: a temporary file, removed)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="200,000 rows, results in score_rss_quick.md"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rows = min(args.rows, 200_000)

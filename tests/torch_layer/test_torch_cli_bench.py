@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from crossentropy.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_outside_a_checkout_fails_cleanly(tmp_path, monkeypatch, capsys):
@@ -101,3 +108,74 @@ def test_list_names_each_benchmark_with_its_flags_without_running_it(tmp_path, m
     assert "c_ok: the one that runs." in out
     assert "ran" not in out and "b got" not in out
     assert "benchmarks" not in sys.modules or "benchmarks.c_ok" not in sys.modules
+
+
+@pytest.mark.parametrize("argv", [["--list"], ["linear_ce_cpu", "-h"], [], ["info", "--quick"]])
+def test_outside_a_checkout_one_line_says_a_checkout_is_needed(argv, tmp_path):
+    """An installed crossentropy run from a directory without benchmarks/ (the wheel does not ship
+    them): one line on stderr, exit 2, no traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # importable, but not from the cwd
+    env.pop("CROSSENTROPY_TRACEBACK", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "crossentropy", "bench", *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith("crossentropy bench: error: benchmarks need a source checkout")
+    assert str(tmp_path) in lines[0]
+
+
+def _help_text(text: str, flag: str) -> str | None:
+    """The help argparse prints for ``flag`` (same line, or the indented line below when the
+    option's name is long); None when the flag is not listed."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(rf"^  {re.escape(flag)}(?: \S+)?(?:\s{{2,}}(\S.*))?$", line)
+        if m:
+            if m.group(1):
+                return m.group(1)
+            below = lines[i + 1] if i + 1 < len(lines) else ""
+            return below.strip() if re.match(r"^\s{6,}[^-\s]", below) else ""
+    return None
+
+
+def test_help_text_parser_reads_argparse_layouts():
+    text = (
+        "options:\n"
+        "  -h, --help         show this help message and exit\n"
+        "  --rounds ROUNDS    rounds of\n"
+        "                     everything\n"
+        "  --a-very-long-option-name VALUE\n"
+        "                        below the name\n"
+        "  --bare\n"
+        "  --next NEXT        after a bare one\n"
+    )
+    assert _help_text(text, "--rounds") == "rounds of"
+    assert _help_text(text, "--a-very-long-option-name") == "below the name"
+    assert _help_text(text, "--bare") == ""
+    assert _help_text(text, "--missing") is None
+
+
+def _benchmark_flags() -> list[tuple[str, str]]:
+    from benchmarks.__main__ import available, describe
+
+    return [(name, flag) for name in available() for flag in describe(name)[1]]
+
+
+@pytest.mark.parametrize(("name", "flag"), _benchmark_flags())
+def test_bench_name_h_explains_every_flag_the_benchmark_takes(name, flag, monkeypatch, capsys):
+    """`crossentropy bench NAME -h` (from the checkout) lists each of NAME's FLAGS with help."""
+    monkeypatch.chdir(ROOT)
+    assert main(["bench", name, "-h"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: "), out[:200]
+    helped = _help_text(out, flag)
+    assert helped is not None, f"{name} -h does not list {flag}"
+    assert len(helped) >= 3, f"{name} -h gives {flag} no help text"

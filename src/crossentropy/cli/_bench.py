@@ -38,9 +38,10 @@ def _load_benchmarks() -> object:
 
     cwd = os.getcwd()
     if not os.path.isfile(os.path.join(cwd, "benchmarks", "__main__.py")):
+        # The wheel does not ship benchmarks/: they live in the repository only.
         raise CLIError(
-            f"no benchmarks package in {cwd}; run `crossentropy bench` from a source checkout "
-            "of crossentropy (the directory holding benchmarks/)"
+            "benchmarks need a source checkout of crossentropy: run `crossentropy bench` in the "
+            f"directory that holds benchmarks/ (there is none in {cwd})"
         )
     if cwd in sys.path:
         sys.path.remove(cwd)
