@@ -8,20 +8,63 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import array_api_compat
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "REDUCTIONS",
+    "Array",
+    "ArrayLike",
+    "ArrayT",
+    "NumPyInput",
+    "NumPyResult",
     "as_array",
     "check_reduction",
     "log_base_divisor",
     "namespace",
+    "result",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
+
+
+class Array(Protocol):
+    """What the core returns: an array of the caller's library (a NumPy scalar for a 0-d NumPy
+    result), with the array API's attributes and arithmetic."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def ndim(self) -> int: ...
+    @property
+    def dtype(self) -> Any: ...
+    def __float__(self) -> float: ...
+    def __add__(self, other: Any, /) -> Any: ...
+    def __sub__(self, other: Any, /) -> Any: ...
+    def __mul__(self, other: Any, /) -> Any: ...
+    def __truediv__(self, other: Any, /) -> Any: ...
+    def __neg__(self) -> Any: ...
+
+
+# What the core accepts: any array-API array (NumPy, torch, ...) or anything NumPy can convert.
+ArrayLike: TypeAlias = Array | npt.ArrayLike
+# The public functions are overloaded on these: NumPy arrays and Python sequences give NumPy
+# results (a scalar where no dimension is left); any other array type gives its own type back.
+ArrayT = TypeVar("ArrayT", bound=Array)
+NumPyInput: TypeAlias = npt.NDArray[Any] | Sequence[Any] | float
+NumPyResult: TypeAlias = npt.NDArray[np.floating[Any]] | np.floating[Any]
+
+
+def result(x: Any) -> Any:
+    """A 0-d NumPy array as the NumPy scalar of its dtype (what NumPy's own reductions return);
+    anything else unchanged."""
+    if isinstance(x, np.ndarray) and x.ndim == 0:
+        return x[()]
+    return x
 
 
 def as_array(x: Any, name: str) -> Any:
@@ -100,10 +143,6 @@ def normalize_axis(axis: int, ndim: int, name: str = "axis") -> int:
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name}={axis} is out of range for an array with {ndim} dimensions")
     return axis % ndim
-
-
-def finfo_eps(xp: Any, x: Any) -> float:
-    return float(xp.finfo(x.dtype).eps)
 
 
 def first_true(xp: Any, mask: Any) -> tuple[int, ...]:

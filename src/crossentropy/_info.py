@@ -2,19 +2,35 @@
 
 All functions reduce along ``axis`` (default ``-1``, the last axis: one distribution per row) and
 follow the conventions ``0 log 0 = 0`` and ``p log(p/0) = inf`` for ``p > 0``. Inputs are checked,
-never silently renormalised: a negative, NaN or infinite entry, or a slice whose total differs from 1
-by more than ``sqrt(eps)`` of its dtype (1.5e-8 for float64, 3.5e-4 for float32), raises
-``ValueError`` unless ``normalize=True`` is passed, in which case each slice is divided by its total.
+never silently renormalised: a negative, NaN or infinite entry raises ``ValueError``, and so does a
+slice whose total differs from 1 by more than the rounding the data may carry (the rule of
+:func:`crossentropy._tolerance.sum_tolerance`: about 1e-5, more for many classes, float16 values or
+values rounded to a few decimals) or than ``sum_tol`` when given. With ``renormalize=True`` each
+slice is divided by its total instead. A slice accepted within the tolerance is used as given.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import warnings
+from typing import Any, overload
 
 import numpy as np
 
-from ._array import as_arrays, as_float, finfo_eps, first_true, log_base_divisor, normalize_axis
+from ._array import (
+    Array,
+    ArrayLike,
+    ArrayT,
+    NumPyInput,
+    NumPyResult,
+    as_arrays,
+    as_float,
+    first_true,
+    log_base_divisor,
+    normalize_axis,
+    result,
+)
+from ._tolerance import check_row_sums, check_sum_tol, sum_tolerance
 
 __all__ = ["cross_entropy", "entropy", "js_divergence", "kl_divergence"]
 
@@ -24,11 +40,9 @@ def _value(x: Any, index: tuple[int, ...]) -> float:
 
 
 def _distribution(
-    xp: Any, p: Any, name: str, func: str, axis: int, normalize: bool
+    xp: Any, p: Any, name: str, func: str, axis: int, renormalize: bool, sum_tol: float | None
 ) -> tuple[Any, int]:
-    """Check that ``p`` holds distributions along ``axis``; return it (normalised if asked)."""
-    if isinstance(normalize, bool) is False:
-        raise TypeError(f"{func}: normalize must be True or False; got {normalize!r}")
+    """Check that ``p`` holds distributions along ``axis``; return it (renormalised if asked)."""
     p = as_float(xp, p, name)
     if p.ndim == 0:
         raise ValueError(
@@ -49,31 +63,54 @@ def _distribution(
             f"{func}: {name} must hold probabilities >= 0 (not NaN); got {_value(p, index)} at index "
             f"{index} of an array of shape {tuple(p.shape)}"
         )
-    total = xp.sum(p, axis=ax, keepdims=True)
+    # float16 and bfloat16 rows are summed in float32: their own rounding of the total would be
+    # as large as the tolerance on it
+    wide = xp.float32 if xp.finfo(p.dtype).bits < 32 else p.dtype
+    total = xp.sum(p, axis=ax, keepdims=True, dtype=wide)
     if not bool(xp.all(xp.isfinite(total))):
         index = first_true(xp, xp.isinf(p))
         raise ValueError(
             f"{func}: {name} must hold finite probabilities; got inf at index {index} of an array "
             f"of shape {tuple(p.shape)}"
         )
-    if normalize:
+    if renormalize:
         if bool(xp.any(total == 0)):
             index = first_true(xp, xp.squeeze(total == 0, axis=ax))
             raise ValueError(
-                f"{func}: cannot normalize {name}: the slice at index {index} (over {axis=}) sums to 0"
+                f"{func}: cannot renormalize {name}: the slice at index {index} (over {axis=}) "
+                "sums to 0"
             )
-        return p / total, ax
-    tol = math.sqrt(finfo_eps(xp, p))
-    off = xp.abs(total - 1) > tol
-    if bool(xp.any(off)):
-        index = first_true(xp, xp.squeeze(off, axis=ax))
+        return p / xp.astype(total, p.dtype), ax
+    sums = check_row_sums(xp, p, total, ax, sum_tol=sum_tol)
+    if bool(xp.any(sums.off)):
+        off = xp.squeeze(sums.off, axis=ax)
+        index = first_true(xp, off)
         got = _value(xp.squeeze(total, axis=ax), index)
+        where = (*index[:ax], 0, *index[ax:])
         raise ValueError(
-            f"{func}: {name} must sum to 1 along {axis=} (within {tol:.1e} for dtype {p.dtype}); "
-            f"the slice at index {index} sums to {got!r}. Pass normalize=True to divide each slice "
-            "by its total."
+            f"{func}: {name} must sum to 1 along {axis=} ({sums.describe(where, str(p.dtype))}); "
+            f"the slice at index {index} sums to {got!r}. Pass renormalize=True to divide each "
+            "slice by its total, or sum_tol= to set the tolerance."
         )
     return p, ax
+
+
+def _options(func: str, renormalize: bool, sum_tol: float | None, normalize: bool | None) -> bool:
+    """Check the options shared by the four functions; return ``renormalize``."""
+    if normalize is not None:
+        if renormalize:
+            raise TypeError(f"{func}: pass renormalize= only (normalize= is its deprecated name)")
+        warnings.warn(
+            f"{func}: normalize= is deprecated; it is called renormalize= now (the name the "
+            "metrics and the command line use)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        renormalize = normalize
+    if not isinstance(renormalize, (bool, np.bool_)):
+        raise TypeError(f"{func}: renormalize must be True or False; got {renormalize!r}")
+    check_sum_tol(sum_tol, func)
+    return bool(renormalize)
 
 
 def _prepare(func: str, pairs: tuple[tuple[Any, str], ...]) -> tuple[Any, list[Any]]:
@@ -108,7 +145,8 @@ def _apply(
     kernel: Any,
     pairs: tuple[tuple[Any, str], ...],
     axis: int,
-    normalize: bool,
+    renormalize: bool,
+    sum_tol: float | None,
     base: float | None,
 ) -> Any:
     """Validate the distributions in ``pairs`` and reduce them with ``kernel(xp, *arrays, axis)``."""
@@ -116,33 +154,33 @@ def _apply(
     xp, arrays = _prepare(func, pairs)
     names = [name for _, name in pairs]
     with np.errstate(all="ignore"):
-        out = _numpy_blocks(xp, func, kernel, arrays, names, axis, normalize)
+        out = _numpy_blocks(kernel, arrays, axis, renormalize, sum_tol)
         if out is None:
             checked = [
-                _distribution(xp, a, n, func, axis, normalize) for a, n in zip(arrays, names)
+                _distribution(xp, a, n, func, axis, renormalize, sum_tol)
+                for a, n in zip(arrays, names)
             ]
             out = kernel(xp, *(a for a, _ in checked), checked[0][1])
-    return out / div if div != 1.0 else out
+    return result(out / div if div != 1.0 else out)
 
 
 def _numpy_blocks(
-    xp: Any,
-    func: str,
     kernel: Any,
     arrays: list[Any],
-    names: list[str],
     axis: int,
-    normalize: bool,
+    renormalize: bool,
+    sum_tol: float | None,
 ) -> Any | None:
     """Blocked evaluation for large C-ordered NumPy inputs reduced over the last axis, else None.
 
-    Each block is checked as :func:`_distribution` would check it; on the first failure this returns
-    None so that the generic path raises its error, naming the offending entry or slice.
+    Each block is checked as :func:`_distribution` would check it; on the first failure (including a
+    total that only the decimals of the data could excuse) this returns None, so that the generic
+    path applies the whole rule and raises its error, naming the offending entry or slice.
     """
     first = arrays[0]
     if not all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
         return None
-    if isinstance(normalize, bool) is False or first.ndim == 0 or first.size < 4 * _BLOCK_ELEMENTS:
+    if first.ndim == 0 or first.size < 4 * _BLOCK_ELEMENTS:
         return None
     if normalize_axis(axis, first.ndim) != first.ndim - 1 or first.shape[-1] == 0:
         return None
@@ -150,16 +188,18 @@ def _numpy_blocks(
     flat = [a.reshape(-1, n_classes) for a in arrays]
     rows = flat[0].shape[0]
     step = max(1, _BLOCK_ELEMENTS // n_classes)
-    tol = math.sqrt(float(np.finfo(first.dtype).eps))
+    eps = float(np.finfo(first.dtype).eps)
+    tol = sum_tolerance(n_classes, eps=eps) if sum_tol is None else sum_tol
+    wide = np.float32 if first.dtype.itemsize < 4 else first.dtype  # as in _distribution
     out = np.empty(rows, dtype=first.dtype)
     for start in range(0, rows, step):
         blocks = [f[start : start + step] for f in flat]
         for k, block in enumerate(blocks):
-            total = np.add.reduce(block, axis=1, keepdims=True)
+            total = np.add.reduce(block, axis=1, keepdims=True, dtype=wide)
             ok = bool(block.min() >= 0) and bool(np.isfinite(total).all())
-            if ok and normalize:
+            if ok and renormalize:
                 ok = bool((total > 0).all())
-                blocks[k] = block / total
+                blocks[k] = block / total.astype(block.dtype)
             elif ok:
                 ok = bool(np.abs(total - 1).max() <= tol)
             if not ok:
@@ -176,10 +216,10 @@ def _numpy_block_kernel(kernel: Any, blocks: list[np.ndarray]) -> np.ndarray:
     p = blocks[0]
     if kernel is _entropy:
         logs = np.log(p)
-        rows = -np.einsum("ij,ij->i", p, logs)
+        rows = 0.0 - np.einsum("ij,ij->i", p, logs)  # 0 - x, not -x: no -0.0 for a certain row
     elif kernel is _cross_entropy:
         logs = np.log(blocks[1])
-        rows = -np.einsum("ij,ij->i", p, logs)
+        rows = 0.0 - np.einsum("ij,ij->i", p, logs)
     elif kernel is _kl:
         logs = np.divide(p, blocks[1])
         np.log(logs, out=logs)
@@ -195,13 +235,14 @@ def _numpy_block_kernel(kernel: Any, blocks: list[np.ndarray]) -> np.ndarray:
 def _entropy(xp: Any, p: Any, ax: int) -> Any:
     # log of 1 where p == 0 so that p * log p is 0 * 0, never 0 * -inf.
     safe = xp.where(p > 0, p, xp.ones_like(p))
-    return -xp.sum(p * xp.log(safe), axis=ax)
+    # 0 - sum, not -sum: a certain distribution has entropy 0.0, not -0.0.
+    return 0.0 - xp.sum(p * xp.log(safe), axis=ax)
 
 
 def _cross_entropy(xp: Any, p: Any, q: Any, ax: int) -> Any:
     # Where p == 0 the term is 0 whatever q is; where p > 0 and q == 0 it is +inf.
     safe_q = xp.where(p > 0, q, xp.ones_like(q))
-    return -xp.sum(p * xp.log(safe_q), axis=ax)
+    return 0.0 - xp.sum(p * xp.log(safe_q), axis=ax)
 
 
 def _kl(xp: Any, p: Any, q: Any, ax: int) -> Any:
@@ -217,7 +258,39 @@ def _js(xp: Any, p: Any, q: Any, ax: int) -> Any:
     return (_kl(xp, p, m, ax) + _kl(xp, q, m, ax)) / 2
 
 
-def entropy(p: Any, *, axis: int = -1, base: float | None = None, normalize: bool = False) -> Any:
+@overload
+def entropy(
+    p: NumPyInput,
+    *,
+    axis: int = ...,
+    base: float | None = ...,
+    renormalize: bool = ...,
+    sum_tol: float | None = ...,
+    normalize: bool | None = ...,
+) -> NumPyResult: ...
+
+
+@overload
+def entropy(
+    p: ArrayT,
+    *,
+    axis: int = ...,
+    base: float | None = ...,
+    renormalize: bool = ...,
+    sum_tol: float | None = ...,
+    normalize: bool | None = ...,
+) -> ArrayT: ...
+
+
+def entropy(
+    p: ArrayLike,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    renormalize: bool = False,
+    sum_tol: float | None = None,
+    normalize: bool | None = None,
+) -> Array:
     r"""Shannon entropy of the distributions along ``axis``.
 
     .. math::
@@ -229,27 +302,78 @@ def entropy(p: Any, *, axis: int = -1, base: float | None = None, normalize: boo
             distribution (non-negative, summing to 1). NumPy, any array-API array, or a sequence.
         axis: the class axis (default ``-1``; scipy's ``entropy`` defaults to ``axis=0``).
         base: logarithm base: ``None`` for nats, ``2`` for bits.
-        normalize: divide each slice by its total first instead of requiring it to sum to 1.
+        renormalize: divide each slice by its total first instead of requiring it to sum to 1.
+        sum_tol: how far from 1 a slice's total may be; default: the rounding the data may carry
+            (about 1e-5; more for many classes, float16, or values rounded to a few decimals).
+        normalize: deprecated name of ``renormalize``.
 
     Returns:
-        Array of ``p``'s floating dtype and array type with ``axis`` removed; values ``>= 0``.
+        Array of ``p``'s floating dtype and array type with ``axis`` removed (a NumPy scalar for
+        one NumPy distribution); values ``>= 0``.
 
     Raises:
-        ValueError: negative, NaN or infinite entries, or a slice not summing to 1 (unless
-            ``normalize=True``).
+        ValueError: negative, NaN or infinite entries, or a slice not summing to 1 within the
+            tolerance (unless ``renormalize=True``).
 
     Example:
         >>> round(float(entropy([0.5, 0.25, 0.25], base=2)), 4)
         1.5
-        >>> round(float(entropy([2, 1, 1], base=2, normalize=True)), 4)
+        >>> round(float(entropy([2, 1, 1], base=2, renormalize=True)), 4)
         1.5
     """
-    return _apply("entropy", _entropy, ((p, "p"),), axis, normalize, base)
+    renormalize = _options("entropy", renormalize, sum_tol, normalize)
+    return _apply("entropy", _entropy, ((p, "p"),), axis, renormalize, sum_tol, base)
+
+
+@overload
+def cross_entropy(
+    p: NumPyInput,
+    q: NumPyInput,
+    *,
+    axis: int = ...,
+    base: float | None = ...,
+    renormalize: bool = ...,
+    sum_tol: float | None = ...,
+    normalize: bool | None = ...,
+) -> NumPyResult: ...
+
+
+@overload
+def cross_entropy(
+    p: ArrayT,
+    q: ArrayLike,
+    *,
+    axis: int = ...,
+    base: float | None = ...,
+    renormalize: bool = ...,
+    sum_tol: float | None = ...,
+    normalize: bool | None = ...,
+) -> ArrayT: ...
+
+
+@overload
+def cross_entropy(
+    p: ArrayLike,
+    q: ArrayT,
+    *,
+    axis: int = ...,
+    base: float | None = ...,
+    renormalize: bool = ...,
+    sum_tol: float | None = ...,
+    normalize: bool | None = ...,
+) -> ArrayT: ...
 
 
 def cross_entropy(
-    p: Any, q: Any, *, axis: int = -1, base: float | None = None, normalize: bool = False
-) -> Any:
+    p: ArrayLike,
+    q: ArrayLike,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    renormalize: bool = False,
+    sum_tol: float | None = None,
+    normalize: bool | None = None,
+) -> Array:
     r"""Cross-entropy of the distribution ``q`` relative to the true distribution ``p``.
 
     .. math::
@@ -265,21 +389,73 @@ def cross_entropy(
         q: model probabilities, same shape as ``p`` (or broadcastable to it).
         axis: the class axis (default ``-1``).
         base: ``None`` for nats, ``2`` for bits.
-        normalize: divide each slice of ``p`` and ``q`` by its total first.
+        renormalize: divide each slice of ``p`` and ``q`` by its total first.
+        sum_tol: how far from 1 a slice's total may be (default: the rounding the data may carry).
+        normalize: deprecated name of ``renormalize``.
 
     Returns:
-        Array of the common floating dtype with ``axis`` removed.
+        Array of the common floating dtype and array type with ``axis`` removed (a NumPy scalar for
+        one NumPy distribution).
 
     Example:
         >>> round(float(cross_entropy([0.5, 0.5], [0.25, 0.75], base=2)), 4)
         1.2075
     """
-    return _apply("cross_entropy", _cross_entropy, ((p, "p"), (q, "q")), axis, normalize, base)
+    renormalize = _options("cross_entropy", renormalize, sum_tol, normalize)
+    return _apply(
+        "cross_entropy", _cross_entropy, ((p, "p"), (q, "q")), axis, renormalize, sum_tol, base
+    )
+
+
+@overload
+def kl_divergence(
+    p: NumPyInput,
+    q: NumPyInput,
+    *,
+    axis: int = ...,
+    base: float | None = ...,
+    renormalize: bool = ...,
+    sum_tol: float | None = ...,
+    normalize: bool | None = ...,
+) -> NumPyResult: ...
+
+
+@overload
+def kl_divergence(
+    p: ArrayT,
+    q: ArrayLike,
+    *,
+    axis: int = ...,
+    base: float | None = ...,
+    renormalize: bool = ...,
+    sum_tol: float | None = ...,
+    normalize: bool | None = ...,
+) -> ArrayT: ...
+
+
+@overload
+def kl_divergence(
+    p: ArrayLike,
+    q: ArrayT,
+    *,
+    axis: int = ...,
+    base: float | None = ...,
+    renormalize: bool = ...,
+    sum_tol: float | None = ...,
+    normalize: bool | None = ...,
+) -> ArrayT: ...
 
 
 def kl_divergence(
-    p: Any, q: Any, *, axis: int = -1, base: float | None = None, normalize: bool = False
-) -> Any:
+    p: ArrayLike,
+    q: ArrayLike,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    renormalize: bool = False,
+    sum_tol: float | None = None,
+    normalize: bool | None = None,
+) -> Array:
     r"""Kullback-Leibler divergence of ``q`` from ``p`` (relative entropy), along ``axis``.
 
     .. math::
@@ -293,10 +469,13 @@ def kl_divergence(
         q: model probabilities, same shape as ``p`` (or broadcastable to it).
         axis: the class axis (default ``-1``).
         base: ``None`` for nats, ``2`` for bits.
-        normalize: divide each slice of ``p`` and ``q`` by its total first.
+        renormalize: divide each slice of ``p`` and ``q`` by its total first.
+        sum_tol: how far from 1 a slice's total may be (default: the rounding the data may carry).
+        normalize: deprecated name of ``renormalize``.
 
     Returns:
-        Array of the common floating dtype with ``axis`` removed.
+        Array of the common floating dtype and array type with ``axis`` removed (a NumPy scalar for
+        one NumPy distribution).
 
     Example:
         >>> round(float(kl_divergence([0.5, 0.5], [0.25, 0.75], base=2)), 4)
@@ -304,12 +483,59 @@ def kl_divergence(
         >>> float(kl_divergence([0.5, 0.5], [1.0, 0.0]))
         inf
     """
-    return _apply("kl_divergence", _kl, ((p, "p"), (q, "q")), axis, normalize, base)
+    renormalize = _options("kl_divergence", renormalize, sum_tol, normalize)
+    return _apply("kl_divergence", _kl, ((p, "p"), (q, "q")), axis, renormalize, sum_tol, base)
+
+
+@overload
+def js_divergence(
+    p: NumPyInput,
+    q: NumPyInput,
+    *,
+    axis: int = ...,
+    base: float | None = ...,
+    renormalize: bool = ...,
+    sum_tol: float | None = ...,
+    normalize: bool | None = ...,
+) -> NumPyResult: ...
+
+
+@overload
+def js_divergence(
+    p: ArrayT,
+    q: ArrayLike,
+    *,
+    axis: int = ...,
+    base: float | None = ...,
+    renormalize: bool = ...,
+    sum_tol: float | None = ...,
+    normalize: bool | None = ...,
+) -> ArrayT: ...
+
+
+@overload
+def js_divergence(
+    p: ArrayLike,
+    q: ArrayT,
+    *,
+    axis: int = ...,
+    base: float | None = ...,
+    renormalize: bool = ...,
+    sum_tol: float | None = ...,
+    normalize: bool | None = ...,
+) -> ArrayT: ...
 
 
 def js_divergence(
-    p: Any, q: Any, *, axis: int = -1, base: float | None = None, normalize: bool = False
-) -> Any:
+    p: ArrayLike,
+    q: ArrayLike,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    renormalize: bool = False,
+    sum_tol: float | None = None,
+    normalize: bool | None = None,
+) -> Array:
     r"""Jensen-Shannon divergence between ``p`` and ``q`` along ``axis``: symmetric and bounded.
 
     .. math::
@@ -325,10 +551,13 @@ def js_divergence(
             distributions.
         axis: the class axis (default ``-1``).
         base: ``None`` for nats, ``2`` for bits.
-        normalize: divide each slice of ``p`` and ``q`` by its total first.
+        renormalize: divide each slice of ``p`` and ``q`` by its total first.
+        sum_tol: how far from 1 a slice's total may be (default: the rounding the data may carry).
+        normalize: deprecated name of ``renormalize``.
 
     Returns:
-        Array of the common floating dtype with ``axis`` removed.
+        Array of the common floating dtype and array type with ``axis`` removed (a NumPy scalar for
+        one NumPy distribution).
 
     References:
         J. Lin, "Divergence measures based on the Shannon entropy", IEEE Trans. Inf. Theory, 1991.
@@ -337,4 +566,5 @@ def js_divergence(
         >>> round(float(js_divergence([1.0, 0.0], [0.0, 1.0], base=2)), 4)
         1.0
     """
-    return _apply("js_divergence", _js, ((p, "p"), (q, "q")), axis, normalize, base)
+    renormalize = _options("js_divergence", renormalize, sum_tol, normalize)
+    return _apply("js_divergence", _js, ((p, "p"), (q, "q")), axis, renormalize, sum_tol, base)

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
 from ._array import (
+    Array,
+    ArrayLike,
+    ArrayT,
+    NumPyInput,
+    NumPyResult,
     as_arrays,
     as_float,
     check_reduction,
@@ -30,6 +35,7 @@ from ._array import (
     is_integral,
     log_base_divisor,
     normalize_axis,
+    result,
 )
 from ._softmax import _log_softmax
 
@@ -185,17 +191,45 @@ def _prepare_logits(
     return xp, logits, target, [ax, *rest]
 
 
+@overload
 def softmax_cross_entropy(
-    logits: Any,
-    target: Any,
+    logits: NumPyInput,
+    target: NumPyInput,
+    *,
+    axis: int = ...,
+    weight: ArrayLike | None = ...,
+    ignore_index: int | None = ...,
+    label_smoothing: float = ...,
+    reduction: str = ...,
+    base: float | None = ...,
+) -> NumPyResult: ...
+
+
+@overload
+def softmax_cross_entropy(
+    logits: ArrayT,
+    target: ArrayLike,
+    *,
+    axis: int = ...,
+    weight: ArrayLike | None = ...,
+    ignore_index: int | None = ...,
+    label_smoothing: float = ...,
+    reduction: str = ...,
+    base: float | None = ...,
+) -> ArrayT: ...
+
+
+def softmax_cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
     *,
     axis: int = -1,
-    weight: Any = None,
+    weight: ArrayLike | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     base: float | None = None,
-) -> Any:
+) -> Array:
     r"""Cross-entropy between targets and the softmax of ``logits``, with torch's semantics.
 
     With ``log p = log_softmax(logits)`` along ``axis``, ``C`` classes, class weights ``w`` (1 when
@@ -237,8 +271,8 @@ def softmax_cross_entropy(
         base: ``None`` for nats, ``2`` for bits.
 
     Returns:
-        A 0-d array (``mean``/``sum``) or the per-position losses, in ``logits``'s array type and
-        dtype.
+        A 0-d array (``mean``/``sum``; a NumPy scalar for NumPy inputs) or the per-position losses,
+        in ``logits``'s array type and dtype.
 
     References:
         C. Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016
@@ -256,52 +290,50 @@ def softmax_cross_entropy(
     check_reduction(reduction)
     div = log_base_divisor(base)
     eps = _check_smoothing(label_smoothing, func)
-    xp, logits, target, (ax, weight) = _prepare_logits(
-        logits, target, axis, func, ((weight, "weight"),)
-    )
-    n_classes = _shape(logits)[-1]
-    outer = _shape(logits)[:-1]
-    if weight is not None:
-        weight = _check_weight(xp, weight, n_classes, func)
-        weight = xp.astype(weight, logits.dtype)
+    xp, z, t, (ax, w) = _prepare_logits(logits, target, axis, func, ((weight, "weight"),))
+    n_classes = _shape(z)[-1]
+    outer = _shape(z)[:-1]
+    if w is not None:
+        w = _check_weight(xp, w, n_classes, func)
+        w = xp.astype(w, z.dtype)
     with np.errstate(all="ignore"):
-        if is_integral(xp, target):
-            if _shape(target) != outer:
+        if is_integral(xp, t):
+            if _shape(t) != outer:
                 raise ValueError(
                     f"{func}: class-index target must have the shape of logits without axis={axis}, "
-                    f"{outer}; got target shape {_shape(target)} for logits shape "
-                    f"{_shape(xp.moveaxis(logits, -1, ax))}"
+                    f"{outer}; got target shape {_shape(t)} for logits shape "
+                    f"{_shape(xp.moveaxis(z, -1, ax))}"
                 )
-            valid, labels = _labels(xp, target, n_classes, ignore_index, func)
-            log_p = _log_softmax(xp, logits, -1)
-            loss, denominator = _index_loss(xp, log_p, labels, valid, weight, eps)
+            valid, labels = _labels(xp, t, n_classes, ignore_index, func)
+            log_p = _log_softmax(xp, z, -1)
+            loss, denominator = _index_loss(xp, log_p, labels, valid, w, eps)
             out = _reduce(xp, loss, reduction, denominator)
-        elif is_floating(xp, target):
-            full = _shape(xp.moveaxis(logits, -1, ax))
-            if _shape(target) != full:
+        elif is_floating(xp, t):
+            full = _shape(xp.moveaxis(z, -1, ax))
+            if _shape(t) != full:
                 raise ValueError(
                     f"{func}: probability target must have the shape of logits {full}; got "
-                    f"{_shape(target)} (class-index targets need an integer dtype)"
+                    f"{_shape(t)} (class-index targets need an integer dtype)"
                 )
             if ignore_index is not None:
                 raise ValueError(
                     f"{func}: ignore_index applies to class-index targets only; got probability "
                     "targets (give ignored positions an all-zero target row instead)"
                 )
-            _check_range(xp, target, func, "target", 0.0, None)
-            log_p = _log_softmax(xp, logits, -1)
-            target = xp.moveaxis(xp.astype(target, logits.dtype), ax, -1)
+            _check_range(xp, t, func, "target", 0.0, None)
+            log_p = _log_softmax(xp, z, -1)
+            t = xp.moveaxis(xp.astype(t, z.dtype), ax, -1)
             if eps > 0:
-                target = (1 - eps) * target + eps / n_classes
-            coef = target if weight is None else target * weight
-            loss = -xp.sum(_safe_product(xp, coef, log_p), axis=-1)
+                t = (1 - eps) * t + eps / n_classes
+            coef = t if w is None else t * w
+            loss = 0.0 - xp.sum(_safe_product(xp, coef, log_p), axis=-1)
             out = _reduce(xp, loss, reduction, None)
         else:
             raise TypeError(
                 f"{func}: target must hold integer class indices or floating probabilities; got "
-                f"dtype {target.dtype}"
+                f"dtype {t.dtype}"
             )
-    return out / div if div != 1.0 else out
+    return result(out / div if div != 1.0 else out)
 
 
 def _pick(xp: Any, values: Any, labels: Any) -> Any:
@@ -330,12 +362,13 @@ def _index_loss(
         flat = xp.astype(xp.reshape(labels, (-1,)), xp.int64)
         w_t = xp.reshape(xp.take(weight, flat, axis=0), labels.shape)
         w_t = _zero_where(xp, ~valid, w_t)
-    nll = _zero_where(xp, ~valid, -_safe_product(xp, w_t, picked))
+    # 0 - x rather than -x here and below: a certain prediction costs 0.0, not -0.0.
+    nll = _zero_where(xp, ~valid, 0.0 - _safe_product(xp, w_t, picked))
     denominator = xp.sum(w_t)
     if eps == 0:
         return nll, denominator
     coef = xp.ones_like(log_p) if weight is None else xp.broadcast_to(weight, log_p.shape)
-    smooth = -xp.sum(_safe_product(xp, coef, log_p), axis=-1)
+    smooth = 0.0 - xp.sum(_safe_product(xp, coef, log_p), axis=-1)
     smooth = _zero_where(xp, ~valid, smooth)
     return (1 - eps) * nll + (eps / n_classes) * smooth, denominator
 
@@ -345,15 +378,39 @@ def _softplus(xp: Any, x: Any) -> Any:
     return xp.maximum(x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
 
 
+@overload
 def sigmoid_cross_entropy(
-    logits: Any,
-    target: Any,
+    logits: NumPyInput,
+    target: NumPyInput,
     *,
-    weight: Any = None,
-    pos_weight: Any = None,
+    weight: ArrayLike | None = ...,
+    pos_weight: ArrayLike | None = ...,
+    reduction: str = ...,
+    base: float | None = ...,
+) -> NumPyResult: ...
+
+
+@overload
+def sigmoid_cross_entropy(
+    logits: ArrayT,
+    target: ArrayLike,
+    *,
+    weight: ArrayLike | None = ...,
+    pos_weight: ArrayLike | None = ...,
+    reduction: str = ...,
+    base: float | None = ...,
+) -> ArrayT: ...
+
+
+def sigmoid_cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    *,
+    weight: ArrayLike | None = None,
+    pos_weight: ArrayLike | None = None,
     reduction: str = "mean",
     base: float | None = None,
-) -> Any:
+) -> Array:
     r"""Binary cross-entropy between targets and ``sigmoid(logits)``, elementwise (multi-label).
 
     .. math::
@@ -375,7 +432,8 @@ def sigmoid_cross_entropy(
         base: ``None`` for nats, ``2`` for bits.
 
     Returns:
-        A 0-d array or, for ``none``, an array of the shape of ``logits``.
+        A 0-d array (a NumPy scalar for NumPy inputs) or, for ``none``, an array of the shape of
+        ``logits``.
 
     Example:
         >>> import numpy as np
@@ -408,7 +466,7 @@ def sigmoid_cross_entropy(
             loss = _safe_product(xp, _weights(xp, w, x, func, "weight"), loss)
         loss = xp.broadcast_to(loss, x.shape)
         out = _reduce(xp, loss, reduction, None)
-    return out / div if div != 1.0 else out
+    return result(out / div if div != 1.0 else out)
 
 
 def _weights(xp: Any, w: Any, x: Any, func: str, name: str) -> Any:
@@ -426,14 +484,36 @@ def _weights(xp: Any, w: Any, x: Any, func: str, name: str) -> Any:
     return w
 
 
+@overload
 def binary_cross_entropy(
-    probs: Any,
-    target: Any,
+    probs: NumPyInput,
+    target: NumPyInput,
     *,
-    weight: Any = None,
+    weight: ArrayLike | None = ...,
+    reduction: str = ...,
+    base: float | None = ...,
+) -> NumPyResult: ...
+
+
+@overload
+def binary_cross_entropy(
+    probs: ArrayT,
+    target: ArrayLike,
+    *,
+    weight: ArrayLike | None = ...,
+    reduction: str = ...,
+    base: float | None = ...,
+) -> ArrayT: ...
+
+
+def binary_cross_entropy(
+    probs: ArrayLike,
+    target: ArrayLike,
+    *,
+    weight: ArrayLike | None = None,
     reduction: str = "mean",
     base: float | None = None,
-) -> Any:
+) -> Array:
     r"""Binary cross-entropy between targets and predicted probabilities, elementwise.
 
     .. math::
@@ -452,7 +532,8 @@ def binary_cross_entropy(
         base: ``None`` for nats, ``2`` for bits.
 
     Returns:
-        A 0-d array or, for ``none``, an array of the shape of ``probs``.
+        A 0-d array (a NumPy scalar for NumPy inputs) or, for ``none``, an array of the shape of
+        ``probs``.
 
     Example:
         >>> import numpy as np
@@ -472,12 +553,12 @@ def binary_cross_entropy(
     _check_range(xp, q, func, "probs", 0.0, 1.0)
     _check_range(xp, y, func, "target", 0.0, 1.0)
     with np.errstate(all="ignore"):
-        loss = -(_safe_product(xp, y, xp.log(q)) + _safe_product(xp, 1 - y, xp.log1p(-q)))
+        loss = 0.0 - (_safe_product(xp, y, xp.log(q)) + _safe_product(xp, 1 - y, xp.log1p(-q)))
         if w is not None:
             loss = _safe_product(xp, _weights(xp, w, q, func, "weight"), loss)
         loss = xp.broadcast_to(loss, q.shape)
         out = _reduce(xp, loss, reduction, None)
-    return out / div if div != 1.0 else out
+    return result(out / div if div != 1.0 else out)
 
 
 def _log1mexp(xp: Any, a: Any) -> Any:
@@ -497,17 +578,45 @@ def _focal_factor(xp: Any, log_p: Any, gamma: float) -> Any:
     return xp.where(certain, xp.zeros_like(log_p), xp.exp(gamma * _log1mexp(xp, safe)))
 
 
+@overload
 def focal_loss(
-    logits: Any,
-    target: Any,
+    logits: NumPyInput,
+    target: NumPyInput,
+    *,
+    gamma: float = ...,
+    alpha: ArrayLike | None = ...,
+    axis: int = ...,
+    ignore_index: int | None = ...,
+    reduction: str = ...,
+    base: float | None = ...,
+) -> NumPyResult: ...
+
+
+@overload
+def focal_loss(
+    logits: ArrayT,
+    target: ArrayLike,
+    *,
+    gamma: float = ...,
+    alpha: ArrayLike | None = ...,
+    axis: int = ...,
+    ignore_index: int | None = ...,
+    reduction: str = ...,
+    base: float | None = ...,
+) -> ArrayT: ...
+
+
+def focal_loss(
+    logits: ArrayLike,
+    target: ArrayLike,
     *,
     gamma: float = 2.0,
-    alpha: Any = None,
+    alpha: ArrayLike | None = None,
     axis: int = -1,
     ignore_index: int | None = None,
     reduction: str = "mean",
     base: float | None = None,
-) -> Any:
+) -> Array:
     r"""Softmax focal loss: cross-entropy that down-weights well-classified positions.
 
     With ``log p = log_softmax(logits)`` along ``axis``:
@@ -536,7 +645,7 @@ def focal_loss(
         base: ``None`` for nats, ``2`` for bits.
 
     Returns:
-        A 0-d array or the per-position losses.
+        A 0-d array (a NumPy scalar for NumPy inputs) or the per-position losses.
 
     References:
         T.-Y. Lin, P. Goyal, R. Girshick, K. He, P. Dollár, "Focal Loss for Dense Object
@@ -585,7 +694,7 @@ def focal_loss(
                 flat = xp.astype(xp.reshape(labels, (-1,)), xp.int64)
                 a_t = xp.reshape(xp.take(alpha, flat, axis=0), labels.shape)
                 a_t = _zero_where(xp, ~valid, a_t)
-            loss = _zero_where(xp, ~valid, -_safe_product(xp, a_t * picked_factor, picked))
+            loss = _zero_where(xp, ~valid, 0.0 - _safe_product(xp, a_t * picked_factor, picked))
             out = _reduce(xp, loss, reduction, xp.sum(a_t))
         elif is_floating(xp, target):
             full = _shape(xp.moveaxis(logits, -1, ax))
@@ -599,7 +708,7 @@ def focal_loss(
             _check_range(xp, target, func, "target", 0.0, None)
             t = xp.moveaxis(xp.astype(target, logits.dtype), ax, -1)
             coef = t * factor if alpha is None else t * factor * alpha
-            loss = -xp.sum(_safe_product(xp, coef, log_p), axis=-1)
+            loss = 0.0 - xp.sum(_safe_product(xp, coef, log_p), axis=-1)
             out = _reduce(xp, loss, reduction, None)
         else:
             raise TypeError(
@@ -609,4 +718,4 @@ def focal_loss(
     if scalar_alpha is not None:
         # A uniform alpha scales every term; ``mean`` keeps CE's normalisation, which ignores it.
         out = out * scalar_alpha
-    return out / div if div != 1.0 else out
+    return result(out / div if div != 1.0 else out)

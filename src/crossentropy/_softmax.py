@@ -9,11 +9,22 @@ limit: ``logsumexp`` is ``+inf`` and the ``k`` infinite entries share the probab
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
-from ._array import as_array, as_float, namespace, normalize_axis
+from ._array import (
+    Array,
+    ArrayLike,
+    ArrayT,
+    NumPyInput,
+    NumPyResult,
+    as_array,
+    as_float,
+    namespace,
+    normalize_axis,
+    result,
+)
 
 __all__ = ["log_softmax", "logsumexp", "softmax"]
 
@@ -39,7 +50,11 @@ def _lse_keepdims(xp: Any, x: Any, axis: int) -> Any:
     return xp.where(xp.isfinite(m), m + log_total, m)
 
 
-def logsumexp(x: Any, *, axis: int = -1, keepdims: bool = False) -> Any:
+@overload
+def logsumexp(x: NumPyInput, *, axis: int = ..., keepdims: bool = ...) -> NumPyResult: ...
+@overload
+def logsumexp(x: ArrayT, *, axis: int = ..., keepdims: bool = ...) -> ArrayT: ...
+def logsumexp(x: ArrayLike, *, axis: int = -1, keepdims: bool = False) -> Array:
     r"""Logarithm of the sum of exponentials along ``axis``, computed without overflow.
 
     .. math::
@@ -53,7 +68,8 @@ def logsumexp(x: Any, *, axis: int = -1, keepdims: bool = False) -> Any:
         keepdims: keep the reduced axis with length 1.
 
     Returns:
-        Array of ``x``'s floating dtype and array type, with ``axis`` removed (or kept with length 1).
+        Array of ``x``'s floating dtype and array type, with ``axis`` removed (or kept with length 1);
+        a NumPy scalar when a NumPy result has no dimensions left.
         A slice that is entirely ``-inf`` gives ``-inf`` (no NaN, no warning).
 
     Example:
@@ -63,13 +79,13 @@ def logsumexp(x: Any, *, axis: int = -1, keepdims: bool = False) -> Any:
         >>> float(logsumexp(np.array([-np.inf, -np.inf])))
         -inf
     """
-    x = as_array(x, "x")
-    x = as_float(namespace(x), x, "x")
-    xp = namespace(x)
-    ax = normalize_axis(axis, x.ndim)
+    a = as_array(x, "x")
+    a = as_float(namespace(a), a, "x")
+    xp = namespace(a)
+    ax = normalize_axis(axis, a.ndim)
     with np.errstate(all="ignore"):
-        out = _lse_keepdims(xp, x, ax)
-    return out if keepdims else xp.squeeze(out, axis=ax)
+        out = _lse_keepdims(xp, a, ax)
+    return result(out if keepdims else xp.squeeze(out, axis=ax))
 
 
 def _log_softmax(xp: Any, x: Any, axis: int) -> Any:
@@ -89,7 +105,11 @@ def _log_softmax(xp: Any, x: Any, axis: int) -> Any:
     return xp.where(has_nan, xp.full_like(x, float("nan")), out)
 
 
-def log_softmax(x: Any, *, axis: int = -1) -> Any:
+@overload
+def log_softmax(x: NumPyInput, *, axis: int = ...) -> NumPyResult: ...
+@overload
+def log_softmax(x: ArrayT, *, axis: int = ...) -> ArrayT: ...
+def log_softmax(x: ArrayLike, *, axis: int = -1) -> Array:
     r"""Logarithm of the softmax along ``axis``, stable for large and ``-inf`` inputs.
 
     .. math::
@@ -109,15 +129,19 @@ def log_softmax(x: Any, *, axis: int = -1) -> Any:
         >>> [round(float(v), 4) for v in log_softmax(np.array([0.0, np.log(3.0), -np.inf]))]
         [-1.3863, -0.2877, -inf]
     """
-    x = as_array(x, "x")
-    x = as_float(namespace(x), x, "x")
-    xp = namespace(x)
-    ax = normalize_axis(axis, x.ndim)
+    a = as_array(x, "x")
+    a = as_float(namespace(a), a, "x")
+    xp = namespace(a)
+    ax = normalize_axis(axis, a.ndim)
     with np.errstate(all="ignore"):
-        return _log_softmax(xp, x, ax)
+        return _log_softmax(xp, a, ax)
 
 
-def softmax(x: Any, *, axis: int = -1) -> Any:
+@overload
+def softmax(x: NumPyInput, *, axis: int = ...) -> NumPyResult: ...
+@overload
+def softmax(x: ArrayT, *, axis: int = ...) -> ArrayT: ...
+def softmax(x: ArrayLike, *, axis: int = -1) -> Array:
     r"""Softmax along ``axis``: non-negative entries that sum to 1 along the class axis.
 
     .. math::
@@ -137,9 +161,9 @@ def softmax(x: Any, *, axis: int = -1) -> Any:
         >>> [round(float(v), 4) for v in softmax(np.array([0.0, np.log(3.0), -np.inf]))]
         [0.25, 0.75, 0.0]
     """
-    x = as_array(x, "x")
-    x = as_float(namespace(x), x, "x")
-    xp = namespace(x)
-    ax = normalize_axis(axis, x.ndim)
+    a = as_array(x, "x")
+    a = as_float(namespace(a), a, "x")
+    xp = namespace(a)
+    ax = normalize_axis(axis, a.ndim)
     with np.errstate(all="ignore"):
-        return xp.exp(_log_softmax(xp, x, ax))
+        return xp.exp(_log_softmax(xp, a, ax))
