@@ -117,8 +117,47 @@ def test_rows_not_summing_to_one_raise_unless_renormalized():
         warnings.simplefilter("ignore")
         ref = skm.log_loss(y, p / p.sum(axis=1, keepdims=True))
     assert log_loss(y, p, renormalize=True) == pytest.approx(ref, rel=1e-12)
-    # a looser tolerance accepts rounded probabilities written as text
-    assert np.isfinite(log_loss(y, [[0.3333, 0.6667], [0.5, 0.5001]], sum_tol=1e-3))
+    # a looser tolerance accepts rows off by more than their rounding
+    assert np.isfinite(log_loss(y, [[0.33, 0.66], [0.5, 0.5]], sum_tol=0.011))
+
+
+@pytest.mark.parametrize("k", [3, 10, 100])
+def test_probabilities_rounded_to_4_decimals_agree_with_sklearn(k):
+    # sklearn warns that the rows do not sum to one and scores them as given; so do we, without
+    # the warning, because the rows are a distribution up to their 4-decimal rounding
+    rng = np.random.default_rng(k)
+    p = rng.dirichlet(np.ones(k), size=400)
+    y = rng.integers(0, k, size=400)
+    rounded = np.round(p, 4)
+    assert np.abs(rounded.sum(axis=1) - 1).max() > 1e-5
+    with pytest.warns(UserWarning, match="do not sum to one"):
+        ref = skm.log_loss(y, rounded, labels=range(k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # sklearn clips at the dtype's epsilon (a rounded 0 on the true class), so the same here
+        ours = log_loss(y, rounded, labels=range(k), eps=float(np.finfo(np.float64).eps))
+    assert ours == pytest.approx(ref, rel=1e-13)
+    if not np.any(rounded[np.arange(400), y] == 0):
+        assert log_loss(y, rounded, labels=range(k)) == pytest.approx(ref, rel=1e-13)
+    # a row summing to 0.99 is still refused, naming both ways out
+    off = rounded.copy()
+    off[7] = 0.0
+    off[7, :2] = (0.5, 0.49)
+    with pytest.raises(ValueError, match=r"row 7 sums to 0\.99.*renormalize=True.*sum_tol="):
+        log_loss(y, off, labels=range(k))
+
+
+def test_a_float32_softmax_stored_as_float64_is_scored_as_given():
+    torch = pytest.importorskip("torch")
+    logits = torch.randn(300, 7, generator=torch.Generator().manual_seed(1)) * 3
+    p = torch.softmax(logits, -1).double().numpy()
+    y = np.arange(300) % 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns above 1.5e-8 off
+        ref = skm.log_loss(y, p)
+    assert log_loss(y, p) == pytest.approx(ref, rel=1e-13)
+    half = torch.softmax(logits.half(), -1).numpy()
+    assert log_loss(y, half) == pytest.approx(ref, rel=1e-2)
 
 
 @pytest.mark.parametrize(

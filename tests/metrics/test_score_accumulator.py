@@ -130,3 +130,22 @@ def test_empty_chunks_add_nothing():
     acc.update([], np.empty((0, 3)))
     ref.update(y, p)
     assert_same(acc.compute(), ref.compute())
+
+
+def test_chunks_follow_the_one_tolerance_rule():
+    p, y, _ = data(12, 200, 5)
+    rounded = np.round(p, 4)
+    acc = ScoreAccumulator(5)
+    acc.update(y[:100], rounded[:100])  # each chunk's own decimals set its tolerance
+    acc.update(y[100:], rounded[100:].astype(np.float32))
+    assert acc.compute().log_loss == pytest.approx(log_loss(y, rounded, labels=range(5)), rel=1e-6)
+    off = rounded[:3].copy()
+    off[1] = (0.5, 0.49, 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match=r"row 1 sums to 0\.99.*renormalize=True.*sum_tol="):
+        ScoreAccumulator(5).update(y[:3], off)
+    ScoreAccumulator(5, sum_tol=0.02).update(y[:3], off)
+    ScoreAccumulator(5, renormalize=True).update(y[:3], off)
+    with pytest.raises(ValueError, match="sum_tol must be a non-negative"):
+        ScoreAccumulator(5, sum_tol=-1.0)
+    with pytest.raises(TypeError, match="renormalize must be True or False"):
+        ScoreAccumulator(5, renormalize="yes")

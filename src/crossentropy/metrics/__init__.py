@@ -1,8 +1,8 @@
 """Scoring predicted probabilities: log loss, perplexity, bits per token/byte, Brier, calibration.
 
 Functions take true labels and predicted probabilities (NumPy arrays, any array-API array, or
-sequences) and return Python floats or small named tuples. Nothing is clipped or renormalised
-silently; :class:`ScoreAccumulator` computes the same scores chunk by chunk for data larger than
+sequences) and return NumPy float64 scalars or small named tuples. Nothing is clipped or
+renormalised silently, and rows must sum to 1 within the library's one tolerance rule; :class:`ScoreAccumulator` computes the same scores chunk by chunk for data larger than
 memory.
 """
 

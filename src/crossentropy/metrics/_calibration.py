@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from crossentropy._array import ArrayLike
 from crossentropy.metrics._validation import FloatArray, IntArray, prepare
 
 Int64Array = npt.NDArray[np.int64]
@@ -24,9 +25,9 @@ class Calibration(NamedTuple):
     ``confidence`` and ``accuracy`` are (weighted) means over the bin and NaN for empty bins.
     """
 
-    ece: float
+    ece: np.float64
     """Expected calibration error: bin-weighted mean of ``|accuracy - confidence|``."""
-    mce: float
+    mce: np.float64
     """Maximum calibration error: the largest ``|accuracy - confidence|`` over non-empty bins."""
     bin_edges: FloatArray
     """Bin edges, float64, shape ``(n_bins + 1,)``."""
@@ -96,7 +97,7 @@ def finish_calibration(
     conf_sum: FloatArray,
     correct_sum: FloatArray,
 ) -> Calibration:
-    total = float(np.sum(weight))
+    total = np.float64(np.sum(weight))
     if total <= 0:
         raise ValueError("calibration error of zero samples (or zero total weight) is undefined")
     nonempty = weight > 0
@@ -104,17 +105,17 @@ def finish_calibration(
         confidence = np.where(nonempty, conf_sum / np.where(nonempty, weight, 1.0), np.nan)
         accuracy = np.where(nonempty, correct_sum / np.where(nonempty, weight, 1.0), np.nan)
     gaps = np.abs(correct_sum - conf_sum)
-    ece = float(np.sum(gaps)) / total
-    mce = float(np.max(np.abs(accuracy - confidence)[nonempty]))
+    ece = np.float64(np.sum(gaps)) / total
+    mce = np.float64(np.max(np.abs(accuracy - confidence)[nonempty]))
     return Calibration(ece, mce, edges, counts, confidence, accuracy)
 
 
 def calibration_error(
-    y_true: Any,
-    y_prob: Any,
+    y_true: ArrayLike,
+    y_prob: ArrayLike,
     *,
-    labels: Any = None,
-    sample_weight: Any = None,
+    labels: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
     n_bins: int = 15,
     strategy: Literal["uniform", "quantile"] = "uniform",
     renormalize: bool = False,
@@ -144,7 +145,7 @@ def calibration_error(
         n_bins: number of bins (default 15, as in Guo et al.).
         strategy: ``"uniform"`` or ``"quantile"`` bin edges.
         renormalize: divide each row by its sum instead of requiring sums of 1.
-        sum_tol: tolerance on row sums; default ``sqrt(finfo(dtype).eps)``.
+        sum_tol: how far from 1 a row's sum may be; default: the rounding the data may carry.
 
     Returns:
         A :class:`Calibration` named tuple ``(ece, mce, bin_edges, counts, confidence,
@@ -159,7 +160,7 @@ def calibration_error(
         >>> from crossentropy.metrics import calibration_error
         >>> cal = calibration_error([0, 1, 1, 0], [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]],
         ...                         n_bins=5)
-        >>> round(cal.ece, 4)
+        >>> round(float(cal.ece), 4)
         0.3
         >>> cal.counts.tolist()
         [0, 0, 1, 2, 1]
@@ -212,11 +213,11 @@ def finish_per_class(
 
 
 def per_class_scores(
-    y_true: Any,
-    y_pred: Any,
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
     *,
-    labels: Any = None,
-    sample_weight: Any = None,
+    labels: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
     eps: float | None = None,
     renormalize: bool = False,
     sum_tol: float | None = None,
@@ -240,7 +241,7 @@ def per_class_scores(
         sample_weight: non-negative weights, shape ``(n,)``.
         eps: clip probabilities to ``[eps, 1 - eps]`` before the log (default: no clipping).
         renormalize: divide each row by its sum instead of requiring sums of 1.
-        sum_tol: tolerance on row sums; default ``sqrt(finfo(dtype).eps)``.
+        sum_tol: how far from 1 a row's sum may be; default: the rounding the data may carry.
 
     Returns:
         A :class:`PerClassScores` named tuple ``(labels, counts, cross_entropy, accuracy)``.

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from crossentropy._array import ArrayLike
 from crossentropy.metrics._validation import to_numpy
 
 __all__ = ["bits_per_byte", "bits_per_token", "perplexity"]
@@ -52,7 +53,7 @@ def _mean_nll(nll: Any, n_tokens: Any) -> float:
     return total / _count(n_tokens, "n_tokens", size)
 
 
-def perplexity(nll: Any, n_tokens: int | None = None) -> float:
+def perplexity(nll: ArrayLike, n_tokens: float | None = None) -> np.float64:
     r"""Perplexity: the exponential of the mean negative log-likelihood per token.
 
     .. math::
@@ -64,21 +65,22 @@ def perplexity(nll: Any, n_tokens: int | None = None) -> float:
         n_tokens: number of tokens :math:`T`; default the number of entries of ``nll``.
 
     Returns:
-        The perplexity as a Python float, at least 1 (``inf`` when a token had probability 0).
+        The perplexity as a NumPy float64 scalar, at least 1 (``inf`` when a token had
+        probability 0).
 
     Example:
         >>> import numpy as np
         >>> from crossentropy.metrics import perplexity
-        >>> round(perplexity(-np.log([0.5, 0.25])), 4)  # geometric mean of 2 and 4
+        >>> round(float(perplexity(-np.log([0.5, 0.25]))), 4)  # geometric mean of 2 and 4
         2.8284
-        >>> round(perplexity(np.log(10.0)), 4)  # a mean NLL of ln 10
+        >>> round(float(perplexity(np.log(10.0))), 4)  # a mean NLL of ln 10
         10.0
     """
     mean = _mean_nll(nll, n_tokens)
-    return math.exp(mean) if mean < 709.0 else math.inf
+    return np.float64(math.exp(mean) if mean < 709.0 else math.inf)
 
 
-def bits_per_token(nll: Any, n_tokens: int | None = None) -> float:
+def bits_per_token(nll: ArrayLike, n_tokens: float | None = None) -> np.float64:
     r"""Mean negative log-likelihood per token in bits (the cross-entropy rate in base 2).
 
     .. math::
@@ -90,18 +92,18 @@ def bits_per_token(nll: Any, n_tokens: int | None = None) -> float:
         n_tokens: number of tokens :math:`T`; default the number of entries of ``nll``.
 
     Returns:
-        Bits per token as a Python float.
+        Bits per token as a NumPy float64 scalar.
 
     Example:
         >>> import numpy as np
         >>> from crossentropy.metrics import bits_per_token
-        >>> round(bits_per_token(-np.log([0.5, 0.25])), 4)
+        >>> round(float(bits_per_token(-np.log([0.5, 0.25]))), 4)
         1.5
     """
-    return _mean_nll(nll, n_tokens) / math.log(2)
+    return np.float64(_mean_nll(nll, n_tokens) / math.log(2))
 
 
-def bits_per_byte(nll: Any, n_bytes: int) -> float:
+def bits_per_byte(nll: ArrayLike, n_bytes: float) -> np.float64:
     r"""Total negative log-likelihood in bits divided by the number of bytes of the text.
 
     Unlike bits per token this does not depend on the tokenizer, so models with different
@@ -116,7 +118,7 @@ def bits_per_byte(nll: Any, n_bytes: int) -> float:
         n_bytes: number of bytes :math:`B` of the text (e.g. ``len(text.encode("utf-8"))``).
 
     Returns:
-        Bits per byte as a Python float.
+        Bits per byte as a NumPy float64 scalar.
 
     References:
         L. Gao et al., "The Pile: An 800GB Dataset of Diverse Text for Language Modeling", 2020.
@@ -124,8 +126,8 @@ def bits_per_byte(nll: Any, n_bytes: int) -> float:
     Example:
         >>> import math
         >>> from crossentropy.metrics import bits_per_byte
-        >>> round(bits_per_byte(12 * math.log(2), n_bytes=8), 4)  # 12 bits over 8 bytes
+        >>> round(float(bits_per_byte(12 * math.log(2), n_bytes=8)), 4)  # 12 bits over 8 bytes
         1.5
     """
     total, _ = _total_nll(nll)
-    return total / (_count(n_bytes, "n_bytes", 0) * math.log(2))
+    return np.float64(total / (_count(n_bytes, "n_bytes", 0) * math.log(2)))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
+from crossentropy._array import ArrayLike
 from crossentropy.metrics._validation import FloatArray, IntArray, prepare
 
 __all__ = ["brier_score", "log_loss"]
@@ -20,16 +21,17 @@ def true_class_nll(p: FloatArray, index: IntArray, eps: float | None) -> FloatAr
         return -np.log(picked)
 
 
-def weighted_total(values: FloatArray, w: FloatArray | None, normalize: bool) -> float:
-    """Sum (or weighted mean when ``normalize``) of ``values``; zero weights drop their rows."""
+def weighted_total(values: FloatArray, w: FloatArray | None, normalize: bool) -> np.float64:
+    """Sum (or weighted mean when ``normalize``) of ``values``, as a NumPy float64 scalar; zero
+    weights drop their rows."""
     if w is None:
-        total = float(np.sum(values))
+        total = np.float64(np.sum(values))
         return total / values.shape[0] if normalize else total
     keep = w > 0
-    total = float(np.dot(w[keep], values[keep]))
+    total = np.float64(np.dot(w[keep], values[keep]))
     if not normalize:
         return total
-    wsum = float(np.sum(w))
+    wsum = np.float64(np.sum(w))
     if wsum == 0:
         raise ValueError("sample_weight sums to 0; the weighted mean is undefined")
     return total / wsum
@@ -44,16 +46,16 @@ def check_eps(eps: float | None) -> float | None:
 
 
 def log_loss(
-    y_true: Any,
-    y_pred: Any,
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
     *,
-    labels: Any = None,
-    sample_weight: Any = None,
+    labels: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
     normalize: bool = True,
     eps: float | None = None,
     renormalize: bool = False,
     sum_tol: float | None = None,
-) -> float:
+) -> np.float64:
     r"""Log loss (cross-entropy) of predicted probabilities against true labels, in nats.
 
     .. math::
@@ -66,7 +68,10 @@ def log_loss(
     the sorted class labels, a 1-D ``y_pred`` holds the probability of the greater of two labels.
     Unlike sklearn, nothing is clipped silently: a zero probability on the true class gives
     ``inf`` unless ``eps`` is passed (then probabilities are clipped to ``[eps, 1 - eps]``), and
-    rows that do not sum to 1 raise instead of warning.
+    rows that do not sum to 1 raise instead of warning. "Sum to 1" follows the library's one rule
+    (:func:`crossentropy._tolerance.sum_tolerance`): rows off by no more than their rounding
+    (the dtype's, or that of values rounded to 3 to 8 decimals, such as ``np.round(p, 4)``) are
+    accepted and used as given, as sklearn uses them, so the results agree.
 
     Args:
         y_true: labels, shape ``(n,)``; numbers, strings or booleans; or a one-hot indicator
@@ -78,11 +83,12 @@ def log_loss(
         sample_weight: non-negative weights, shape ``(n,)``.
         normalize: return the weighted mean (True) or the weighted sum (False).
         eps: clip probabilities to ``[eps, 1 - eps]`` before the log; None (default) clips nothing.
-        renormalize: divide each row of ``y_pred`` by its sum instead of requiring sums of 1.
-        sum_tol: tolerance on row sums; default ``sqrt(finfo(dtype).eps)`` (sklearn's level).
+        renormalize: divide each row of ``y_pred`` by its sum instead of requiring sums of 1
+            (``normalize`` keeps sklearn's meaning: mean or sum).
+        sum_tol: how far from 1 a row's sum may be; default: the rounding the data may carry.
 
     Returns:
-        The log loss as a Python float (``inf`` when a true class has probability 0).
+        The log loss as a NumPy float64 scalar (``inf`` when a true class has probability 0).
 
     Raises:
         ValueError: probabilities outside [0, 1] or NaN, rows not summing to 1, labels unknown
@@ -90,12 +96,12 @@ def log_loss(
 
     Example:
         >>> from crossentropy.metrics import log_loss
-        >>> round(log_loss(["spam", "ham", "ham", "spam"],
-        ...                [[.1, .9], [.9, .1], [.8, .2], [.35, .65]]), 6)
+        >>> round(float(log_loss(["spam", "ham", "ham", "spam"],
+        ...                      [[.1, .9], [.9, .1], [.8, .2], [.35, .65]])), 6)
         0.216162
-        >>> log_loss([0, 1], [0.0, 0.0])
+        >>> float(log_loss([0, 1], [0.0, 0.0]))
         inf
-        >>> round(log_loss([0, 1], [0.0, 0.0], eps=1e-15), 3)
+        >>> round(float(log_loss([0, 1], [0.0, 0.0], eps=1e-15)), 3)
         17.269
     """
     eps = check_eps(eps)
@@ -120,15 +126,15 @@ def brier_terms(p: FloatArray, index: IntArray) -> FloatArray:
 
 
 def brier_score(
-    y_true: Any,
-    y_prob: Any,
+    y_true: ArrayLike,
+    y_prob: ArrayLike,
     *,
-    labels: Any = None,
-    sample_weight: Any = None,
+    labels: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
     scale_by_half: bool | Literal["auto"] = "auto",
     renormalize: bool = False,
     sum_tol: float | None = None,
-) -> float:
+) -> np.float64:
     r"""Brier score: mean squared distance between predicted probabilities and the one-hot truth.
 
     .. math::
@@ -148,10 +154,10 @@ def brier_score(
         sample_weight: non-negative weights, shape ``(n,)``.
         scale_by_half: multiply by 1/2 (True), not (False), or for two classes only ("auto").
         renormalize: divide each row by its sum instead of requiring sums of 1.
-        sum_tol: tolerance on row sums; default ``sqrt(finfo(dtype).eps)``.
+        sum_tol: how far from 1 a row's sum may be; default: the rounding the data may carry.
 
     Returns:
-        The Brier score as a Python float, in [0, 1] for two classes and [0, 2] otherwise.
+        The Brier score as a NumPy float64 scalar, in [0, 1] for two classes and [0, 2] otherwise.
 
     References:
         G. W. Brier, "Verification of forecasts expressed in terms of probability",
@@ -159,7 +165,7 @@ def brier_score(
 
     Example:
         >>> from crossentropy.metrics import brier_score
-        >>> round(brier_score([0, 1, 1, 0], [0.1, 0.9, 0.8, 0.3]), 4)
+        >>> round(float(brier_score([0, 1, 1, 0], [0.1, 0.9, 0.8, 0.3])), 4)
         0.0375
     """
     if scale_by_half not in (True, False, "auto"):

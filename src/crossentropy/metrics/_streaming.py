@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from crossentropy._tolerance import check_sum_tol
 from crossentropy.metrics._calibration import (
     Calibration,
     PerClassScores,
@@ -23,6 +24,7 @@ from crossentropy.metrics._log_loss import brier_terms, check_eps, true_class_nl
 from crossentropy.metrics._validation import (
     IntArray,
     check_prob_range,
+    check_renormalize,
     check_rows_sum_to_one,
     check_sample_weight,
     float_probs,
@@ -43,13 +45,13 @@ class Scores:
 
     n: int
     """Number of samples scored."""
-    weight: float
+    weight: np.float64
     """Total sample weight (equal to ``n`` without weights)."""
-    log_loss: float
+    log_loss: np.float64
     """Mean ``-log p(true class)`` in nats (``inf`` if a true class had probability 0)."""
-    accuracy: float
+    accuracy: np.float64
     """Fraction of samples whose most probable class is the true one."""
-    brier: float
+    brier: np.float64
     """Brier score (halved for two classes, as :func:`brier_score` with ``scale_by_half="auto"``)."""
     n_zero_prob: int
     """Number of samples whose true class had probability 0 (each makes the log loss infinite)."""
@@ -59,19 +61,19 @@ class Scores:
     """Per-true-class count, cross-entropy and accuracy."""
 
     @property
-    def ece(self) -> float:
+    def ece(self) -> np.float64:
         """Expected calibration error (``calibration.ece``)."""
         return self.calibration.ece
 
     @property
-    def log_loss_bits(self) -> float:
+    def log_loss_bits(self) -> np.float64:
         """Log loss in bits."""
-        return self.log_loss / math.log(2)
+        return np.float64(self.log_loss / math.log(2))
 
     @property
-    def perplexity(self) -> float:
+    def perplexity(self) -> np.float64:
         """``exp(log_loss)``: the effective number of equally likely classes."""
-        return math.exp(self.log_loss) if self.log_loss < 709.0 else math.inf
+        return np.float64(math.exp(self.log_loss) if self.log_loss < 709.0 else math.inf)
 
 
 class ScoreAccumulator:
@@ -91,7 +93,8 @@ class ScoreAccumulator:
         n_bins: number of equal-width confidence bins for the ECE (default 15).
         eps: clip probabilities to ``[eps, 1 - eps]`` before the log (default: no clipping).
         renormalize: divide each row by its sum instead of requiring sums of 1.
-        sum_tol: tolerance on row sums; default ``sqrt(finfo(dtype).eps)``.
+        sum_tol: how far from 1 a row's sum may be; default: the rounding the data may carry,
+            judged per chunk.
 
     Example:
         >>> from crossentropy.metrics import ScoreAccumulator
@@ -100,7 +103,7 @@ class ScoreAccumulator:
         >>> b = ScoreAccumulator(["cat", "dog"])
         >>> b.update(["dog"], [[0.25, 0.75]])
         >>> s = a.merge(b).compute()
-        >>> s.n, round(s.log_loss, 4), round(s.accuracy, 4)
+        >>> s.n, round(float(s.log_loss), 4), round(float(s.accuracy), 4)
         (3, 0.4228, 0.6667)
     """
 
@@ -134,8 +137,9 @@ class ScoreAccumulator:
         check_bins(n_bins, "uniform")
         self.n_bins = int(n_bins)
         self.eps = check_eps(eps)
+        check_renormalize(renormalize)
         self.renormalize = bool(renormalize)
-        self.sum_tol = sum_tol
+        self.sum_tol = check_sum_tol(sum_tol)
         k = self.labels.shape[0]
         self.edges = uniform_edges(self.n_bins)
         self.n = 0
@@ -284,10 +288,10 @@ class ScoreAccumulator:
         scale = 0.5 if self.n_classes < 3 else 1.0
         return Scores(
             n=self.n,
-            weight=self.weight,
-            log_loss=self.nll_sum / self.weight,
-            accuracy=self.correct_sum / self.weight,
-            brier=scale * self.brier_sum / self.weight,
+            weight=np.float64(self.weight),
+            log_loss=np.float64(self.nll_sum / self.weight),
+            accuracy=np.float64(self.correct_sum / self.weight),
+            brier=np.float64(scale * self.brier_sum / self.weight),
             n_zero_prob=self.n_zero_prob,
             calibration=finish_calibration(
                 self.edges.copy(),

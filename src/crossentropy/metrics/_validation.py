@@ -1,6 +1,6 @@
 """Input handling shared by the metrics: conversion to NumPy, label encoding, probability checks.
 
-The metrics summarise whole data sets into Python floats, so they work on NumPy internally. Any
+The metrics summarise whole data sets into NumPy scalars, so they work on NumPy internally. Any
 array-API array (torch tensors on the CPU, ``array_api_strict`` arrays) and Python sequences are
 accepted and converted once at the boundary.
 """
@@ -14,7 +14,8 @@ import array_api_compat
 import numpy as np
 import numpy.typing as npt
 
-from crossentropy._array import as_array
+from crossentropy._array import as_array, namespace
+from crossentropy._tolerance import check_row_sums, check_sum_tol
 
 FloatArray = npt.NDArray[np.floating[Any]]
 IntArray = npt.NDArray[np.intp]
@@ -70,21 +71,18 @@ def check_prob_range(p: FloatArray, name: str) -> None:
         )
 
 
-def default_sum_tol(dtype: np.dtype[Any]) -> float:
-    """Tolerance on row sums: sqrt(machine epsilon), the level at which sklearn warns."""
-    return math.sqrt(float(np.finfo(dtype).eps))
-
-
-def check_rows_sum_to_one(p: FloatArray, name: str, tol: float | None) -> None:
-    """Raise unless each row of the 2-D ``p`` sums to 1 within ``tol`` (relative)."""
-    tol = default_sum_tol(p.dtype) if tol is None else tol
-    sums = np.sum(p, axis=1)
-    bad = np.abs(sums - 1) > tol
-    if np.any(bad):
-        i = int(np.argmax(bad))
+def check_rows_sum_to_one(p: FloatArray, name: str, sum_tol: float | None) -> None:
+    """Raise unless each row of the 2-D ``p`` sums to 1 within the library's tolerance rule
+    (:func:`crossentropy._tolerance.sum_tolerance`) or within ``sum_tol`` when given."""
+    xp = namespace(p)
+    total: FloatArray = np.sum(p, axis=1, keepdims=True, dtype=np.float64)
+    sums = check_row_sums(xp, p, total, 1, sum_tol=sum_tol)
+    if np.any(sums.off):
+        i = int(np.argmax(sums.off[:, 0]))
         raise ValueError(
-            f"{name}: row {i} sums to {float(sums[i])!r}, not 1 (tolerance {tol:g}); pass "
-            "probabilities, or renormalize=True to divide each row by its sum"
+            f"{name}: row {i} sums to {float(total[i, 0])!r}, not 1 "
+            f"({sums.describe((i, 0), str(p.dtype))}); pass probabilities, renormalize=True to "
+            "divide each row by its sum, or sum_tol= to set the tolerance"
         )
 
 
@@ -181,6 +179,11 @@ def check_sample_weight(sample_weight: Any, n: int) -> FloatArray | None:
     return w
 
 
+def check_renormalize(renormalize: bool) -> None:
+    if not isinstance(renormalize, (bool, np.bool_)):
+        raise TypeError(f"renormalize must be True or False; got {renormalize!r}")
+
+
 def two_columns(p: FloatArray) -> FloatArray:
     """Binary probabilities of the positive class, shape (n,) or (n, 1), as (n, 2) columns."""
     if p.ndim == 1:
@@ -201,6 +204,8 @@ def prepare(
     pred_name: str = "y_pred",
 ) -> tuple[IntArray, FloatArray, FloatArray | None, np.ndarray]:
     """Validate a (labels, probabilities) pair; return (index, 2-D probs, weights, classes)."""
+    check_renormalize(renormalize)
+    check_sum_tol(sum_tol)
     p = float_probs(y_pred, pred_name)
     index, classes, _ = encode_labels(y_true, labels)
     if index.shape[0] != p.shape[0]:
