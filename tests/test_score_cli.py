@@ -176,10 +176,11 @@ def test_zero_probability_is_infinite_unless_eps(tmp_path, capsys):
     assert clipped["log_loss_nats"] == pytest.approx(-(math.log(1e-6) + math.log(0.5)) / 2)
 
 
-def test_base_two_reports_per_class_in_bits_and_normalize(tmp_path, capsys):
+def test_base_two_reports_per_class_in_bits_and_renormalize(tmp_path, capsys):
     path = tmp_path / "u.csv"
     path.write_text("a,b,y\n2,6,b\n3,1,a\n1,1,b\n")
-    nats = score_json([path, "--label-column", "y", "--normalize"], capsys)
+    nats = score_json([path, "--label-column", "y", "--renormalize"], capsys)
+    # --normalize is the older name of the same flag
     bits = score_json([path, "--label-column", "y", "--normalize", "--base", "2"], capsys)
     expected = -(math.log(0.75) + math.log(0.75) + math.log(0.5)) / 3
     assert nats["log_loss_nats"] == pytest.approx(expected, rel=1e-12)
@@ -194,7 +195,7 @@ BAD_CSV = [
     ("a,b,y\n0.5,0.5,a\n0.5,abc,b\n", [], ["line 3", "column 'b'", "'abc' is not a number"]),
     ("a,b,y\n0.5,0.5,a\n1.5,-0.5,b\n", [], ["line 3", "1.5", "not inside [0, 1]"]),
     ("a,b,y\n0.5,0.5,a\nnan,0.5,b\n", [], ["line 3", "NaN"]),
-    ("a,b,y\n0.5,0.5,a\n0.5,0.4,b\n", [], ["line 3", "sum to 0.9", "--normalize"]),
+    ("a,b,y\n0.5,0.5,a\n0.5,0.4,b\n", [], ["line 3", "sum to 0.9", "--renormalize", "--tol"]),
     ("a,b,y\n0.5,0.5,a\n0.5,0.5,zebra\n", [], ["line 3", "label 'zebra'", "classes (a, b)"]),
     # the empty line 3 is skipped but still counted
     ("a,b,y\n0.5,0.5,a\n\n0.5,0.4,b\n", [], ["line 4", "sum to 0.9"]),
@@ -202,7 +203,10 @@ BAD_CSV = [
     ("", [], ["empty file"]),
     ("a,b,y\n", [], ["no data rows"]),
     ("a,b,y\n0.5,0.5,a\n", ["--label-column", "label"], ["line 1", "no column named 'label'"]),
-    ("a,b,y\n0.5,0.5,a\n", ["--label-column", None], ["no true labels", "--label-column"]),
+    # no column named label, y or target: nothing to take the labels from
+    ("a,b,truth\n0.5,0.5,a\n", ["--label-column", None], ["no true labels", "--label-column"]),
+    # two such columns: the user must choose
+    ("a,b,y,Label\n0.5,0.5,a,a\n", ["--label-column", None], ["could be: y, Label"]),
     ("a,a,y\n0.5,0.5,a\n", [], ["class name 'a' appears twice"]),
     # a line of spaces is blank too
     ("a,b,y\n0.5,0.5,a\n   \n0.5,0.4,b\n", [], ["line 4", "sum to 0.9"]),
@@ -450,8 +454,9 @@ def test_default_row_sum_tolerance_follows_classes_and_dtype(tmp_path, capsys):
     off = tmp_path / "off.csv"
     off.write_text("a,b,y\n0.5,0.49,a\n")
     status, _, err = score([off, "--label-column", "y"], capsys)
-    assert status == 2 and "sum to 0.99" in err and "tolerance 1e-05" in err
+    assert status == 2 and "sum to 0.99" in err and "tolerance 1.07e-05 for 2 classes" in err
     assert score_json([off, "--label-column", "y", "--tol", "0.02"], capsys)["n"] == 1
+    assert score_json([off, "--label-column", "y", "--sum-tol", "0.02"], capsys)["n"] == 1
 
 
 def test_one_column_npy_errors_quote_the_stored_value(tmp_path, capsys):
@@ -496,8 +501,9 @@ def test_bins_and_true_paths_are_checked_up_front(tmp_path, capsys):
     assert status == 2 and "is a directory" in err
 
 
-def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
-    # `crossentropy score ... --json | head -1`: no error line, a non-zero status
+def test_a_closed_pipe_escaping_a_subcommand_ends_quietly(monkeypatch, capsys):
+    # the CLI's fallback for any subcommand: no error line, a non-zero status (score itself ends
+    # with 0 when its reader leaves, see test_score_piped_into_head_exits_0)
     from crossentropy.cli import _score
 
     def run(args):
@@ -506,3 +512,102 @@ def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
     monkeypatch.setattr(_score, "run", run)
     assert main(["score", str(EXAMPLE), "--json"]) == 1
     assert capsys.readouterr().err == ""
+
+
+def write_fixed_csv(path, p, y, decimals, names=CLASSES):
+    """Probabilities written with printf's %.Nf, labels in a column named label."""
+    lines = [",".join([*names[: p.shape[1]], "label"])]
+    for row, t in zip(p, y):
+        lines.append(",".join([*(f"{v:.{decimals}f}" for v in row), names[t]]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("decimals", [3, 4, 6])
+def test_a_csv_written_with_few_decimals_is_scored_as_written(tmp_path, capsys, decimals):
+    p, y = random_predictions(300, seed=decimals)
+    path = write_fixed_csv(tmp_path / "fixed.csv", p, y, decimals)
+    written = np.array(
+        [[float(v) for v in line.split(",")[:4]] for line in path.read_text().split()[1:]]
+    )
+    if decimals <= 4:  # off by more than the arithmetic allowance, about 1e-5
+        assert np.abs(written.sum(axis=1) - 1).max() > 2e-5
+    report = score_json([path, "--label-column", "label", "--chunk-rows", 64], capsys)
+    with pytest.warns(UserWarning, match="do not sum to one"):
+        ref = skm.log_loss(y, written, labels=range(4))
+    if np.all(written[np.arange(300), y] > 0):
+        assert report["log_loss_nats"] == pytest.approx(ref, rel=1e-12)
+    else:  # sklearn clips a written 0 on the true class; with the same clipping, the same value
+        clipped = score_json(
+            [path, "--eps", str(np.finfo(np.float64).eps), "--chunk-rows", 64], capsys
+        )
+        assert clipped["log_loss_nats"] == pytest.approx(ref, rel=1e-12)
+    # a row that sums to 0.99 in the same file is still a mistake
+    lines = path.read_text().splitlines()
+    lines[120] = ",".join([f"{0.5:.{decimals}f}", f"{0.49:.{decimals}f}", "0", "0", CLASSES[0]])
+    path.write_text("\n".join(lines) + "\n")
+    status, _, err = score([path, "--label-column", "label"], capsys)
+    assert status == 2 and err.count("\n") == 1, err
+    for fragment in (
+        "line 121",
+        "sum to 0.99",
+        f"rounded to {decimals} decimals",
+        "--renormalize",
+        "--tol",
+    ):
+        assert fragment in err, (fragment, err)
+
+
+def test_the_label_column_is_found_by_name_and_announced(tmp_path, capsys):
+    p, y = random_predictions(40, seed=11)
+    path = write_fixed_csv(tmp_path / "named.csv", p, y, 6)
+    ref = score_json([path, "--label-column", "label"], capsys)
+    for header in ("label", "y", "target", "Target"):
+        text = path.read_text().replace(",label\n", f",{header}\n", 1)
+        (tmp_path / "h.csv").write_text(text)
+        status, out, err = score([tmp_path / "h.csv", "--json"], capsys)
+        assert status == 0, err
+        assert json.loads(out)["log_loss_nats"] == pytest.approx(ref["log_loss_nats"], rel=1e-12)
+        assert f"true labels from column {header!r}" in err and "--label-column" in err
+    # --true means the labels are elsewhere: no column is taken
+    np.save(tmp_path / "y.npy", y)
+    (tmp_path / "nolabel.csv").write_text(
+        "\n".join(line.rsplit(",", 1)[0] for line in path.read_text().splitlines()) + "\n"
+    )
+    status, _, err = score([tmp_path / "nolabel.csv", "--true", tmp_path / "y.npy"], capsys)
+    assert status == 0 and "true labels from column" not in err
+
+
+def test_parquet_label_column_is_found_by_name(tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    p, y = random_predictions(30, seed=12)
+    columns = {name: p[:, j] for j, name in enumerate(CLASSES)}
+    columns["target"] = [CLASSES[t] for t in y]
+    pq.write_table(pa.table(columns), tmp_path / "p.parquet")
+    status, out, err = score([tmp_path / "p.parquet", "--json"], capsys)
+    assert status == 0 and "true labels from column 'target'" in err
+    assert json.loads(out)["log_loss_nats"] == pytest.approx(sklearn_reference(p, y), rel=1e-12)
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_score_piped_into_head_exits_0(tmp_path, as_json):
+    # 3000 classes make a report far larger than a pipe's buffer, so the write fails for sure
+    p, y = random_predictions(5, k=3000, seed=13)
+    names = [f"c{i}" for i in range(3000)]
+    path = write_csv(tmp_path / "wide.csv", p, y, names=names, label="label")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "crossentropy", "score", str(path)]
+    if as_json:
+        command.append("--json")
+    shell = " ".join(f"'{c}'" for c in command) + " | head -2"
+    proc = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {shell}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 2
+    assert "Error" not in proc.stderr and "Traceback" not in proc.stderr

@@ -14,20 +14,24 @@ import itertools
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
 
-from crossentropy.cli._main import CLIError
+from crossentropy._array import namespace
+from crossentropy._tolerance import check_row_sums
+from crossentropy.cli._main import CLIError, _silence_stdout
 
 DEFAULT_CHUNK_ROWS = 65536
-DEFAULT_TOL = 1e-5
 MAX_BINS = 100_000
-# rounding unit of a value written as text with 6 decimals (half a unit in the last place)
-TEXT_UNIT = 5e-7
 FORMATS = ("csv", "npy", "parquet")
+# header names taken as the true label when no --label-column or --true is given
+LABEL_NAMES = ("label", "y", "target")
+# values parsed from text are float64; their written decimals are found from the values
+TEXT_EPS = float(np.finfo(np.float64).eps)
 _SUFFIXES = {".csv": "csv", ".txt": "csv", ".npy": "npy", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -51,7 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "per line (an optional header line is skipped)",
     )
     truth.add_argument(
-        "--label-column", metavar="NAME", help="column of PRED (CSV/Parquet) holding the true label"
+        "--label-column",
+        metavar="NAME",
+        help="column of PRED (CSV/Parquet) holding the true label (default: the one column named "
+        "label, y or target, in any case)",
     )
     parser.add_argument(
         "--labels",
@@ -68,10 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     parser.add_argument(
+        "--renormalize",
         "--normalize",
+        dest="renormalize",
         action="store_true",
         help="divide each row by its sum (any non-negative scores) instead of rejecting rows "
-        "that do not sum to 1",
+        "that do not sum to 1 (--normalize is its older name)",
     )
     parser.add_argument(
         "--eps",
@@ -82,11 +91,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--tol",
+        "--sum-tol",
+        dest="tol",
         type=float,
         default=None,
-        help=f"tolerance on row sums (default: {DEFAULT_TOL:g}, or 4 sqrt(k) rounding units for k "
-        "classes where that is larger; a unit is 5e-7 for text and Parquet (6 decimals) and the "
-        "dtype's epsilon for a float .npy)",
+        help="how far from 1 a row's sum may be (default: the rounding the values may carry: "
+        "1e-5 + 4 sqrt(k) float32 epsilons for k classes, plus the epsilon of a .npy's dtype, "
+        "plus up to half a unit in the last decimal per value when the values are written with "
+        "3 to 8 decimals, e.g. %%.4f)",
     )
     parser.add_argument(
         "--bins", type=int, default=15, help="confidence bins for the ECE (default 15)"
@@ -175,6 +187,8 @@ class Chunk:
     target: np.ndarray | None
     positions: np.ndarray
     unit: str  # "line" or "row"
+    eps: float = TEXT_EPS  # machine epsilon of the dtype the values were stored in
+    stored: str = ""  # that dtype's name for binary files; "" for text
 
     def where(self, i: int) -> str:
         return f"{self.unit} {int(self.positions[i])}"
@@ -221,7 +235,12 @@ class CSVReader:
     """Reads a CSV prediction file in chunks of lines (header = class names)."""
 
     def __init__(
-        self, path: str, label_column: str | None, names: list[str] | None, chunk_rows: int
+        self,
+        path: str,
+        label_column: str | None,
+        names: list[str] | None,
+        chunk_rows: int,
+        find_label: bool = False,
     ) -> None:
         self.path = path
         self.chunk_rows = chunk_rows
@@ -252,7 +271,11 @@ class CSVReader:
                 "trailing comma?); the header line names the classes"
             )
         self.n_fields = len(header)
+        self.columns = header
         self.label_col: int | None = None
+        self.found_label: str | None = None
+        if label_column is None and find_label:
+            label_column = self.found_label = find_label_column(header)
         if label_column is not None:
             if label_column not in header:
                 raise CLIError(
@@ -269,7 +292,6 @@ class CSVReader:
             )
         self.header = header
         self.classes = Classes(names if names is not None else header_names, path)
-        self.value_unit = TEXT_UNIT
         self.next_line = header_at + 1
 
     def close(self) -> None:
@@ -466,7 +488,7 @@ class NPYReader:
             )
         self.classes = Classes(names if names is not None else [str(i) for i in range(k)], path)
         dtype = self.array.dtype
-        self.value_unit = max(TEXT_UNIT, float(np.finfo(dtype).eps)) if dtype.kind == "f" else 0.0
+        self.eps = float(np.finfo(dtype).eps) if dtype.kind == "f" else 0.0
 
     def close(self) -> None:
         self.array.close()
@@ -486,14 +508,20 @@ class NPYReader:
                         f"{self.classes.names[1]!r} {what}"
                     )
                 rows = np.stack([1 - rows, rows], axis=1)
-            yield Chunk(rows, None, np.arange(first, first + rows.shape[0]), "row")
+            positions = np.arange(first, first + rows.shape[0])
+            yield Chunk(rows, None, positions, "row", self.eps, str(self.array.dtype))
 
 
 class ParquetReader:
     """Reads a Parquet file in record batches (pyarrow, imported here only)."""
 
     def __init__(
-        self, path: str, label_column: str | None, names: list[str] | None, chunk_rows: int
+        self,
+        path: str,
+        label_column: str | None,
+        names: list[str] | None,
+        chunk_rows: int,
+        find_label: bool = False,
     ) -> None:
         try:
             import pyarrow.parquet as pq
@@ -511,6 +539,10 @@ class ParquetReader:
                 f"{path}: not a readable Parquet file ({' '.join(str(exc).split())})"
             ) from None
         columns = list(self.file.schema_arrow.names)
+        self.columns = columns
+        self.found_label: str | None = None
+        if label_column is None and find_label:
+            label_column = self.found_label = find_label_column(columns)
         if label_column is not None and label_column not in columns:
             raise CLIError(
                 f"{path}: no column named {label_column!r}; the columns are {', '.join(columns)}"
@@ -525,7 +557,6 @@ class ParquetReader:
         if self.file.metadata.num_rows == 0:
             raise CLIError(f"{path}: no rows")
         self.classes = Classes(names if names is not None else self.prob_columns, path)
-        self.value_unit = TEXT_UNIT
 
     def close(self) -> None:
         self.file.close()
@@ -534,6 +565,7 @@ class ParquetReader:
         done = 0
         for batch in self.file.iter_batches(batch_size=self.chunk_rows):
             cols = []
+            dtypes = []
             for name in self.prob_columns:
                 col = batch.column(name)
                 values = col.to_numpy(zero_copy_only=False)
@@ -541,8 +573,13 @@ class ParquetReader:
                     raise CLIError(
                         f"{self.path}: column {name!r} has type {col.type}; expected numbers"
                     )
+                dtypes.append(values.dtype)
                 cols.append(values.astype(np.float64))
             probs = np.column_stack(cols)
+            # the coarsest float type among the columns sets the rounding the values carry
+            floats = [d for d in dtypes if d.kind == "f"]
+            coarse = max(floats, key=lambda d: float(np.finfo(d).eps)) if floats else None
+            eps = float(np.finfo(coarse).eps) if coarse is not None else 0.0
             positions = np.arange(done + 1, done + 1 + probs.shape[0])
             target = None
             if self.label_column is not None:
@@ -556,7 +593,7 @@ class ParquetReader:
                         f"classes ({self.classes.describe()})"
                     )
             done += probs.shape[0]
-            yield Chunk(probs, target, positions, "row")
+            yield Chunk(probs, target, positions, "row", eps, str(coarse or "int"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -719,21 +756,24 @@ def _open_reader(args: argparse.Namespace) -> CSVReader | NPYReader | ParquetRea
         if args.label_column is not None:
             raise CLIError(f"{path}: a .npy file has no columns; give labels with --true")
         return NPYReader(path, args.labels, args.chunk_rows)
+    find = args.true is None  # without --true, a column named label, y or target holds the labels
     if fmt == "parquet":
-        return ParquetReader(path, args.label_column, args.labels, args.chunk_rows)
-    return CSVReader(path, args.label_column, args.labels, args.chunk_rows)
+        return ParquetReader(path, args.label_column, args.labels, args.chunk_rows, find)
+    return CSVReader(path, args.label_column, args.labels, args.chunk_rows, find)
 
 
-def default_tol(n_classes: int, unit: float) -> float:
-    """Row-sum tolerance: rounding errors of k values add up like a random walk, so 4 sqrt(k)
-    units covers rounded text and float16/float32 softmax outputs alike; never below 1e-5."""
-    return max(DEFAULT_TOL, 4.0 * math.sqrt(n_classes) * unit)
+def find_label_column(columns: list[str]) -> str | None:
+    """The one column named label, y or target (in any case), or None if there are none or more."""
+    found = [c for c in columns if c.strip().lower() in LABEL_NAMES]
+    return found[0] if len(found) == 1 else None
 
 
 def _check_chunk(
-    path: str, chunk: Chunk, classes: Classes, normalize: bool, tol: float
+    path: str, chunk: Chunk, classes: Classes, renormalize: bool, tol: float | None
 ) -> np.ndarray:
-    """Validate a chunk's probabilities; return them (divided by their row sums with --normalize)."""
+    """Validate a chunk's probabilities; return them (divided by their row sums with
+    --renormalize). Row sums follow the library's rule (:mod:`crossentropy._tolerance`), with the
+    decimals the values were written with found per chunk, or ``tol`` when given."""
     p = chunk.probs
     nan = np.isnan(p)
     if nan.any():
@@ -741,32 +781,34 @@ def _check_chunk(
         raise CLIError(
             f"{path}: {chunk.where(i)}: probability of {classes.names[j]!r} is missing (NaN)"
         )
-    # with --normalize any non-negative finite scores are divided by their row sum
-    outside = ((p < 0) | np.isinf(p)) if normalize else ((p < 0) | (p > 1))
+    # with --renormalize any non-negative finite scores are divided by their row sum
+    outside = ((p < 0) | np.isinf(p)) if renormalize else ((p < 0) | (p > 1))
     if outside.any():
         i, j = (int(v) for v in np.argwhere(outside)[0])
-        allowed = "non-negative and finite" if normalize else "inside [0, 1]"
+        allowed = "non-negative and finite" if renormalize else "inside [0, 1]"
         raise CLIError(
             f"{path}: {chunk.where(i)}: probability {float(p[i, j])!r} of {classes.names[j]!r} "
             f"is not {allowed}"
         )
-    if normalize:
+    if renormalize:
         # scaled by the row maximum first, so that huge finite scores do not overflow the sum
         top = p.max(axis=1)
         zero = np.flatnonzero(top <= 0)
         if zero.size:
             raise CLIError(
-                f"{path}: {chunk.where(int(zero[0]))}: probabilities sum to 0; cannot normalize"
+                f"{path}: {chunk.where(int(zero[0]))}: probabilities sum to 0; cannot renormalize"
             )
         q = p / top[:, None]
         return q / q.sum(axis=1)[:, None]
-    sums = p.sum(axis=1)
-    off = np.flatnonzero(np.abs(sums - 1) > tol)
+    sums = p.sum(axis=1, keepdims=True)
+    check = check_row_sums(namespace(p), p, sums, 1, sum_tol=tol, eps=chunk.eps)
+    off = np.flatnonzero(check.off[:, 0])
     if off.size:
         i = int(off[0])
         raise CLIError(
-            f"{path}: {chunk.where(i)}: probabilities sum to {float(sums[i]):.10g}, not 1 "
-            f"(tolerance {tol:g}); pass --normalize to divide each row by its sum"
+            f"{path}: {chunk.where(i)}: probabilities sum to {float(sums[i, 0]):.10g}, not 1 "
+            f"({check.describe((i, 0), chunk.stored)}); pass --renormalize to divide each row by "
+            "its sum, or --tol to set the tolerance"
         )
     return p
 
@@ -783,21 +825,31 @@ def score_file(args: argparse.Namespace) -> tuple[Any, Classes]:
     truth: TrueLabels | None = None
     try:
         classes = reader.classes
-        tol = args.tol if args.tol is not None else default_tol(len(classes), reader.value_unit)
         if args.true is not None:
             truth = TrueLabels(args.true, classes)
-        elif (
-            getattr(reader, "label_col", None) is None
-            and getattr(reader, "label_column", None) is None
+        elif isinstance(reader, NPYReader) or (
+            reader.label_col is None
+            if isinstance(reader, CSVReader)
+            else reader.label_column is None
         ):
+            columns = getattr(reader, "columns", [])
+            named = [c for c in columns if c.strip().lower() in LABEL_NAMES]
+            several = f" (several columns could be: {', '.join(named)})" if len(named) > 1 else ""
             raise CLIError(
-                f"{args.pred}: no true labels; pass --label-column NAME (a column of the file) or "
-                "--true FILE"
+                f"{args.pred}: no true labels{several}; pass --label-column NAME (a column of the "
+                "file) or --true FILE"
+            )
+        found = getattr(reader, "found_label", None)
+        if found is not None:
+            print(
+                f"crossentropy score: true labels from column {found!r} of "
+                f"{args.pred} (choose another with --label-column or --true)",
+                file=sys.stderr,
             )
         acc = ScoreAccumulator(list(classes.names), n_bins=args.bins, eps=args.eps)
         n = 0
         for chunk in reader.chunks():
-            probs = _check_chunk(args.pred, chunk, classes, args.normalize, tol)
+            probs = _check_chunk(args.pred, chunk, classes, args.renormalize, args.tol)
             if truth is not None:
                 target, _ = truth.take(probs.shape[0])
                 if target.shape[0] < probs.shape[0]:
@@ -884,7 +936,13 @@ def print_report(report: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(highlight=False)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich exits with status 1 here; let `run` end quietly with 0 instead
+            self.quiet = True
+            raise BrokenPipeError
+
+    console = _Console(highlight=False)
     unit = (
         "nats"
         if report["base"] is None
@@ -929,8 +987,15 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--bins must be between 1 and {MAX_BINS:,}; got {args.bins}")
     scores, _ = score_file(args)
     report = report_dict(args.pred, scores, args.base)
-    if args.json:
-        print(json.dumps(report, indent=2, allow_nan=False))
-    else:
-        print_report(report)
+    try:
+        if args.json:
+            sys.stdout.write(json.dumps(report, indent=2, allow_nan=False) + "\n")
+            sys.stdout.flush()
+        else:
+            print_report(report)
+    except BrokenPipeError:
+        # The reader left early (`crossentropy score ... | head -2`): it has what it wanted, so
+        # this is success, not an error. Later writes (the interpreter's final flush) go to
+        # /dev/null.
+        _silence_stdout()
     return 0
