@@ -27,6 +27,7 @@ from ._array import (
     as_float,
     first_true,
     log_base_divisor,
+    namespace,
     normalize_axis,
     result,
 )
@@ -173,9 +174,10 @@ def _numpy_blocks(
 ) -> Any | None:
     """Blocked evaluation for large C-ordered NumPy inputs reduced over the last axis, else None.
 
-    Each block is checked as :func:`_distribution` would check it; on the first failure (including a
-    total that only the decimals of the data could excuse) this returns None, so that the generic
-    path applies the whole rule and raises its error, naming the offending entry or slice.
+    Each block is checked as :func:`_distribution` would check it. A block whose totals fail the
+    plain tolerance makes its whole array face the whole rule once (the precision and decimals of
+    the data are properties of the array, not of a block). On a failure this returns None, so that
+    the generic path raises its error, naming the offending entry or slice.
     """
     first = arrays[0]
     if not all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
@@ -192,6 +194,7 @@ def _numpy_blocks(
     tol = sum_tolerance(n_classes, eps=eps) if sum_tol is None else sum_tol
     wide = np.float32 if first.dtype.itemsize < 4 else first.dtype  # as in _distribution
     out = np.empty(rows, dtype=first.dtype)
+    whole_rule_passed = [False] * len(flat)
     for start in range(0, rows, step):
         blocks = [f[start : start + step] for f in flat]
         for k, block in enumerate(blocks):
@@ -200,8 +203,14 @@ def _numpy_blocks(
             if ok and renormalize:
                 ok = bool((total > 0).all())
                 blocks[k] = block / total.astype(block.dtype)
-            elif ok:
+            elif ok and not whole_rule_passed[k]:
                 ok = bool(np.abs(total - 1).max() <= tol)
+                if not ok and sum_tol is None:
+                    # entries of later blocks are still checked for sign and finiteness above
+                    f = flat[k]
+                    totals = np.add.reduce(f, axis=1, keepdims=True, dtype=wide)
+                    ok = not bool(np.any(check_row_sums(namespace(f), f, totals, 1).off))
+                    whole_rule_passed[k] = ok
             if not ok:
                 # The generic path raises the error, naming the offending entry or slice.
                 return None

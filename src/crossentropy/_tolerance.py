@@ -94,22 +94,41 @@ def check_sum_tol(sum_tol: float | None, func: str = "") -> float | None:
 
 # Formats narrower than float32 whose numbers a wider array may hold exactly, coarsest first.
 _NARROW = (("bfloat16", 2.0**-7), ("float16", 2.0**-10))
+# Values examined at a time on the NumPy path, so that the temporaries stay in the CPU cache.
+_BLOCK = 1 << 16
+# Values examined first: a property this prefix lacks, the whole array lacks too.
+_PREFIX = 4096
+
+
+def _numpy_blocks_all(x: np.ndarray, test: Any) -> bool:
+    """``test(block)`` for every block of the flattened ``x`` (stopping at the first False)."""
+    flat = x.reshape(-1)
+    return all(test(flat[i : i + _BLOCK]) for i in range(0, flat.size, _BLOCK))
 
 
 def _holds_exactly(xp: Any, x: Any, name: str) -> bool:
     """Whether every value of ``x`` is a number of the format ``name`` (float16 or bfloat16)."""
     dtype = getattr(xp, name, None)
+
+    def numpy_test(block: np.ndarray) -> bool:
+        # NumPy has no bfloat16: a bfloat16 number is a float32 whose 16 low bits are 0
+        f32 = block.astype(np.float32)
+        if not np.array_equal(f32, block):
+            return False
+        return not bool(np.any(f32.view(np.uint32) & np.uint32(0xFFFF)))
+
+    def test(a: Any) -> bool:
+        if isinstance(a, np.ndarray) and name == "bfloat16":
+            return _numpy_blocks_all(a, numpy_test)
+        if dtype is None:
+            return False
+        return bool(xp.all(xp.astype(xp.astype(a, dtype), a.dtype) == a))
+
     try:
-        if dtype is not None:
-            return bool(xp.all(xp.astype(xp.astype(x, dtype), x.dtype) == x))
-        if isinstance(x, np.ndarray):  # NumPy has no bfloat16: a float32 with 16 zero low bits
-            f32 = x.astype(np.float32)
-            if not np.array_equal(f32.astype(x.dtype), x):
-                return False
-            return not bool(np.any(f32.view(np.uint32) & np.uint32(0xFFFF)))
+        flat = xp.reshape(x, (-1,))
+        return test(flat[:_PREFIX]) and test(flat)
     except (TypeError, ValueError, RuntimeError, OverflowError):
-        pass
-    return False
+        return False
 
 
 def stored_precision(xp: Any, x: Any) -> tuple[float, str | None]:
@@ -132,6 +151,21 @@ def _max_decimals(eps: float) -> int:
     return max(0, min(MAX_DECIMALS, math.floor(-math.log10(100.0 * eps))))
 
 
+def _on_grid(xp: Any, x: Any, d: int, slack: float) -> bool:
+    """Whether every value of ``x`` is within ``slack`` of a multiple of ``10**-d``, measured in
+    units of ``10**-d``."""
+    scale = float(10**d)
+    if isinstance(x, np.ndarray):
+
+        def test(block: np.ndarray) -> bool:
+            scaled = block.astype(np.float64) * scale
+            return bool(np.abs(scaled - np.rint(scaled)).max() <= slack)
+
+        return _numpy_blocks_all(x, test)
+    scaled = xp.astype(x, xp.float64, copy=False) * scale
+    return bool(xp.all(xp.abs(scaled - xp.round(scaled)) <= slack))
+
+
 def rounding_decimals(xp: Any, x: Any, eps: float | None = None) -> int | None:
     """The decimals ``d`` (3 to 8) that every entry of ``x`` was rounded to, or ``None``.
 
@@ -145,22 +179,27 @@ def rounding_decimals(xp: Any, x: Any, eps: float | None = None) -> int | None:
     if top < MIN_DECIMALS or math.prod(tuple(x.shape)) == 0:
         return None
     try:
-        x = xp.astype(x, xp.float64)
+        flat = xp.reshape(x, (-1,))
+        biggest = float(xp.max(xp.abs(flat)))
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+    def slack(d: int) -> float:
+        # a value v of the grid is stored as v (1 + e) with |e| <= eps / 2, scaled exactly
+        return 2.0 * eps * biggest * 10.0**d + 1e-9
+
+    try:
+        # The smallest grid holding a prefix is a lower bound for the whole array's; full-precision
+        # data is refused there, and rounded data usually needs one full pass after it.
+        prefix = flat[:_PREFIX]
+        d = next((d for d in range(top + 1) if _on_grid(xp, prefix, d, slack(d))), None)
+        if d is None:
+            return None
+        while d <= top and not _on_grid(xp, flat, d, slack(d)):
+            d += 1
     except (TypeError, ValueError, RuntimeError):  # a device without float64
         return None
-
-    def on_grid(d: int) -> bool:
-        scaled = x * float(10**d)
-        slack = 2.0 * eps * xp.abs(scaled) + 1e-9
-        return bool(xp.all(xp.abs(scaled - xp.round(scaled)) <= slack))
-
-    # Full-precision data is off the finest grid already, so most calls cost one pass.
-    if not on_grid(top):
-        return None
-    for d in range(top):
-        if on_grid(d):
-            return d if d >= MIN_DECIMALS else None
-    return top
+    return d if MIN_DECIMALS <= d <= top else None
 
 
 class RowSums:
@@ -253,7 +292,7 @@ def check_row_sums(
         return RowSums(off, base, k, precision=precision)
     below = sum_tolerance(k, eps=eps, decimals=decimals)
     # Above 1, a written 0 cannot have been rounded up: it takes back its share of k u.
-    zeros = xp.sum(xp.astype(x == 0, xp.float64), axis=axis, keepdims=True)
+    zeros = xp.astype(xp.count_nonzero(x == 0, axis=axis, keepdims=True), xp.float64)
     above = below - 0.5 * 10.0**-decimals * zeros
     dev = xp.astype(dev, xp.float64)
     off = (dev > above) | (-dev > below)

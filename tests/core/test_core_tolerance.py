@@ -196,6 +196,11 @@ def test_large_arrays_take_the_fast_path_and_the_whole_rule() -> None:
     np.testing.assert_allclose(ce.kl_divergence(p, q)[:50], ce.kl_divergence(p[:50], q[:50]))
     with pytest.raises(ValueError, match=r"index \(39999,\) sums to 0\.99"):
         ce.kl_divergence(make_off_row(p, 39999), q)
+    # once the whole array passed the rule, later blocks are still checked entry by entry
+    negative = p.copy()
+    negative[39000, 3] = -0.0001
+    with pytest.raises(ValueError, match=r"p must hold probabilities >= 0.*\(39000, 3\)"):
+        ce.kl_divergence(negative, q)
 
 
 def test_normalize_is_a_deprecated_name_of_renormalize() -> None:
