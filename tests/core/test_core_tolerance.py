@@ -228,3 +228,16 @@ def test_public_core_functions_have_real_type_hints() -> None:
             assert hint is not typing.Any, f"{name}({arg}) is annotated Any"
         overloads = typing.get_overloads(func)
         assert len(overloads) >= 2, name  # NumPy in -> NumPy out; other arrays keep their type
+
+
+@pytest.mark.parametrize("library", ["torch", "array_api_strict"])
+def test_the_rule_is_the_same_for_other_array_libraries(library: str) -> None:
+    lib = pytest.importorskip(library)
+    rng = np.random.default_rng(8)
+    rounded = np.round(rng.dirichlet(np.ones(5), size=60), 4)
+    half = rng.dirichlet(np.ones(5), size=60).astype(np.float16).astype(np.float64)
+    for data in (rounded, half):
+        got = ce.entropy(lib.asarray(data))
+        np.testing.assert_allclose(np.from_dlpack(got), ce.entropy(data), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"rounded to 4 decimals\); the slice at index \(9,\)"):
+        ce.entropy(lib.asarray(make_off_row(rounded, 9)))
