@@ -186,18 +186,24 @@ def logits_blocks(group: Any) -> dict[str, Any]:
     w = torch.randn(v, d, generator=g)[off : off + size].requires_grad_()
     y = torch.randint(0, v, (n,), generator=g)
     shapes: list[tuple[int, ...]] = []
-    real_linear = F.linear
+    from crossentropy.torch._engines import Head
 
-    def recording_linear(*args: Any, **kwargs: Any) -> torch.Tensor:
-        out = real_linear(*args, **kwargs)
+    real_logits = Head.logits
+
+    def recording_logits(self: Head, i0: int, i1: int) -> torch.Tensor:
+        out = real_logits(self, i0, i1)
         shapes.append(tuple(out.shape))
         return out
 
-    F.linear = recording_linear  # type: ignore[assignment]
+    Head.logits = recording_logits  # type: ignore[method-assign]
     try:
-        vocab_parallel_linear_cross_entropy(x, w, y, chunk_size=n, process_group=group).backward()
+        # reduction="none": the recomputing path, so the backward builds its blocks too
+        loss = vocab_parallel_linear_cross_entropy(
+            x, w, y, chunk_size=n, reduction="none", process_group=group
+        )
+        loss.backward(torch.ones_like(loss))
     finally:
-        F.linear = real_linear  # type: ignore[assignment]
+        Head.logits = real_logits  # type: ignore[method-assign]
     return {"shapes": shapes, "shard": size, "n": n, "v": v}
 
 

@@ -312,11 +312,13 @@ def test_fused_gradients_are_freed_by_backward():
 
 
 def test_no_gradient_work_without_grad_mode(monkeypatch):
-    from crossentropy.torch import _rows
+    from crossentropy.torch._rowmath import CrossEntropyRows
 
     calls = []
-    real = _rows._grad_block
-    monkeypatch.setattr(_rows, "_grad_block", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = CrossEntropyRows._grad_
+    monkeypatch.setattr(
+        CrossEntropyRows, "_grad_", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     x = torch.randn(16, 8, requires_grad=True)
     w = torch.randn(50, 8, requires_grad=True)
     y = torch.randint(0, 50, (16,))
@@ -342,9 +344,16 @@ def test_numpy_integer_chunk_size_is_accepted() -> None:
     torch.testing.assert_close(got, F.cross_entropy(h @ w.T, y), rtol=1e-6, atol=1e-6)
 
 
+def _rounded(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t's values after rounding to ``dtype``, back in t's own dtype (what autocast feeds F.linear)."""
+    return t.to(dtype).to(t.dtype)
+
+
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_backward_called_inside_autocast(reduction: str) -> None:
-    # torch discourages it but allows it; the backward passes must not be recast
+    # torch discourages it but allows it. Under bf16 autocast the projection's operands are rounded
+    # to bf16 (as F.linear would) and multiplied with fp32 accumulation; the softmax math is fp32;
+    # fp32 inputs get fp32 gradients.
     g = torch.Generator().manual_seed(1)
     h = torch.randn(7, 4, generator=g, requires_grad=True)
     w = torch.randn(9, 4, generator=g, requires_grad=True)
@@ -353,18 +362,44 @@ def test_backward_called_inside_autocast(reduction: str) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = linear_cross_entropy(h, w, y, reduction=reduction)
         got = torch.autograd.grad(loss, (h, w), up)
-    want = torch.autograd.grad(F.cross_entropy(h @ w.T, y, reduction=reduction), (h, w), up)
+    assert loss.dtype == torch.float32
+    assert [t.dtype for t in got] == [torch.float32, torch.float32]
+    hb, wb = (_rounded(t.detach(), torch.bfloat16).double().requires_grad_() for t in (h, w))
+    ref = F.cross_entropy(hb @ wb.T, y, reduction=reduction)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-6)
+    # d(logits) is fp32 on the CPU; the gradient GEMMs take the bf16-rounded operands
+    want = torch.autograd.grad(ref, (hb, wb), up.double())
     for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
+
+
+def test_autocast_projection_matches_the_unfused_model_under_autocast() -> None:
+    # the unfused model under autocast: F.linear in bf16 (logits rounded to bf16), CE in fp32. Ours
+    # keeps the logits in fp32, so it is at least as close to the float64 truth of the same bf16
+    # operands, and equal to the unfused model with fp32 logits.
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(16, 32, generator=g, requires_grad=True)
+    w = (torch.randn(50, 32, generator=g) * 0.5).requires_grad_()
+    y = torch.randint(0, 50, (16,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_cross_entropy(h, w, y)
+        unfused = F.cross_entropy(F.linear(h, w), y)
+    exact = F.cross_entropy(
+        _rounded(h.detach(), torch.bfloat16).double() @ _rounded(w.detach(), torch.bfloat16).double().T,
+        y,
+    )
+    assert abs(float(ours) - float(exact)) <= abs(float(unfused) - float(exact)) + 1e-6
+    assert abs(float(ours) - float(exact)) < 1e-5
 
 
 def test_autocast_does_not_change_the_plain_path_either() -> None:
-    # probability targets that require grad take plain torch ops; autocast must not recast those
-    # matmuls to bf16 (the result would then depend on target.requires_grad)
+    # probability targets that require grad take plain torch ops: the same autocast semantics
+    # there (bf16-rounded operands, fp32 products), so the result does not depend on
+    # target.requires_grad
     g = torch.Generator().manual_seed(2)
     h, w = torch.randn(6, 4, generator=g), torch.randn(5, 4, generator=g)
     p = torch.softmax(torch.randn(6, 5, generator=g), 1)
-    want = F.cross_entropy(h @ w.T, p)
+    want = F.cross_entropy(_rounded(h, torch.bfloat16) @ _rounded(w, torch.bfloat16).T, p)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fast = linear_cross_entropy(h, w, p)
         plain = linear_cross_entropy(h, w, p.clone().requires_grad_())

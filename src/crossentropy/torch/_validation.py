@@ -29,11 +29,12 @@ __all__ = [
     "check_target_values",
     "check_weight",
     "composable_only",
+    "composable_reason",
     "flatten_linear",
     "flatten_logits",
     "is_compiling",
+    "kernel_dtype_problem",
     "kernel_fallback",
-    "kernel_or_fallback",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -47,20 +48,40 @@ def is_compiling() -> bool:
     return bool(check()) if check is not None else False
 
 
-def composable_only(*tensors: Tensor | None, target: Tensor | None = None) -> bool:
-    """True under ``torch.func`` transforms (grad, vmap, jacrev, ...), with forward-mode AD dual
-    tensors, or when probability targets need a gradient (distillation into a trained teacher).
-    The custom autograd Functions (in-place, fused backward passes for the logits' side) cannot do
-    these, so callers switch to plain torch ops, which compose with every transform."""
+def composable_reason(*tensors: Tensor | None, target: Tensor | None = None) -> str | None:
+    """Why the call must use plain torch ops, or None.
+
+    Under ``torch.func`` transforms (grad, vmap, jacrev, ...), with forward-mode AD dual tensors, or
+    when probability targets need a gradient (distillation into a trained teacher), the engines'
+    custom operators (fused backward passes for the logits' side) cannot be used; plain torch ops
+    compose with every transform.
+    """
     if target is not None and target.is_floating_point():
         if target.requires_grad and torch.is_grad_enabled():
-            return True
+            return "probability targets that require grad"
         tensors = (*tensors, target)
     if _functorch_active():
-        return True
+        return "a torch.func transform"
+    if not _forward_ad_active():
+        return None
     from torch.autograd import forward_ad
 
-    return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+    if any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        return "forward-mode AD"
+    return None
+
+
+def composable_only(*tensors: Tensor | None, target: Tensor | None = None) -> bool:
+    """True when :func:`composable_reason` gives a reason."""
+    return composable_reason(*tensors, target=target) is not None
+
+
+def _forward_ad_active() -> bool:
+    # dual tensors exist only inside ``forward_ad.dual_level()``; skip the per-tensor probes else
+    from torch.autograd import forward_ad
+
+    level = getattr(forward_ad, "_current_level", None)
+    return not isinstance(level, int) or level >= 0
 
 
 def _functorch_active() -> bool:
@@ -79,7 +100,7 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _FALLBACK_WARNED: set[tuple[str, str]] = set()
 
 
-def kernel_fallback(fn: str, reason: str) -> str:
+def kernel_fallback(fn: str, reason: str, stacklevel: int = 3) -> str:
     """Warn once per (function, reason) that ``impl='triton'`` runs on the torch path instead."""
     if (fn, reason) not in _FALLBACK_WARNED:
         _FALLBACK_WARNED.add((fn, reason))
@@ -87,38 +108,31 @@ def kernel_fallback(fn: str, reason: str) -> str:
             f"{fn}: impl='triton' cannot handle {reason}; this call and later ones like it use "
             "the torch path (same results). This warning is shown once.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return "torch"
 
 
-def kernel_or_fallback(
-    fn: str,
-    inputs: dict[str, Tensor | None],
-    weight: Tensor | None,
-    target: Tensor,
-) -> str:
-    """``"triton"`` when the kernels can take this call, else ``"torch"`` with a one-time warning.
+def kernel_dtype_problem(
+    inputs: dict[str, Tensor | None], weight: Tensor | None, *, one_dtype: bool = True
+) -> str | None:
+    """None when the Triton kernels take these inputs, else what they cannot handle.
 
-    The kernels take one dtype among fp32/bf16/fp16 for all ``inputs`` and compute in fp32; the
-    torch path also takes mixed dtypes, computes in float64 when anything is float64 (the class
-    ``weight`` included), and alone runs under torch.func transforms, forward-mode AD and with
-    probability targets that require grad.
+    The kernels compute in fp32 and read fp32/bf16/fp16 inputs (all of one dtype when
+    ``one_dtype``: kernels that read the inputs directly); the torch engines also take float64
+    (computing in float64) and mixed dtypes.
     """
     named = {k: t.dtype for k, t in inputs.items() if t is not None}
     bad = {k: d for k, d in named.items() if d not in KERNEL_DTYPES}
-    problem = None
     if bad:
         what = ", ".join(f"{d} {k}" for k, d in bad.items())
-        problem = f"{what} (the kernels take fp32, bf16, fp16)"
-    elif len(set(named.values())) > 1:
+        return f"{what} (the kernels take fp32, bf16, fp16)"
+    if one_dtype and len(set(named.values())) > 1:
         what = ", ".join(f"{d} {k}" for k, d in named.items())
-        problem = f"mixed dtypes ({what}; the kernels take one)"
-    elif weight is not None and weight.dtype == torch.float64:
-        problem = "a float64 class weight (the torch path then computes in float64)"
-    elif composable_only(*inputs.values(), weight, target=target):
-        problem = "torch.func transforms, forward-mode AD or probability targets that require grad"
-    return "triton" if problem is None else kernel_fallback(fn, problem)
+        return f"mixed dtypes ({what}; the kernels take one)"
+    if weight is not None and weight.dtype == torch.float64:
+        return "a float64 class weight (the torch path then computes in float64)"
+    return None
 
 
 def check_impl(fn: str, impl: object) -> str:
@@ -245,16 +259,28 @@ def check_prob_ignore_index(fn: str, ignore_index: int) -> None:
 
 
 def check_target_values(fn: str, target: Tensor, num_classes: int, ignore_index: int) -> None:
-    """Class ids must lie in [0, num_classes) unless equal to ignore_index (syncs on GPU)."""
-    if is_compiling() or target.numel() == 0 or _functorch_active():
-        return  # traced or transformed (vmap cannot read values); torch's own indexing checks
+    """Class ids must lie in [0, num_classes) unless equal to ignore_index.
+
+    On the CPU the check is immediate and raises ``ValueError``. On a GPU (and while compiling) it
+    never synchronises the host: ``torch._assert_async`` fails on the device, so a bad label stops
+    the program at its next synchronisation instead of giving a silent wrong loss.
+    """
+    if target.numel() == 0 or _functorch_active():
+        return  # vmap cannot read values; the loss' own indexing still refuses bad ids
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
-    if bool(bad.any()):
-        value = int(target[bad].flatten()[0])
-        raise ValueError(
-            f"{fn}: target holds class index {value}, outside [0, {num_classes}) and not "
-            f"ignore_index={ignore_index}"
-        )
+    if target.device.type == "cpu" and not is_compiling():
+        if bool(bad.any()):
+            value = int(target[bad].flatten()[0])
+            raise ValueError(
+                f"{fn}: target holds class index {value}, outside [0, {num_classes}) and not "
+                f"ignore_index={ignore_index}"
+            )
+        return
+    torch._assert_async(
+        ~bad.any(),
+        f"{fn}: target holds a class index outside [0, {num_classes}) that is not "
+        f"ignore_index={ignore_index}",
+    )
 
 
 def flatten_logits(fn: str, input: object, target: object) -> tuple[Tensor, Rows]:

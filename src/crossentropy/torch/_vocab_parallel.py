@@ -44,13 +44,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from crossentropy.torch import _validation as V
-from crossentropy.torch._reduce import Counts, CrossEntropyAux, reduce_rows
-from crossentropy.torch._rows import (
-    _compute_dtype,
-    autocast_off,
-    default_chunk_size,
-    first_order_only,
-)
+from crossentropy.torch._reduce import Counts, CrossEntropyAux, reduce_rows, row_coefficients
 
 __all__ = [
     "vocab_parallel_cross_entropy",
@@ -174,6 +168,7 @@ class _Layout:
     offset: int
     v_local: int
     v_total: int
+    v_max: int  # the largest shard: blocks are sized by it, so every rank runs as many blocks
     weight_sum: float  # sum of the class weights over the whole vocabulary (V without weights)
 
 
@@ -284,6 +279,7 @@ def _agree(
         offset=sum(sizes[:rank]),
         v_local=sizes[rank],
         v_total=v_total,
+        v_max=max(sizes),
         weight_sum=weight_sum,
     )
 
@@ -323,325 +319,209 @@ def _option_fields(
 
 
 # ----------------------------------------------------------------------------------------------
-# The math shared by both paths
+# The shards as engine calls: the row math and the chunked engine of the single-process layer,
+# with the group's all-reduces as their Merge (see _rowmath)
 
 
-@dataclass(frozen=True)
-class _Config:
-    group: dist.ProcessGroup
-    layout: _Layout
-    probs: bool
-    ignore_index: int
-    smoothing: float
-    softcap: float | None
-    cdtype: torch.dtype
-    chunk: int
-
-
-def _softcap(x: Tensor, cap: float | None, fresh: bool) -> Tensor:
-    """``cap * tanh(x / cap)``, in place when ``x`` is a temporary of ours (``fresh``)."""
-    if cap is None:
-        return x
-    if fresh:
-        return x.div_(cap).tanh_().mul_(cap)
-    return torch.tanh(x / cap).mul_(cap)
-
-
-def _shard_index(y: Tensor, cfg: _Config) -> tuple[Tensor, Tensor]:
-    """Local column of each target and whether it lies in this rank's shard (ignored rows: no)."""
-    local = y - cfg.layout.offset
-    inside = (y != cfg.ignore_index) & (local >= 0) & (local < cfg.layout.v_local)
-    return torch.where(inside, local, 0), inside
-
-
-def _chunk_stats(z: Tensor, t: Tensor, w: Tensor | None, cfg: _Config) -> tuple[Tensor, Tensor]:
-    """Per-row local logsumexp and the columns to all-reduce by SUM (column 0 filled later).
-
-    Class ids: [_, z[y], w[y], sum_c w_c z_c]. Probabilities: [_, sum_c w_c t'_c,
-    sum_c w_c t'_c z_c] with t' = (1 - e) t + e / V.
-    """
-    m = z.amax(dim=1)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    lse = m + torch.log((z - m[:, None]).exp_().sum(dim=1))
-    e = cfg.smoothing
-    v = cfg.layout.v_total
-    zero = z.new_zeros(())
-    if cfg.probs:
-        tw = t.to(cfg.cdtype)
-        if w is not None:
-            tw = tw * w
-        a = (1.0 - e) * tw.sum(dim=1)
-        b = (1.0 - e) * (tw * z).sum(dim=1)
-        if e > 0.0:
-            a = a + (e / v) * (float(cfg.layout.v_local) if w is None else w.sum())
-            b = b + (e / v) * (z.sum(dim=1) if w is None else z @ w)
-        return lse, torch.stack([zero.expand_as(lse), a, b], dim=1)
-    idx, inside = _shard_index(t, cfg)
-    zy = torch.where(inside, z.gather(1, idx[:, None]).squeeze(1), zero)
-    if w is None:
-        wy = inside.to(cfg.cdtype)
-    else:
-        wy = torch.where(inside, w[idx], zero)
-    cols = [zero.expand_as(lse), zy, wy]
-    if e > 0.0:
-        wz = z.sum(dim=1) if w is None else z @ w
-        cols.append(torch.where(t != cfg.ignore_index, wz, zero))
-    return lse, torch.stack(cols, dim=1)
-
-
-def _forward_rows(
-    rows: int,
-    make_logits: Callable[[int, int], Tensor],
-    fresh: bool,
-    target: Tensor,
-    weight: Tensor | None,
-    cfg: _Config,
-    device: torch.device,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-row loss, logsumexp and the row coefficient (w[y] for ids, sum w t' for probs)."""
-    ncols = 3 if cfg.probs else (4 if cfg.smoothing > 0.0 else 3)
-    lse_local = torch.empty(rows, dtype=cfg.cdtype, device=device)
-    sums = torch.empty(rows, ncols, dtype=cfg.cdtype, device=device)
-    w = None if weight is None else weight.to(cfg.cdtype)
-    for s in range(0, rows, cfg.chunk):
-        stop = min(rows, s + cfg.chunk)
-        z = _softcap(make_logits(s, stop), cfg.softcap, fresh)
-        lse_local[s:stop], sums[s:stop] = _chunk_stats(z, target[s:stop], w, cfg)
-    top = lse_local.clone()
-    dist.all_reduce(top, op=dist.ReduceOp.MAX, group=cfg.group)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    sums[:, 0] = torch.exp(lse_local - top)
-    dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=cfg.group)
-    lse = top + torch.log(sums[:, 0])
-    e = cfg.smoothing
-    if cfg.probs:
-        # ce = -sum_c w_c t'_c (z_c - lse) = lse * sum w t' - sum w t' z
-        coef = sums[:, 1]
-        ce = lse * coef - sums[:, 2]
-        return ce, lse, coef
-    valid = target != cfg.ignore_index
-    wy = sums[:, 2]
-    # ce = (1 - e) w_y (lse - z_y) + (e / V) sum_c w_c (lse - z_c)
-    ce = (1.0 - e) * wy * (lse - sums[:, 1])
-    if e > 0.0:
-        smooth = cfg.layout.weight_sum * lse - sums[:, 3]
-        ce = ce + (e / cfg.layout.v_total) * torch.where(valid, smooth, torch.zeros_like(smooth))
-    return torch.where(valid, ce, torch.zeros_like(ce)), lse, wy
-
-
-def _chunk_grad(
-    z: Tensor,
-    lse: Tensor,
-    coef: Tensor,
-    t: Tensor,
-    w: Tensor | None,
-    g_ce: Tensor,
-    g_lse: Tensor,
-    cfg: _Config,
-) -> Tensor:
-    """d loss / d z for a chunk of rows, z already soft-capped, in the compute dtype.
-
-    Works in place on one new ``rows x V_r`` buffer (the probabilities become the gradient).
-    """
-    p = (z - lse[:, None]).exp_()
-    e = cfg.smoothing
-    if cfg.probs:
-        # d/dz_c [lse * A - sum w t' z] = A p_c - w_c t'_c
-        wt = t.to(cfg.cdtype, copy=True).mul_(1.0 - e).add_(e / cfg.layout.v_total)
-        if w is not None:
-            wt.mul_(w)
-        return p.mul_((g_ce * coef + g_lse)[:, None]).addcmul_(g_ce[:, None], wt, value=-1.0)
-    valid = (t != cfg.ignore_index).to(cfg.cdtype)
-    gv = g_ce * valid
-    # d/dz_c = ((1 - e) w_y + (e / V) W) p_c - (1 - e) w_y [c = y] - (e / V) w_c
-    scale = (1.0 - e) * coef + (e / cfg.layout.v_total) * cfg.layout.weight_sum
-    p.mul_((gv * scale + g_lse)[:, None])
-    idx, inside = _shard_index(t, cfg)
-    hit = torch.where(inside, gv * (1.0 - e) * coef, torch.zeros_like(gv))
-    p.scatter_add_(1, idx[:, None], -hit[:, None])
-    if e > 0.0:
-        smooth = gv * (e / cfg.layout.v_total)
-        if w is None:
-            p.sub_(smooth[:, None])
-        else:
-            p.addr_(smooth, w, alpha=-1.0)
-    return p
-
-
-def _softcap_grad(dz: Tensor, z: Tensor, cap: float | None) -> Tensor:
-    """Chain rule through the soft-cap, in place on ``dz``; consumes ``z`` (ours when capped)."""
-    if cap is None:
-        return dz
-    # z = cap tanh(x / cap)  =>  dz/dx = 1 - tanh^2 = 1 - (z / cap)^2
-    return dz.mul_(z.div_(cap).square_().neg_().add_(1.0))
-
-
-def _target_grad(z: Tensor, lse: Tensor, w: Tensor | None, g_ce: Tensor, cfg: _Config) -> Tensor:
-    # d/dt_c [-sum_c w_c ((1 - e) t_c + e / V) log p_c] = (1 - e) w_c (lse - z_c)
-    g = (lse[:, None] - z).mul_(((1.0 - cfg.smoothing) * g_ce)[:, None])
-    return g if w is None else g.mul_(w)
-
-
-def _zeros_if_none(g: Tensor | None, like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if g is None else g.to(like.dtype)
-
-
-_NO_DOUBLE_BACKWARD = (
-    "vocab-parallel cross-entropy has no double backward (create_graph=True); use the "
-    "single-process path for higher-order gradients"
-)
-
-
-class _LogitsCE(torch.autograd.Function):
-    @staticmethod
-    @autocast_off
-    def forward(  # type: ignore[override]
-        ctx: Any, logits: Tensor, target: Tensor, weight: Tensor | None, cfg: _Config
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        rows = logits.shape[0]
-        ce, lse, coef = _forward_rows(
-            rows,
-            lambda s, e: logits[s:e].to(cfg.cdtype),
-            logits.dtype != cfg.cdtype,
-            target,
-            weight,
-            cfg,
-            logits.device,
-        )
-        ctx.save_for_backward(logits, target, weight, lse, coef)
-        ctx.cfg = cfg
-        ctx.mark_non_differentiable(coef)
-        return ce, lse, coef
-
-    @staticmethod
-    @first_order_only(_NO_DOUBLE_BACKWARD)
-    def backward(  # type: ignore[override]
-        ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None, _g_coef: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, None, None]:
-        logits, target, weight, lse, coef = ctx.saved_tensors
-        cfg: _Config = ctx.cfg
-        g_ce = _zeros_if_none(g_ce, lse)
-        g_lse = _zeros_if_none(g_lse, lse)
-        w = None if weight is None else weight.to(cfg.cdtype)
-        want_x, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dx = torch.empty_like(logits) if want_x else None
-        dt = torch.empty_like(target) if want_t else None
-        for s in range(0, logits.shape[0], cfg.chunk):
-            e = min(logits.shape[0], s + cfg.chunk)
-            z = _softcap(logits[s:e].to(cfg.cdtype), cfg.softcap, logits.dtype != cfg.cdtype)
-            if dt is not None:
-                dt[s:e] = _target_grad(z, lse[s:e], w, g_ce[s:e], cfg)
-            if dx is not None:
-                dz = _chunk_grad(z, lse[s:e], coef[s:e], target[s:e], w, g_ce[s:e], g_lse[s:e], cfg)
-                dx[s:e] = _softcap_grad(dz, z, cfg.softcap)
-        return dx, dt, None, None
-
-
-class _LinearCE(torch.autograd.Function):
-    @staticmethod
-    @autocast_off
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: Tensor,
-        lin_w: Tensor,
-        lin_b: Tensor | None,
-        target: Tensor,
-        weight: Tensor | None,
-        cfg: _Config,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        w32 = lin_w.to(cfg.cdtype)
-        b32 = None if lin_b is None else lin_b.to(cfg.cdtype)
-        ce, lse, coef = _forward_rows(
-            x.shape[0],
-            lambda s, e: torch.nn.functional.linear(x[s:e].to(cfg.cdtype), w32, b32),
-            True,
-            target,
-            weight,
-            cfg,
-            x.device,
-        )
-        ctx.save_for_backward(x, lin_w, lin_b, target, weight, lse, coef)
-        ctx.cfg = cfg
-        ctx.mark_non_differentiable(coef)
-        return ce, lse, coef
-
-    @staticmethod
-    @first_order_only(_NO_DOUBLE_BACKWARD)
-    def backward(  # type: ignore[override]
-        ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None, _g_coef: Tensor | None
-    ) -> tuple[Tensor | None, ...]:
-        x, lin_w, lin_b, target, weight, lse, coef = ctx.saved_tensors
-        cfg: _Config = ctx.cfg
-        g_ce = _zeros_if_none(g_ce, lse)
-        g_lse = _zeros_if_none(g_lse, lse)
-        w = None if weight is None else weight.to(cfg.cdtype)
-        want_x, want_w, want_b, want_t = ctx.needs_input_grad[:4]
-        w32 = lin_w.to(cfg.cdtype)
-        b32 = None if lin_b is None else lin_b.to(cfg.cdtype)
-        rows = x.shape[0]
-        dx = torch.empty(x.shape, dtype=cfg.cdtype, device=x.device) if want_x else None
-        dw = torch.zeros_like(w32) if want_w else None
-        db = torch.zeros(lin_w.shape[0], dtype=cfg.cdtype, device=x.device) if want_b else None
-        dt = torch.empty_like(target) if want_t else None
-        for s in range(0, rows, cfg.chunk):
-            e = min(rows, s + cfg.chunk)
-            xc = x[s:e].to(cfg.cdtype)
-            z = _softcap(torch.nn.functional.linear(xc, w32, b32), cfg.softcap, True)
-            if dt is not None:
-                dt[s:e] = _target_grad(z, lse[s:e], w, g_ce[s:e], cfg)
-            if dx is not None or dw is not None or db is not None:
-                dz = _chunk_grad(z, lse[s:e], coef[s:e], target[s:e], w, g_ce[s:e], g_lse[s:e], cfg)
-                dlogit = _softcap_grad(dz, z, cfg.softcap)
-                if dx is not None:
-                    dx[s:e] = dlogit @ w32  # this shard's partial sum of dL/dx
-                if dw is not None:
-                    dw.addmm_(dlogit.T, xc)
-                if db is not None:
-                    db += dlogit.sum(dim=0)
-        if dx is not None:
-            # x is replicated on every rank; its gradient is the sum of the shards' partial sums.
-            dist.all_reduce(dx, op=dist.ReduceOp.SUM, group=cfg.group)
-        return (
-            None if dx is None else dx.to(x.dtype),
-            None if dw is None else dw.to(lin_w.dtype),
-            None if db is None or lin_b is None else db.to(lin_b.dtype),
-            dt,
-            None,
-            None,
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# Reduction: the single-process layer's, fed with counts that already hold the global w[y]
-
-
-def _finish(
-    ce: Tensor,
-    lse: Tensor,
-    coef: Tensor,
+def _shard_counts(
     rows: V.Rows,
+    weight: Tensor | None,
+    layout: _Layout,
     ignore_index: int,
-    reduction: str,
-    z_loss: float,
-    return_aux: bool,
-) -> Tensor | CrossEntropyAux:
-    n = ce.shape[0]
-    one = torch.ones((), dtype=ce.dtype, device=ce.device)
+    cfg_group: Any,
+    dtype: torch.dtype,
+) -> Counts:
+    """The ``mean`` divisors: sum of the *global* w[y] over counted rows (all-reduced when the class
+    weights are sharded), or the number of counted rows."""
+    target = rows.target
+    n = target.shape[0]
+    one = torch.ones((), dtype=dtype, device=target.device)
     if rows.is_prob:
-        valid = torch.ones(n, dtype=torch.bool, device=ce.device)
-        denom = torch.full((), float(max(n, 1)), dtype=ce.dtype, device=ce.device)
-    else:
-        valid = rows.target != ignore_index
-        # coef = w[y] all-reduced over the ranks (1 without weights, 0 on ignored rows)
-        wsum = coef.sum()
-        denom = torch.where(wsum != 0, wsum, one)
+        valid = torch.ones(n, dtype=torch.bool, device=target.device)
+        denom = torch.full((), float(max(n, 1)), dtype=dtype, device=target.device)
+        nv = torch.tensor(n, dtype=torch.int64, device=target.device)
+        return Counts(valid, denom, nv, denom)
+    valid = target != ignore_index
     n_valid = valid.sum()
-    n_float = n_valid.to(ce.dtype)
-    counts = Counts(valid, denom, n_valid, torch.where(n_float > 0, n_float, one))
+    n_float = n_valid.to(dtype)
+    if weight is None:
+        denom = n_float
+    else:
+        local = target - layout.offset
+        inside = valid & (local >= 0) & (local < layout.v_local)
+        w_t = torch.where(inside, weight.to(dtype)[torch.where(inside, local, 0)], 0.0)
+        dist.all_reduce(w_t, op=dist.ReduceOp.SUM, group=cfg_group)
+        denom = w_t.sum()
+    return Counts(
+        valid,
+        torch.where(denom != 0, denom, one),
+        n_valid,
+        torch.where(n_float > 0, n_float, one),
+    )
+
+
+class _SumShards(torch.autograd.Function):
+    """All-reduce SUM forward, identity backward: every rank computes the same loss from the summed
+    statistics, so each rank's shard gets the gradient of that one loss (Megatron's 'g')."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Any:  # type: ignore[override]
+        return g, None
+
+
+class _CopyToShards(torch.autograd.Function):
+    """Identity forward, all-reduce SUM backward: a replicated input whose gradient is the sum of
+    every shard's partial gradient (Megatron's 'f')."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+        ctx.group = group
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Any:  # type: ignore[override]
+        g = g.clone()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM, group=ctx.group)
+        return g, None
+
+
+def _plain_shard_rows(
+    logits: Tensor,
+    rows: V.Rows,
+    weight: Tensor | None,
+    layout: _Layout,
+    ignore_index: int,
+    eps: float,
+    softcap: float | None,
+    group: Any,
+) -> tuple[Tensor, Tensor]:
+    """(ce, lse) rows with differentiable ops on this shard's materialised logits: the path for
+    probability targets that require grad (their gradient is local: (1 - e) w_c (lse - z_c))."""
+    comp = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    z = logits.to(comp)
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    with torch.no_grad():
+        m = z.amax(1) if z.shape[1] else z.new_zeros(z.shape[0])
+        m = torch.where(torch.isfinite(m), m, 0.0)
+        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+    se = _SumShards.apply(torch.exp(z - m.unsqueeze(1)).sum(1), group)
+    lse = m + torch.log(se)
+    q = rows.target.to(comp)
+    if eps > 0.0:
+        q = q * (1.0 - eps) + eps / layout.v_total
+    a = q * weight.to(comp) if weight is not None else q
+    # ce = A lse - sum_c a_c z_c, both sums over the whole vocabulary: each rank's d ce / d lse is
+    # then the global A (0 * (-inf) on masked classes without target mass read as 0)
+    big_a = _SumShards.apply(a.sum(1), group)
+    a_z = _SumShards.apply(torch.where(a == 0, 0.0, a * z).sum(1), group)
+    return big_a * lse - a_z, lse
+
+
+def _run_shards(
+    fn: str,
+    *,
+    group: dist.ProcessGroup,
+    layout: _Layout,
+    x: Tensor,
+    w: Tensor | None,
+    b: Tensor | None,
+    rows: V.Rows,
+    weight: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    z_loss: float,
+    softcap: float | None,
+    reduction: str,
+    return_aux: bool,
+    chunk_size: int | None,
+) -> Tensor | CrossEntropyAux:
+    """One vocab-parallel cross-entropy call on the torch engine, all-reducing over ``group``."""
+    from crossentropy.torch import _dispatch as D
+    from crossentropy.torch import _ops
+    from crossentropy.torch._gemm import resolve_precision
+
+    dtypes = [x.dtype, w.dtype if w is not None else None, b.dtype if b is not None else None]
+    prec = resolve_precision(
+        x.device, *dtypes, weight.dtype if weight is not None else None, autocast=w is not None
+    )
+    weight_total = layout.weight_sum
+    target = rows.target
+    if rows.is_prob and target.requires_grad and torch.is_grad_enabled():
+        # plain differentiable ops on this shard (the logits materialised once per rank)
+        comp = prec.compute
+        logits = x
+        if w is not None:
+            logits = _CopyToShards.apply(x, group).to(comp) @ w.to(comp).t()
+            if b is not None:
+                logits = logits + b.to(comp)
+        ce, lse = _plain_shard_rows(logits, rows, weight, layout, ignore_index, eps, softcap, group)
+    else:
+        scalar = reduction != "none" and not return_aux and w is not None
+        chunk = D.plan(
+            fn,
+            kind="linear" if w is not None else "logits",
+            device=x.device,
+            prec=prec,
+            dtypes_ok="vocab parallel",
+            impl="torch",
+            memory="auto",
+            scalar=scalar,
+            composable=None,
+            process_group=group,
+            native_ok="vocab parallel",
+            triton_rows_ok="vocab parallel",
+            rows=x.shape[0],
+            # the same block size on every rank: each block all-reduces its row statistics
+            vocab=layout.v_max,
+            blocks=2 if softcap is not None else 1,
+            chunk_size=chunk_size,
+        ).chunk
+        assert chunk is not None
+        params = {
+            "ignore_index": ignore_index,
+            "label_smoothing": eps,
+            "num_classes": layout.v_total,
+            "softcap": softcap,
+            "offset": layout.offset,
+            "weight_total": weight_total,
+        }
+        call = _ops.Call("ce", tuple(sorted(params.items())), prec, chunk, group=group.group_name)
+        slots = {"x": x, "w": w, "b": b, "target": target, "cweight": weight}
+        counts = _shard_counts(rows, weight, layout, ignore_index, group, prec.compute)
+        if scalar:
+            coef, zcoef = row_coefficients(
+                counts, reduction=reduction, z_loss=z_loss, dtype=prec.compute
+            )
+            zeros = torch.zeros_like(coef)
+            lin = torch.stack([coef, zeros])
+            quad = torch.stack([zeros, zcoef]) if zcoef is not None else None
+            loss, _ = _ops.call_fused(call, slots, lin, quad)
+            return loss
+        ce, lse = _ops.call_rows(call, slots)
+        return reduce_rows(
+            ce,
+            lse,
+            target,
+            weight=None,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            z_loss=z_loss,
+            return_aux=return_aux,
+            out_shape=rows.out_shape,
+            counts=counts,
+        )
+    counts = _shard_counts(rows, weight, layout, ignore_index, group, ce.dtype)
     return reduce_rows(
         ce,
         lse,
-        rows.target,
+        target,
         weight=None,
         ignore_index=ignore_index,
         reduction=reduction,
@@ -804,18 +684,23 @@ def vocab_parallel_cross_entropy(
     like = input if isinstance(input, Tensor) else None
     layout = _agree(fn, group, _CALL_LOGITS, None if prepared is None else prepared[4], error, like)
     logits2d, rows, w, (ignore, eps, zl, cap), _ = prepared
-    cfg = _Config(
+    return _run_shards(
+        fn,
         group=group,
         layout=layout,
-        probs=rows.is_prob,
+        x=logits2d,
+        w=None,
+        b=None,
+        rows=rows,
+        weight=w,
         ignore_index=ignore,
-        smoothing=eps,
+        eps=eps,
+        z_loss=zl,
         softcap=cap,
-        cdtype=_compute_dtype(logits2d),
-        chunk=default_chunk_size(logits2d.shape[0], layout.v_local),
+        reduction=reduction,
+        return_aux=return_aux,
+        chunk_size=None,
     )
-    ce, lse, coef = _LogitsCE.apply(logits2d, rows.target, w, cfg)
-    return _finish(ce, lse, coef, rows, ignore, reduction, zl, return_aux)
 
 
 @overload
@@ -959,15 +844,20 @@ def vocab_parallel_linear_cross_entropy(
     like = input if isinstance(input, Tensor) else None
     layout = _agree(fn, group, _CALL_LINEAR, None if prepared is None else prepared[4], error, like)
     x2d, rows, w, (ignore, eps, zl, cap), _ = prepared
-    cfg = _Config(
+    return _run_shards(
+        fn,
         group=group,
         layout=layout,
-        probs=rows.is_prob,
+        x=x2d,
+        w=linear_weight,
+        b=linear_bias,
+        rows=rows,
+        weight=w,
         ignore_index=ignore,
-        smoothing=eps,
+        eps=eps,
+        z_loss=zl,
         softcap=cap,
-        cdtype=_compute_dtype(x2d, linear_weight, linear_bias),
-        chunk=chunk_size or default_chunk_size(x2d.shape[0], layout.v_local),
+        reduction=reduction,
+        return_aux=return_aux,
+        chunk_size=chunk_size,
     )
-    ce, lse, coef = _LinearCE.apply(x2d, linear_weight, linear_bias, rows.target, w, cfg)
-    return _finish(ce, lse, coef, rows, ignore, reduction, zl, return_aux)

@@ -17,10 +17,22 @@ if not hasattr(triton, "jit"):  # pragma: no cover - e.g. a stray 'triton' folde
         f"not the Triton compiler ({_HINT})"
     )
 
-from crossentropy.triton._linear_ce import linear_ce_rows  # noqa: E402
-from crossentropy.triton._softmax_ce import softmax_ce_rows  # noqa: E402
+from crossentropy.triton._linear_ce import (  # noqa: E402
+    linear_ce_backward,
+    linear_ce_forward,
+    linear_ce_rows,
+)
+from crossentropy.triton._softmax_ce import (  # noqa: E402
+    softmax_ce_backward,
+    softmax_ce_forward,
+    softmax_ce_rows,
+)
 
 __all__ = [
+    "linear_ce_backward",
+    "linear_ce_forward",
     "linear_ce_rows",
+    "softmax_ce_backward",
+    "softmax_ce_forward",
     "softmax_ce_rows",
 ]

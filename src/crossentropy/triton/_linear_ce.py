@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from crossentropy.torch import _rows
+from crossentropy.torch._gemm import add_mm_f32_, to_16bit_in_place
 from crossentropy.triton._config import linear_config
 from crossentropy.triton._softmax_ce import (
     _M_FLOOR,
@@ -49,9 +49,12 @@ from crossentropy.triton._softmax_ce import (
     on_device,
     prepare_target,
     rows_contiguous,
+    second_order,
 )
 
 __all__ = [
+    "linear_ce_backward",
+    "linear_ce_forward",
     "linear_ce_rows",
 ]
 
@@ -288,94 +291,213 @@ def _linear_ce_dz_kernel(
     )
 
 
-_MM_OUT_DTYPE_OK: dict[str, bool] = {}
+def _precision(dtype: torch.dtype, interp: bool) -> str:
+    # fp32 inputs follow torch's float32 matmul precision, as torch.mm does: TF32 tensor cores
+    # where the user allowed them, full fp32 products ("ieee") otherwise (and in the interpreter).
+    if dtype != torch.float32:
+        return "tf32"  # 16-bit products are exact in fp32 whatever the mode
+    if interp or torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
 
 
-def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b of 16-bit operands with fp32 output and accumulation, on tensor cores where torch
-    allows (fp32 operands never get here: ``_add_mm_f32_`` adds them with ``addmm_``)."""
-    if a.device.type == "cuda" and _MM_OUT_DTYPE_OK.get("cuda", True):
-        try:
-            return torch.mm(a, b, out_dtype=torch.float32)  # type: ignore[call-arg]
-        except torch.OutOfMemoryError:
-            raise  # not a missing feature: keep the fp32-output GEMM for later calls
-        except (RuntimeError, TypeError, NotImplementedError):
-            # torch without mm(..., out_dtype=) (TypeError) or without it for this dtype/GPU.
-            _MM_OUT_DTYPE_OK["cuda"] = False
-    if a.device.type == "cuda":
-        # Older torch: the GEMM still accumulates in fp32 but rounds this slab's sum to the input
-        # dtype once before it joins the fp32 accumulator.
-        return torch.mm(a, b).float()
-    return a.float() @ b.float()
+def _config(x: Tensor, lin_w: Tensor) -> Any:
+    n, d = x.shape
+    num_sms = 132
+    if x.device.type == "cuda":
+        num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    interp = _interpreting(_linear_ce_fwd_kernel)
+    return linear_config(
+        n, d, lin_w.shape[0], interpret=interp, num_sms=num_sms, elem_bytes=x.element_size()
+    )
 
 
-_ADDMM_INTO_F32_OK: dict[tuple[str, torch.dtype], bool] = {}
-
-
-def addmm_into_f32_works(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether ``torch.addmm(acc, a, b, out_dtype=float32, out=acc)`` adds in place, correctly.
-
-    Checked once per (device type, dtype) on a small product against an fp32 reference, so a torch
-    build without the op, or one whose ``out=`` aliasing misbehaves, falls back to a separate GEMM.
-    """
-    key = (device.type, dtype)
-    if key not in _ADDMM_INTO_F32_OK:
-        gen = torch.Generator().manual_seed(0)
-        a = torch.randn(64, 48, generator=gen).to(device=device, dtype=dtype)
-        b = torch.randn(48, 40, generator=gen).to(device=device, dtype=dtype)
-        acc = torch.randn(64, 40, generator=gen).to(device)
-        want = acc + a.float() @ b.float()
-        try:
-            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)  # type: ignore[call-overload]
-            ok = acc.dtype == torch.float32 and torch.allclose(acc, want, rtol=1e-4, atol=1e-4)
-        except torch.OutOfMemoryError:
-            raise  # not a missing feature: decide on a later call
-        except (RuntimeError, TypeError, NotImplementedError):
-            ok = False
-        _ADDMM_INTO_F32_OK[key] = bool(ok)
-    return _ADDMM_INTO_F32_OK[key]
-
-
-def _add_mm_f32_(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """acc += a @ b with acc float32, in place (no (N, D) temporary) where torch can."""
-    if a.dtype == torch.float32:
-        acc.addmm_(a, b)
-    elif a.device.type == "cuda" and addmm_into_f32_works(a.device, a.dtype):
-        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)  # type: ignore[call-overload]
+def linear_ce_forward(
+    x: Tensor,
+    lin_w: Tensor,
+    lin_b: Tensor | None,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    softcap: float | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(ce, lse, A)`` rows of ``x @ lin_w.T + lin_b`` without the logits (arguments checked)."""
+    n, d = x.shape
+    v = lin_w.shape[0]
+    is_prob = target.is_floating_point()
+    interp = _interpreting(_linear_ce_fwd_kernel)
+    cfg = _config(x, lin_w)
+    v_tiles = triton.cdiv(v, cfg.block_v)
+    splits = max(1, min(cfg.v_splits, v_tiles))
+    v_per_split = triton.cdiv(v_tiles, splits) * cfg.block_v
+    splits = triton.cdiv(v, v_per_split)
+    part = torch.empty(5, splits, n, dtype=torch.float32, device=x.device)
+    if n > 0:
+        with on_device(x):
+            _linear_ce_fwd_kernel[(triton.cdiv(n, cfg.block_n), splits)](
+                x,
+                x.stride(0),
+                lin_w,
+                lin_w.stride(0),
+                lin_b if lin_b is not None else part,
+                target,
+                target.stride(0),
+                weight if weight is not None else part,
+                part,
+                n,
+                v,
+                d,
+                v_per_split,
+                ignore_index,
+                float(label_smoothing),
+                float(softcap) if softcap is not None else 1.0,
+                HAS_BIAS=lin_b is not None,
+                HAS_WEIGHT=weight is not None,
+                IS_PROB=is_prob,
+                HAS_SMOOTHING=label_smoothing > 0.0,
+                HAS_SOFTCAP=softcap is not None,
+                BLOCK_N=cfg.block_n,
+                BLOCK_V=cfg.block_v,
+                BLOCK_D=cfg.block_d,
+                PRECISION=_precision(x.dtype, interp),
+                UPCAST=interp and x.dtype == torch.bfloat16,
+                num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
+            )
+    m_part, s_part, zy_part, az_part, a_part = part.unbind(0)
+    # Merge the splits' online logsumexps: lse = M + log sum_k s_k e^{m_k - M}. m_k is a
+    # finite floor for splits that saw only -inf, so no (-inf) - (-inf) here either.
+    m_max = m_part.max(0).values
+    lse = m_max + torch.log((s_part * torch.exp(m_part - m_max)).sum(0))
+    az = az_part.sum(0)
+    if is_prob:
+        big_a = a_part.sum(0)
+        ce = big_a * lse - az
     else:
-        acc += _mm_f32(a, b)
+        eps = float(label_smoothing)
+        valid = target != ignore_index
+        y_safe = torch.where(valid, target, torch.zeros_like(target)).long()
+        w_y = weight.float()[y_safe] if weight is not None else torch.ones_like(lse)
+        z_y = zy_part.sum(0)
+        ce = (1.0 - eps) * w_y * (lse - z_y)
+        big_a = (1.0 - eps) * w_y
+        if eps > 0.0:
+            w_sum = a_part.sum(0)
+            ce = ce + eps / v * (w_sum * lse - az)  # (e/V) sum_j w_j (lse - z_j)
+            big_a = big_a + eps / v * w_sum
+        zero = torch.zeros_like(ce)
+        ce = torch.where(valid, ce, zero)
+        big_a = torch.where(valid, big_a, zero)
+    return ce, lse, big_a
 
 
-def to_16bit_in_place(acc: Tensor, dtype: torch.dtype, chunk: int = 1 << 24) -> Tensor:
-    """Contiguous float32 ``acc`` rounded to the 2-byte ``dtype`` inside acc's own storage.
+def linear_ce_backward(
+    x: Tensor,
+    lin_w: Tensor,
+    lin_b: Tensor | None,
+    target: Tensor,
+    weight: Tensor | None,
+    lse: Tensor,
+    big_a: Tensor,
+    g_ce: Tensor | None,
+    g_lse: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    softcap: float | None,
+    *,
+    needs: int = 7,
+    dx_may_share: bool = False,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(dx, dW, db)`` (bits 0, 1, 2 of ``needs``) for upstream gradients of ``(ce, lse)``.
 
-    Saves the separate 2-byte copy (N D 2 bytes at the end of the backward) at the cost of the
-    result keeping acc's 4-byte storage alive while it lives; fine for a gradient that flows on
-    into the model and is freed, not for one kept as a ``.grad``. Front to back: result chunk k
-    covers bytes [2 lo, 2 hi), which only hold fp32 values of chunks before k or of chunk k itself,
-    and chunk k is read into a temporary before it is written.
+    ``dx_may_share``: dX may be rounded into its fp32 accumulator's storage (only when autograd will
+    not keep it as a ``.grad``).
     """
-    if acc.dtype != torch.float32 or not acc.is_contiguous():
-        raise ValueError(
-            f"to_16bit_in_place: expected a contiguous float32 tensor, got {acc.dtype}"
-        )
-    flat = acc.view(-1)
-    m = flat.numel()
-    out = flat.view(dtype)[:m]
-    for lo in range(0, m, chunk):
-        hi = min(m, lo + chunk)
-        out[lo:hi].copy_(flat[lo:hi].to(dtype))
-    return out.view(acc.shape)
-
-
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs: full-precision products (tf32 would cost ~1e-3 relative error in the logits).
-    return "ieee" if dtype == torch.float32 else "tf32"
+    is_prob = target.is_floating_point()
+    n, d = x.shape
+    v = lin_w.shape[0]
+    coef, g_a, g_s = grad_coefs(
+        g_ce,
+        g_lse,
+        big_a,
+        target,
+        weight,
+        is_prob=is_prob,
+        ignore_index=ignore_index,
+        label_smoothing=eps,
+        n_cols=v,
+    )
+    need_x, need_w, need_b = (bool(needs >> i & 1) for i in range(3))
+    cfg = _config(x, lin_w)
+    dx_acc = torch.zeros(n, d, dtype=torch.float32, device=x.device) if need_x else None
+    dw = torch.empty_like(lin_w) if need_w else None
+    db = torch.empty(v, dtype=torch.float32, device=x.device) if need_b else None
+    slab = min(cfg.slab_v, max(v, 1))
+    dz_buf = torch.empty(n, slab, dtype=x.dtype, device=x.device)
+    for v_lo in range(0, v, slab):
+        v_hi = min(v, v_lo + slab)
+        dz = dz_buf[:, : v_hi - v_lo]
+        if n > 0:
+            grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(v_hi - v_lo, cfg.block_v))
+            with on_device(x):
+                _linear_ce_dz_kernel[grid](
+                    x,
+                    x.stride(0),
+                    lin_w,
+                    lin_w.stride(0),
+                    lin_b if lin_b is not None else lse,
+                    target,
+                    target.stride(0),
+                    weight if weight is not None else lse,
+                    lse,
+                    coef,
+                    g_a,
+                    g_s,
+                    dz,
+                    dz.stride(0),
+                    n,
+                    v,
+                    d,
+                    v_lo,
+                    v_hi,
+                    eps,
+                    float(softcap) if softcap is not None else 1.0,
+                    HAS_BIAS=lin_b is not None,
+                    HAS_WEIGHT=weight is not None,
+                    IS_PROB=is_prob,
+                    HAS_SMOOTHING=eps > 0.0,
+                    HAS_SOFTCAP=softcap is not None,
+                    BLOCK_N=cfg.block_n,
+                    BLOCK_V=cfg.block_v,
+                    BLOCK_D=cfg.block_d,
+                    PRECISION=_precision(x.dtype, _interpreting(_linear_ce_dz_kernel)),
+                    UPCAST=_interpreting(_linear_ce_dz_kernel) and x.dtype == torch.bfloat16,
+                    num_warps=cfg.num_warps,
+                    num_stages=cfg.num_stages,
+                )
+        else:
+            dz.zero_()
+        if dx_acc is not None:
+            add_mm_f32_(dx_acc, dz, lin_w[v_lo:v_hi])
+        if dw is not None:
+            # All N rows of this slab at once: dW_slab is complete, written once.
+            torch.mm(dz.t(), x, out=dw[v_lo:v_hi])
+        if db is not None:
+            db[v_lo:v_hi] = dz.sum(0, dtype=torch.float32)
+    del dz_buf, dz  # before dX is rounded: the peak is the accumulator plus one slab
+    dx = None
+    if dx_acc is not None:
+        if dx_may_share and x.element_size() == 2:
+            dx = to_16bit_in_place(dx_acc, x.dtype)
+        else:
+            dx = dx_acc.to(x.dtype)
+    dbias = db.to(lin_b.dtype) if db is not None and lin_b is not None else None
+    return dx, dw, dbias
 
 
 class _LinearCERows(torch.autograd.Function):
     @staticmethod
-    @_rows.autocast_off
     def forward(  # type: ignore[override]
         ctx: Any,
         x: Tensor,
@@ -387,187 +509,47 @@ class _LinearCERows(torch.autograd.Function):
         label_smoothing: float,
         softcap: float | None,
     ) -> tuple[Tensor, Tensor]:
-        n, d = x.shape
-        v = lin_w.shape[0]
-        is_prob = target.is_floating_point()
-        interp = _interpreting(_linear_ce_fwd_kernel)
-        num_sms = 132
-        if x.device.type == "cuda":
-            num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        cfg = linear_config(n, d, v, interpret=interp, num_sms=num_sms, elem_bytes=x.element_size())
-        v_tiles = triton.cdiv(v, cfg.block_v)
-        splits = max(1, min(cfg.v_splits, v_tiles))
-        v_per_split = triton.cdiv(v_tiles, splits) * cfg.block_v
-        splits = triton.cdiv(v, v_per_split)
-        part = torch.empty(5, splits, n, dtype=torch.float32, device=x.device)
-        if n > 0:
-            with on_device(x):
-                _linear_ce_fwd_kernel[(triton.cdiv(n, cfg.block_n), splits)](
-                    x,
-                    x.stride(0),
-                    lin_w,
-                    lin_w.stride(0),
-                    lin_b if lin_b is not None else part,
-                    target,
-                    target.stride(0),
-                    weight if weight is not None else part,
-                    part,
-                    n,
-                    v,
-                    d,
-                    v_per_split,
-                    ignore_index,
-                    float(label_smoothing),
-                    float(softcap) if softcap is not None else 1.0,
-                    HAS_BIAS=lin_b is not None,
-                    HAS_WEIGHT=weight is not None,
-                    IS_PROB=is_prob,
-                    HAS_SMOOTHING=label_smoothing > 0.0,
-                    HAS_SOFTCAP=softcap is not None,
-                    BLOCK_N=cfg.block_n,
-                    BLOCK_V=cfg.block_v,
-                    BLOCK_D=cfg.block_d,
-                    PRECISION=_precision(x.dtype),
-                    UPCAST=interp and x.dtype == torch.bfloat16,
-                    num_warps=cfg.num_warps,
-                    num_stages=cfg.num_stages,
-                )
-        m_part, s_part, zy_part, az_part, a_part = part.unbind(0)
-        # Merge the splits' online logsumexps: lse = M + log sum_k s_k e^{m_k - M}. m_k is a
-        # finite floor for splits that saw only -inf, so no (-inf) - (-inf) here either.
-        m_max = m_part.max(0).values
-        lse = m_max + torch.log((s_part * torch.exp(m_part - m_max)).sum(0))
-        az = az_part.sum(0)
-        if is_prob:
-            big_a = a_part.sum(0)
-            ce = big_a * lse - az
-        else:
-            eps = float(label_smoothing)
-            valid = target != ignore_index
-            y_safe = torch.where(valid, target, torch.zeros_like(target)).long()
-            w_y = weight.float()[y_safe] if weight is not None else torch.ones_like(lse)
-            z_y = zy_part.sum(0)
-            ce = (1.0 - eps) * w_y * (lse - z_y)
-            big_a = (1.0 - eps) * w_y
-            if eps > 0.0:
-                w_sum = a_part.sum(0)
-                ce = ce + eps / v * (w_sum * lse - az)  # (e/V) sum_j w_j (lse - z_j)
-                big_a = big_a + eps / v * w_sum
-            zero = torch.zeros_like(ce)
-            ce = torch.where(valid, ce, zero)
-            big_a = torch.where(valid, big_a, zero)
+        ce, lse, big_a = linear_ce_forward(
+            x, lin_w, lin_b, target, weight, ignore_index, label_smoothing, softcap
+        )
         ctx.save_for_backward(x, lin_w, lin_b, target, weight, lse, big_a)
         # dX may live in its fp32 accumulator's storage unless autograd may keep it as a .grad
         # (of x, or of the leaf that x is a view of: a view's gradient is a view too)
         root = x._base if x._base is not None else x
         ctx.dx_may_share = not (root.is_leaf or root.retains_grad or x.retains_grad)
-        ctx.opts = (ignore_index, float(label_smoothing), softcap, is_prob, cfg)
+        ctx.opts = (ignore_index, float(label_smoothing), softcap)
         ctx.set_materialize_grads(False)
         return ce, lse
 
     @staticmethod
-    def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor, Tensor]]:
-        x, lin_w, lin_b, target, weight = ctx.saved_tensors[:5]
-        ignore_index, eps, softcap = ctx.opts[:3]
-        spec = _rows.row_spec(
-            _rows._compute_dtype(x),
-            target,
-            weight,
-            ignore_index,
-            eps,
-            softcap,
-            num_classes=lin_w.shape[0],
-        )
-        logits = _rows.plain_logits(x, lin_w, lin_b, spec)
-        inputs = [x, lin_w, lin_b, None, None, None, None, None]
-        return inputs, _rows.reference_rows(logits, target, spec)
-
-    @staticmethod
-    @_rows.twice_differentiable(lambda ctx: _LinearCERows._recompute(ctx))
     def backward(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None) -> Any:  # type: ignore[override]
         x, lin_w, lin_b, target, weight, lse, big_a = ctx.saved_tensors
-        ignore_index, eps, softcap, is_prob, cfg = ctx.opts
         nones = (None, None, None, None, None)
         if g_ce is None and g_lse is None:
             return None, None, None, *nones
-        n, d = x.shape
-        v = lin_w.shape[0]
-        coef, g_a, g_s = grad_coefs(
-            g_ce,
-            g_lse,
-            big_a,
+        if torch.is_grad_enabled():  # create_graph=True
+            ignore_index, eps, softcap = ctx.opts
+            grads = second_order(
+                [x, lin_w], lin_b, target, weight, ignore_index, eps, softcap, g_ce, g_lse
+            )
+            db2 = grads[2] if lin_b is not None else None
+            return grads[0], grads[1], db2, *nones
+        needs = sum(1 << i for i in range(3) if ctx.needs_input_grad[i])
+        dx, dw, db = linear_ce_backward(
+            x,
+            lin_w,
+            lin_b,
             target,
             weight,
-            is_prob=is_prob,
-            ignore_index=ignore_index,
-            label_smoothing=eps,
-            n_cols=v,
+            lse,
+            big_a,
+            g_ce,
+            g_lse,
+            *ctx.opts,
+            needs=needs,
+            dx_may_share=ctx.dx_may_share,
         )
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx_acc = torch.zeros(n, d, dtype=torch.float32, device=x.device) if need_x else None
-        dw = torch.empty_like(lin_w) if need_w else None
-        db = torch.empty(v, dtype=torch.float32, device=x.device) if need_b else None
-        slab = min(cfg.slab_v, max(v, 1))
-        dz_buf = torch.empty(n, slab, dtype=x.dtype, device=x.device)
-        for v_lo in range(0, v, slab):
-            v_hi = min(v, v_lo + slab)
-            dz = dz_buf[:, : v_hi - v_lo]
-            if n > 0:
-                grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(v_hi - v_lo, cfg.block_v))
-                with on_device(x):
-                    _linear_ce_dz_kernel[grid](
-                        x,
-                        x.stride(0),
-                        lin_w,
-                        lin_w.stride(0),
-                        lin_b if lin_b is not None else lse,
-                        target,
-                        target.stride(0),
-                        weight if weight is not None else lse,
-                        lse,
-                        coef,
-                        g_a,
-                        g_s,
-                        dz,
-                        dz.stride(0),
-                        n,
-                        v,
-                        d,
-                        v_lo,
-                        v_hi,
-                        eps,
-                        float(softcap) if softcap is not None else 1.0,
-                        HAS_BIAS=lin_b is not None,
-                        HAS_WEIGHT=weight is not None,
-                        IS_PROB=is_prob,
-                        HAS_SMOOTHING=eps > 0.0,
-                        HAS_SOFTCAP=softcap is not None,
-                        BLOCK_N=cfg.block_n,
-                        BLOCK_V=cfg.block_v,
-                        BLOCK_D=cfg.block_d,
-                        PRECISION=_precision(x.dtype),
-                        UPCAST=_interpreting(_linear_ce_dz_kernel) and x.dtype == torch.bfloat16,
-                        num_warps=cfg.num_warps,
-                        num_stages=cfg.num_stages,
-                    )
-            else:
-                dz.zero_()
-            if dx_acc is not None:
-                _add_mm_f32_(dx_acc, dz, lin_w[v_lo:v_hi])
-            if dw is not None:
-                # All N rows of this slab at once: dW_slab is complete, written once.
-                torch.mm(dz.t(), x, out=dw[v_lo:v_hi])
-            if db is not None:
-                db[v_lo:v_hi] = dz.sum(0, dtype=torch.float32)
-        del dz_buf, dz  # before dX is rounded: the peak is the accumulator plus one slab
-        dx = None
-        if dx_acc is not None:
-            if ctx.dx_may_share and x.element_size() == 2:
-                dx = to_16bit_in_place(dx_acc, x.dtype)
-            else:
-                dx = dx_acc.to(x.dtype)
-        dbias = db.to(lin_b.dtype) if db is not None and lin_b is not None else None
-        return dx, dw, dbias, *nones
+        return dx, dw, db, *nones
 
 
 def linear_ce_rows(

@@ -36,10 +36,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from crossentropy.torch import _rows
 from crossentropy.triton._config import softmax_config
 
 __all__ = [
+    "second_order",
+    "softmax_ce_backward",
+    "softmax_ce_forward",
     "softmax_ce_rows",
 ]
 
@@ -294,9 +296,114 @@ def grad_coefs(
     return coef, g_a, g_s
 
 
+def softmax_ce_forward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    softcap: float | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(ce, lse, A)`` rows of 2-D logits (unit-stride rows; checked by the callers), float32."""
+    n, v = logits.shape
+    is_prob = target.is_floating_point()
+    cfg = softmax_config(n, v, interpret=_interpreting(_softmax_ce_fwd_kernel))
+    ce = torch.empty(n, dtype=torch.float32, device=logits.device)
+    lse = torch.empty_like(ce)
+    big_a = torch.empty_like(ce)
+    if n > 0:
+        with on_device(logits):
+            _softmax_ce_fwd_kernel[(triton.cdiv(n, cfg.block_n),)](
+                logits,
+                logits.stride(0),
+                target,
+                target.stride(0),
+                weight if weight is not None else ce,
+                ce,
+                lse,
+                big_a,
+                n,
+                v,
+                ignore_index,
+                float(label_smoothing),
+                float(softcap) if softcap is not None else 1.0,
+                HAS_WEIGHT=weight is not None,
+                IS_PROB=is_prob,
+                HAS_SMOOTHING=label_smoothing > 0.0,
+                HAS_SOFTCAP=softcap is not None,
+                BLOCK_N=cfg.block_n,
+                BLOCK_V=cfg.block_v,
+                num_warps=cfg.num_warps,
+            )
+    return ce, lse, big_a
+
+
+def softmax_ce_backward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    lse: Tensor,
+    big_a: Tensor,
+    g_ce: Tensor | None,
+    g_lse: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    softcap: float | None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """d(logits) for upstream gradients ``g_ce``, ``g_lse``, written into ``out``.
+
+    ``out`` may be the logits themselves (in place: each element is read and then overwritten by
+    the same program), or a 16-bit view over the first half of each row of fp32 logits (element j
+    of a row lands in bytes [2j, 2j + 2), which only hold fp32 elements <= j: already read by the
+    row's program, which walks its row front to back). Default: a new tensor like the logits.
+    """
+    n, v = logits.shape
+    if out is None:
+        out = torch.empty_like(logits)
+    coef, g_a, g_s = grad_coefs(
+        g_ce,
+        g_lse,
+        big_a,
+        target,
+        weight,
+        is_prob=target.is_floating_point(),
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        n_cols=v,
+    )
+    cfg = softmax_config(n, v, interpret=_interpreting(_softmax_ce_bwd_kernel))
+    if n > 0:
+        with on_device(logits):
+            _softmax_ce_bwd_kernel[(triton.cdiv(n, cfg.block_n),)](
+                logits,
+                logits.stride(0),
+                out,
+                out.stride(0),
+                target,
+                target.stride(0),
+                weight if weight is not None else lse,
+                lse,
+                coef,
+                g_a,
+                g_s,
+                n,
+                v,
+                float(label_smoothing),
+                float(softcap) if softcap is not None else 1.0,
+                HAS_WEIGHT=weight is not None,
+                IS_PROB=target.is_floating_point(),
+                HAS_SMOOTHING=label_smoothing > 0.0,
+                HAS_SOFTCAP=softcap is not None,
+                BLOCK_N=cfg.block_n,
+                BLOCK_V=cfg.block_v,
+                num_warps=cfg.num_warps,
+            )
+    return out
+
+
 class _SoftmaxCERows(torch.autograd.Function):
     @staticmethod
-    @_rows.autocast_off
     def forward(  # type: ignore[override]
         ctx: Any,
         logits: Tensor,
@@ -307,110 +414,85 @@ class _SoftmaxCERows(torch.autograd.Function):
         softcap: float | None,
         inplace_backward: bool,
     ) -> tuple[Tensor, Tensor]:
-        n, v = logits.shape
-        is_prob = target.is_floating_point()
-        cfg = softmax_config(n, v, interpret=_interpreting(_softmax_ce_fwd_kernel))
-        ce = torch.empty(n, dtype=torch.float32, device=logits.device)
-        lse = torch.empty_like(ce)
-        big_a = torch.empty_like(ce)
-        grid = (triton.cdiv(n, cfg.block_n),)
-        t_stride = target.stride(0) if n > 0 else 0
-        if n > 0:
-            with on_device(logits):
-                _softmax_ce_fwd_kernel[grid](
-                    logits,
-                    logits.stride(0),
-                    target,
-                    t_stride,
-                    weight if weight is not None else ce,
-                    ce,
-                    lse,
-                    big_a,
-                    n,
-                    v,
-                    ignore_index,
-                    float(label_smoothing),
-                    float(softcap) if softcap is not None else 1.0,
-                    HAS_WEIGHT=weight is not None,
-                    IS_PROB=is_prob,
-                    HAS_SMOOTHING=label_smoothing > 0.0,
-                    HAS_SOFTCAP=softcap is not None,
-                    BLOCK_N=cfg.block_n,
-                    BLOCK_V=cfg.block_v,
-                    num_warps=cfg.num_warps,
-                )
+        ce, lse, big_a = softmax_ce_forward(
+            logits, target, weight, ignore_index, label_smoothing, softcap
+        )
         ctx.save_for_backward(logits, target, weight, lse, big_a)
-        ctx.opts = (ignore_index, float(label_smoothing), softcap, is_prob, inplace_backward)
+        ctx.opts = (ignore_index, float(label_smoothing), softcap, inplace_backward)
         ctx.set_materialize_grads(False)
         return ce, lse
 
     @staticmethod
-    def _recompute(ctx: Any) -> tuple[list[Tensor | None], tuple[Tensor, Tensor]]:
-        logits, target, weight = ctx.saved_tensors[:3]
-        ignore_index, eps, softcap = ctx.opts[:3]
-        spec = _rows.row_spec(
-            _rows._compute_dtype(logits),
+    def backward(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None) -> Any:  # type: ignore[override]
+        logits, target, weight, lse, big_a = ctx.saved_tensors
+        ignore_index, eps, softcap, inplace = ctx.opts
+        if g_ce is None and g_lse is None:
+            return None, None, None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True
+            (dx,) = second_order(
+                [logits], None, target, weight, ignore_index, eps, softcap, g_ce, g_lse
+            )
+            return dx, None, None, None, None, None, None
+        # In place: the caller has promised not to reuse the logits.
+        dx = softmax_ce_backward(
+            logits,
             target,
             weight,
+            lse,
+            big_a,
+            g_ce,
+            g_lse,
             ignore_index,
             eps,
             softcap,
-            num_classes=logits.shape[1],
+            out=logits.detach() if inplace else None,
         )
-        return [logits, None, None, None, None, None, None], _rows.reference_rows(
-            logits, target, spec
-        )
-
-    @staticmethod
-    @_rows.twice_differentiable(lambda ctx: _SoftmaxCERows._recompute(ctx))
-    def backward(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None) -> Any:  # type: ignore[override]
-        logits, target, weight, lse, big_a = ctx.saved_tensors
-        ignore_index, eps, softcap, is_prob, inplace = ctx.opts
-        if g_ce is None and g_lse is None:
-            return None, None, None, None, None, None, None
-        n, v = logits.shape
-        coef, g_a, g_s = grad_coefs(
-            g_ce,
-            g_lse,
-            big_a,
-            target,
-            weight,
-            is_prob=is_prob,
-            ignore_index=ignore_index,
-            label_smoothing=eps,
-            n_cols=v,
-        )
-        # In place: each element is read and then overwritten by the same program, so aliasing the
-        # logits buffer is safe; the caller has promised not to reuse the logits.
-        dx = logits.detach() if inplace else torch.empty_like(logits)
-        cfg = softmax_config(n, v, interpret=_interpreting(_softmax_ce_bwd_kernel))
-        if n > 0:
-            with on_device(logits):
-                _softmax_ce_bwd_kernel[(triton.cdiv(n, cfg.block_n),)](
-                    logits,
-                    logits.stride(0),
-                    dx,
-                    dx.stride(0),
-                    target,
-                    target.stride(0),
-                    weight if weight is not None else lse,
-                    lse,
-                    coef,
-                    g_a,
-                    g_s,
-                    n,
-                    v,
-                    eps,
-                    float(softcap) if softcap is not None else 1.0,
-                    HAS_WEIGHT=weight is not None,
-                    IS_PROB=is_prob,
-                    HAS_SMOOTHING=eps > 0.0,
-                    HAS_SOFTCAP=softcap is not None,
-                    BLOCK_N=cfg.block_n,
-                    BLOCK_V=cfg.block_v,
-                    num_warps=cfg.num_warps,
-                )
         return dx, None, None, None, None, None, None
+
+
+def second_order(
+    inputs: list[Tensor],
+    bias: Tensor | None,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    softcap: float | None,
+    g_ce: Tensor | None,
+    g_lse: Tensor | None,
+) -> tuple[Tensor | None, ...]:
+    """Gradients for ``create_graph=True``: the derivative of a plain, differentiable torch
+    recomputation of ``(ce, lse)`` (exact to every order; materialises the logits once).
+
+    ``inputs`` is ``[logits]`` or ``[x, W]`` (logits ``x W^T + bias``); returns one gradient per
+    input (and the bias' last, when given)."""
+    from crossentropy.torch._rowmath import CrossEntropyRows, LogitMap
+
+    with torch.enable_grad():
+        if len(inputs) == 1:
+            logits = inputs[0].float()
+        else:
+            logits = inputs[0].float() @ inputs[1].float().t()
+            if bias is not None:
+                logits = logits + bias.float()
+        math = CrossEntropyRows(
+            target,
+            weight=weight.float() if weight is not None else None,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            num_classes=logits.shape[1],
+            lmap=LogitMap(softcap=softcap),
+        )
+        outs = math.reference([logits])
+        wrt = [*inputs, *([bias] if bias is not None else [])]
+        pairs = [(o, g) for o, g in zip(outs, (g_ce, g_lse)) if g is not None]
+        return torch.autograd.grad(
+            [o for o, _ in pairs],
+            wrt,
+            [g for _, g in pairs],
+            create_graph=True,
+            allow_unused=True,
+        )
 
 
 def check_rows_args(
