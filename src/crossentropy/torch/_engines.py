@@ -126,16 +126,17 @@ class Head:
             if acc.dx is not None:
                 acc.dx[i0:i1] = dz
             return
-        if self.prec.tensor_cores and dz.dtype != self.prec.dz:
-            dz = dz.to(self.prec.dz)
+        # the gradient GEMMs take d(logits) in the operand dtype on tensor cores, else in the
+        # compute dtype (a 16-bit d(logits) from the row kernel is widened exactly)
+        gemm_dtype = self.prec.dz if self.prec.tensor_cores else self.prec.compute
+        if dz.dtype != gemm_dtype:
+            dz = dz.to(gemm_dtype)
         if acc.dx is not None:
             rows = acc.dx[i0:i1]
-            if dz.dtype == rows.dtype == self.w_op.dtype:
+            if dz.dtype == rows.dtype:
                 torch.mm(dz, self.w_op, out=rows)
-            elif self.prec.tensor_cores:
-                rows.copy_(mm_f32(dz, self.w_op))
             else:
-                torch.mm(dz, self.w_op, out=rows)
+                rows.copy_(mm_f32(dz, self.w_op))
         if acc.dw is not None:
             add_mm_f32_(acc.dw, dz.t(), self._x_op(i0, i1))
         if acc.db is not None:

@@ -7,6 +7,7 @@ runs it; none holds a chunk loop (those live in ``_engines``).
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -215,6 +216,41 @@ def _native_cross_entropy(
     return loss / counts.denom
 
 
+_NATIVE_DTYPES = (torch.float32, torch.float64)
+_FAST_REDUCTIONS = ("mean", "sum", "none")
+_FAST_IMPLS = ("auto", "torch")
+
+
+def _fast_cross_entropy(
+    input: Tensor, target: Tensor, ignore_index: int, reduction: str, label_smoothing: float
+) -> Tensor:
+    """``F.cross_entropy`` of 2-D CPU logits and int64 class ids (the checks were done inline).
+
+    The one difference from torch, an all-ignored ``mean`` giving 0 instead of NaN, costs a pass
+    over the targets only for ``mean`` (free of synchronisation on the CPU); under a transform or
+    while compiling the value-dependent branch is taken with ``torch.where``.
+    """
+    try:
+        loss = F.cross_entropy(
+            input,
+            target,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+    except (IndexError, RuntimeError):
+        V.check_target_values("cross_entropy", target, input.shape[1], ignore_index)
+        raise
+    if reduction != "mean":
+        return loss
+    if V.is_compiling() or V.functorch_active():
+        return torch.where((target != ignore_index).any(), loss, 0.0)
+    # torch's mean is NaN when nothing is counted (0 / 0); a NaN from NaN logits stays NaN
+    if math.isnan(loss.item()) and not bool((target != ignore_index).any()):
+        return (input.sum() * 0.0).to(loss.dtype)  # 0 with zero gradients, on the graph
+    return loss
+
+
 @overload
 def cross_entropy(
     input: Tensor,
@@ -318,6 +354,30 @@ def cross_entropy(
         >>> int(aux.n_valid), round(float(aux.lse[0]), 4)
         (2, 2.1698)
     """
+    if (
+        # the common classifier call, on the CPU: F.cross_entropy itself after a few cheap checks
+        # (its own per-call cost dominates small batches; see benchmarks/ce_overhead.py)
+        type(input) is Tensor
+        and type(target) is Tensor
+        and weight is None
+        and process_group is None
+        and not return_aux
+        and z_loss == 0.0
+        and softcap is None
+        and not input.is_cuda
+        and input.dim() == 2
+        and target.dim() == 1
+        and target.dtype == torch.int64
+        and input.dtype in _NATIVE_DTYPES
+        and input.shape[0] == target.shape[0]
+        and type(ignore_index) is int
+        and type(label_smoothing) in (float, int)
+        and 0.0 <= label_smoothing <= 1.0
+        and reduction in _FAST_REDUCTIONS
+        and impl in _FAST_IMPLS
+        and input.shape[0] > 0
+    ):
+        return _fast_cross_entropy(input, target, ignore_index, reduction, float(label_smoothing))
     if process_group is not None:
         return _vocab_parallel().vocab_parallel_cross_entropy(  # type: ignore[no-any-return]
             input,

@@ -1,7 +1,7 @@
 """The engines as custom operators (``torch.library``), so ``torch.compile(fullgraph=True)`` sees one
 op per call instead of a graph break, and autograd sees one node.
 
-Three operators take the same tensor slots (:data:`SLOTS`) and a ``spec`` string, a JSON record of
+Three operators take the same tensor slots (:data:`SLOTS`) and a ``spec`` string, a Python literal of
 every non-tensor argument (the row math and its options, the precision, the block size, the row
 backend and the process group), from which the row math and the heads are rebuilt inside:
 
@@ -21,8 +21,8 @@ ops run with autocast off.
 
 from __future__ import annotations
 
+import ast
 import functools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +87,7 @@ _NO_DOUBLE_BACKWARD_VP = (
 
 @dataclass(frozen=True)
 class Call:
-    """Everything about a call except its tensors (JSON-serialised into the ops' ``spec``)."""
+    """Everything about a call except its tensors (its ``repr`` is the ops' ``spec``)."""
 
     math: str  # "ce" | "logprob" | "distill"
     params: tuple[tuple[str, Any], ...]
@@ -103,16 +103,17 @@ class Call:
         return default
 
     def encode(self) -> str:
+        # a Python literal (parsed back with ast.literal_eval): plain repr, which Dynamo traces
         p = self.prec
-        return json.dumps(
-            {
-                "math": self.math,
-                "params": [list(kv) for kv in self.params],
-                "prec": [_name(p.operand), _name(p.compute), _name(p.dz), p.tensor_cores],
-                "chunk": self.chunk,
-                "rows": self.rows,
-                "group": self.group,
-            }
+        return repr(
+            (
+                self.math,
+                self.params,
+                (_name(p.operand), _name(p.compute), _name(p.dz), p.tensor_cores),
+                self.chunk,
+                self.rows,
+                self.group,
+            )
         )
 
 
@@ -122,15 +123,14 @@ def _name(d: torch.dtype) -> str:
 
 @functools.lru_cache(maxsize=512)
 def decode(spec: str) -> Call:
-    d = json.loads(spec)
-    op, comp, dz, cores = d["prec"]
+    math, params, (op, comp, dz, cores), chunk, rows, group = ast.literal_eval(spec)
     return Call(
-        math=d["math"],
-        params=tuple((k, v) for k, v in d["params"]),
+        math=math,
+        params=tuple(params),
         prec=Precision(_DTYPES[op], _DTYPES[comp], _DTYPES[dz], bool(cores)),
-        chunk=int(d["chunk"]),
-        rows=d["rows"],
-        group=d["group"],
+        chunk=int(chunk),
+        rows=rows,
+        group=group,
     )
 
 

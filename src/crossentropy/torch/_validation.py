@@ -32,6 +32,7 @@ __all__ = [
     "composable_reason",
     "flatten_linear",
     "flatten_logits",
+    "functorch_active",
     "is_compiling",
     "kernel_dtype_problem",
     "kernel_fallback",
@@ -82,6 +83,11 @@ def _forward_ad_active() -> bool:
 
     level = getattr(forward_ad, "_current_level", None)
     return not isinstance(level, int) or level >= 0
+
+
+def functorch_active() -> bool:
+    """True inside a ``torch.func`` transform."""
+    return _functorch_active()
 
 
 def _functorch_active() -> bool:
