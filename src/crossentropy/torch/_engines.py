@@ -76,7 +76,8 @@ class Head:
         if w is not None:
             w_op = w.to(prec.operand)
             self.w_op = w_op if prec.tensor_cores else w_op.to(prec.compute)
-            self.b_op = b.to(prec.compute) if b is not None else None
+            # the bias is rounded to the operand dtype too, as F.linear under autocast does
+            self.b_op = b.to(prec.operand).to(prec.compute) if b is not None else None
         self.vocab = w.shape[0] if w is not None else x.shape[1]
 
     def _x_op(self, i0: int, i1: int) -> Tensor:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from crossentropy.torch import _validation as V
+from crossentropy.torch._dispatch import Plan, check_memory, explain
 from crossentropy.torch._extras import bce_with_logits, check_focal_args, focal_loss
 from crossentropy.torch._functional import cross_entropy, linear_cross_entropy
 
@@ -72,18 +75,23 @@ class CrossEntropyLoss(nn.Module):
         self.softcap = softcap
         self.impl = impl
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return cross_entropy(
-            input,
-            target,
-            self.weight,
-            self.ignore_index,
-            self.reduction,
-            self.label_smoothing,
+    def _kwargs(self) -> dict[str, Any]:
+        return dict(
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
             z_loss=self.z_loss,
             softcap=self.softcap,
             impl=self.impl,
         )
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return cross_entropy(input, target, **self._kwargs())
+
+    def explain(self, input: Tensor, target: Tensor) -> Plan:
+        """Which engine ``self(input, target)`` runs on, and why (see :func:`explain`)."""
+        return explain(cross_entropy, input, target, **self._kwargs())
 
     def extra_repr(self) -> str:
         return (
@@ -123,12 +131,14 @@ class LinearCrossEntropyLoss(nn.Module):
         softcap: float | None = None,
         impl: str = "auto",
         chunk_size: int | None = None,
+        memory: str | int = "auto",
     ) -> None:
         super().__init__()
         fn = "LinearCrossEntropyLoss"
         V.check_reduction(fn, reduction)
         V.check_impl(fn, impl)
         V.check_chunk_size(fn, chunk_size)
+        self.memory = check_memory(fn, memory)
         _options(fn, ignore_index, label_smoothing, z_loss, softcap)
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
@@ -147,10 +157,11 @@ class LinearCrossEntropyLoss(nn.Module):
         linear_bias: Tensor | None = None,
     ) -> Tensor:
         return linear_cross_entropy(
-            input,
-            linear_weight,
-            target,
-            linear_bias=linear_bias,
+            input, linear_weight, target, linear_bias=linear_bias, **self._kwargs()
+        )
+
+    def _kwargs(self) -> dict[str, Any]:
+        return dict(
             weight=self.weight,
             reduction=self.reduction,
             ignore_index=self.ignore_index,
@@ -159,6 +170,24 @@ class LinearCrossEntropyLoss(nn.Module):
             softcap=self.softcap,
             impl=self.impl,
             chunk_size=self.chunk_size,
+            memory=self.memory,
+        )
+
+    def explain(
+        self,
+        input: Tensor,
+        linear_weight: Tensor,
+        target: Tensor,
+        linear_bias: Tensor | None = None,
+    ) -> Plan:
+        """Which engine ``self(input, linear_weight, target)`` runs on, and why."""
+        return explain(
+            linear_cross_entropy,
+            input,
+            linear_weight,
+            target,
+            linear_bias=linear_bias,
+            **self._kwargs(),
         )
 
     def extra_repr(self) -> str:

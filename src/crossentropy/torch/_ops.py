@@ -374,7 +374,7 @@ def _plain_logits(call: Call, x: Tensor, w: Tensor | None, b: Tensor | None) -> 
     xo = x.to(call.prec.operand).to(comp)
     wo = w.to(call.prec.operand).to(comp)
     z = xo @ wo.t()
-    return z + b.to(comp) if b is not None else z
+    return z + b.to(call.prec.operand).to(comp) if b is not None else z
 
 
 def reference_outputs(call: Call, t: dict[str, Tensor | None]) -> list[Tensor]:
