@@ -8,6 +8,7 @@ from crossentropy.torch._dispatch import explain
 from crossentropy.torch._extras import bce_with_logits as binary_cross_entropy_with_logits
 from crossentropy.torch._extras import focal_loss
 from crossentropy.torch._functional import cross_entropy, linear_cross_entropy
+from crossentropy.torch._logprobs import LogProbs, linear_logprobs
 from crossentropy.torch._modules import (
     BCEWithLogitsLoss,
     CrossEntropyLoss,
@@ -22,10 +23,12 @@ __all__ = [
     "CrossEntropyLoss",
     "FocalLoss",
     "LinearCrossEntropyLoss",
+    "LogProbs",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "explain",
     "focal_loss",
     "global_valid_count",
     "linear_cross_entropy",
+    "linear_logprobs",
 ]

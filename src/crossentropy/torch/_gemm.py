@@ -19,6 +19,8 @@ cores where the user allowed them (``"high"``/``"medium"``), full fp32 otherwise
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -45,8 +47,11 @@ class Precision:
     compute: torch.dtype
     dz: torch.dtype
     tensor_cores: bool
+    exact: bool = False  # full-precision fp32 products whatever torch's matmul precision says
 
     def describe(self) -> str:
+        if self.exact:
+            return "float32 operands as given, full fp32 products (no TF32); fp32 softmax math"
         ops = str(self.operand).replace("torch.", "")
         comp = str(self.compute).replace("torch.", "")
         if self.tensor_cores:
@@ -92,6 +97,29 @@ def resolve_precision(
     cores = device.type == "cuda" and operand in _HALF
     dz = operand if cores else torch.float32
     return Precision(operand, torch.float32, dz, cores)
+
+
+def exact_fp32(device: torch.device, *dtypes: torch.dtype | None) -> Precision:
+    """The precision of an fp32 head: operands widened to fp32 as given (no autocast rounding),
+    full-precision products; float64 stays float64."""
+    if any(d == torch.float64 for d in dtypes if d is not None):
+        return Precision(torch.float64, torch.float64, torch.float64, False)
+    return Precision(torch.float32, torch.float32, torch.float32, False, exact=True)
+
+
+@contextlib.contextmanager
+def exact_products(prec: Precision) -> Iterator[None]:
+    """Within: fp32 matmuls use full-precision products when ``prec.exact`` (torch's global
+    float32 matmul precision is set to "highest" and restored after)."""
+    if not prec.exact:
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 _MM_OUT_DTYPE_OK: dict[str, bool] = {}

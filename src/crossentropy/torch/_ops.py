@@ -22,8 +22,9 @@ ops run with autocast off.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor
 
 from crossentropy.torch import _engines as E
-from crossentropy.torch._gemm import Precision
+from crossentropy.torch._gemm import Precision, exact_products
 from crossentropy.torch._rowmath import (
     LOCAL,
     CrossEntropyRows,
@@ -109,7 +110,7 @@ class Call:
             (
                 self.math,
                 self.params,
-                (_name(p.operand), _name(p.compute), _name(p.dz), p.tensor_cores),
+                (_name(p.operand), _name(p.compute), _name(p.dz), p.tensor_cores, p.exact),
                 self.chunk,
                 self.rows,
                 self.group,
@@ -123,11 +124,11 @@ def _name(d: torch.dtype) -> str:
 
 @functools.lru_cache(maxsize=512)
 def decode(spec: str) -> Call:
-    math, params, (op, comp, dz, cores), chunk, rows, group = ast.literal_eval(spec)
+    math, params, (op, comp, dz, cores, exact), chunk, rows, group = ast.literal_eval(spec)
     return Call(
         math=math,
         params=tuple(params),
-        prec=Precision(_DTYPES[op], _DTYPES[comp], _DTYPES[dz], bool(cores)),
+        prec=Precision(_DTYPES[op], _DTYPES[comp], _DTYPES[dz], bool(cores), bool(exact)),
         chunk=int(chunk),
         rows=rows,
         group=group,
@@ -258,8 +259,16 @@ def _flat(grads: Sequence[E.Grads], like: Tensor) -> list[Tensor]:
     return out
 
 
-def _no_autocast(device: torch.device) -> Any:
-    return torch.autocast(device_type=device.type, enabled=False)
+@contextlib.contextmanager
+def _no_autocast(device: torch.device, prec: Precision | None = None) -> Iterator[None]:
+    """The ops pick their dtypes themselves: autocast off inside (and exact fp32 products when the
+    call asks for them)."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        if prec is None:
+            yield
+        else:
+            with exact_products(prec):
+                yield
 
 
 def _slots(args: Sequence[Any]) -> dict[str, Tensor | None]:
@@ -276,7 +285,7 @@ def _rows_impl(*args: Any) -> tuple[Tensor, Tensor, Tensor]:
     t, call = _slots(args[:-1]), decode(args[-1])
     x = t["x"]
     assert x is not None
-    with _no_autocast(x.device):
+    with _no_autocast(x.device, call.prec):
         math = build_math(call, t)
         outs, saved = E.rows_forward(math, _heads(call, t), _merge(call), call.chunk)
     out1 = outs[1] if len(outs) > 1 else outs[0].new_empty(0)
@@ -317,7 +326,7 @@ def _rows_backward_impl(*args: Any) -> tuple[Tensor, ...]:
     call, bits = decode(args[-2]), int(args[-1])
     x = t["x"]
     assert x is not None
-    with _no_autocast(x.device):
+    with _no_autocast(x.device, call.prec):
         math = build_math(call, t)
         heads = _heads(call, t)
         grads = [g0, g1 if g1 is not None and g1.numel() else None][: math.n_out]
@@ -379,7 +388,7 @@ def _plain_logits(call: Call, x: Tensor, w: Tensor | None, b: Tensor | None) -> 
 
 def reference_outputs(call: Call, t: dict[str, Tensor | None]) -> list[Tensor]:
     """The op's per-row outputs with plain differentiable torch ops (materialises the logits)."""
-    with _no_autocast(t["x"].device):  # type: ignore[union-attr]
+    with _no_autocast(t["x"].device, call.prec):  # type: ignore[union-attr]
         math = build_math(call, t)
         logits = [_plain_logits(call, t["x"], t["w"], t["b"])]  # type: ignore[arg-type]
         if t["x2"] is not None:
@@ -450,7 +459,7 @@ def _fused_impl(*args: Any) -> tuple[Tensor, ...]:
     call, bits = decode(args[-2]), int(args[-1])
     x = t["x"]
     assert x is not None
-    with _no_autocast(x.device):
+    with _no_autocast(x.device, call.prec):
         math = build_math(call, t)
         heads = _heads(call, t)
         loss, outs, grads = E.fused(

@@ -400,7 +400,8 @@ class CrossEntropyRows(RowMath):
         eps, n_cls, w = self.eps, self.num_classes, self.weight
         if self.is_prob:
             a = self._prob_coef(0, s.shape[0], s.dtype)
-            ce = -torch.where(a == 0, 0.0, a * logp).sum(1)  # 0 * log 0 = 0 on masked classes
+            # 0 * log 0 = 0 on masked classes, with log p replaced first so no gradient is NaN
+            ce = -(a * torch.where(a == 0, 0.0, logp)).sum(1)
             return [ce, lse]
         t = self.target
         valid = t != self.ignore_index
@@ -575,7 +576,7 @@ class LogProbRows(RowMath):
         out = [torch.where(valid, logp, 0.0)]
         if self.entropy:
             p = logp_all.exp()
-            ent = -torch.where(p == 0, 0.0, p * logp_all).sum(1)
+            ent = -(p * torch.where(p == 0, 0.0, logp_all)).sum(1)
             out.append(torch.where(valid, ent.clamp(min=0.0), 0.0))
         return out
 
@@ -823,7 +824,8 @@ class DistillRows(RowMath):
         q, p = lq.exp(), lp.exp()
 
         def xlogy_sum(a: Tensor, b: Tensor) -> Tensor:
-            return torch.where(a == 0, 0.0, a * b).sum(1)
+            # sum a * b with 0 where a == 0 (b may be infinite there), gradients included
+            return (a * torch.where(a == 0, 0.0, b)).sum(1)
 
         if self.div == "cross_entropy":
             div = -xlogy_sum(p, lq)

@@ -55,6 +55,10 @@ _REDUCTIONS = V.REDUCTIONS
 _DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _CALL_LOGITS = 0x5643_4531  # "VCE1": tells the ranks apart if they call different functions
 _CALL_LINEAR = 0x564C_4531  # "VLE1"
+_CALL_NAMES = {
+    _CALL_LOGITS: "cross_entropy",
+    _CALL_LINEAR: "linear_cross_entropy",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,6 +153,7 @@ _AGREED = (
     ("dtype", False),
     ("grad_flags", False),
     ("target_hash", False),
+    ("options", False),  # a hash of the other functions' own options (0 for cross-entropy)
 )
 _FIELDS = (
     "call",
@@ -219,10 +224,10 @@ def _agree(
 
     calls = {r["call"] for r in table}
     if len(calls) > 1:
+        names = sorted(_CALL_NAMES.get(c, hex(c)) for c in calls)
         raise ValueError(
             f"{fn}: the ranks of the process group called different vocab-parallel functions "
-            "(cross_entropy on some, linear_cross_entropy on others); every rank must make the "
-            "same call"
+            f"({', '.join(names)}); every rank must make the same call"
         )
     if error is not None:
         raise error
@@ -316,6 +321,78 @@ def _option_fields(
         "z_loss": _float_bits(z_loss),
         "softcap": _float_bits(0.0 if softcap is None else softcap),
     }
+
+
+def agree_shards(
+    fn: str,
+    process_group: Any,
+    call_name: str,
+    prepare: Callable[[], tuple[Any, dict[str, int]]],
+    like: Tensor | None,
+) -> tuple[dist.ProcessGroup, Any, _Layout]:
+    """Metadata agreement for any vocab-parallel function (log-probabilities, distillation).
+
+    ``prepare()`` checks this rank's arguments and returns ``(prepared, fields)``, where
+    ``fields`` holds ``v_local``, ``features``, ``rows``, ``batch_shape``, ``dtype``,
+    ``grad_flags``, the ``_target_fields`` and ``options`` (a hash of every scalar option); the
+    other fields default to 0. A local error is raised on this rank and reported on the others,
+    so no rank is left waiting in a collective. Returns ``(group, prepared, layout)``.
+    """
+    group = _check_group(fn, process_group)
+    call = 0x5643_0000 + (sum(map(ord, call_name)) & 0xFFFF)
+    _CALL_NAMES.setdefault(call, call_name)
+    prepared, error = _guard(prepare)
+    fields = None if prepared is None else prepared[1]
+    layout = _agree(fn, group, call, fields, error, like)
+    return group, prepared[0], layout
+
+
+def options_hash(*values: object) -> int:
+    """A stable 61-bit hash of scalar options (floats by their bits), for ``agree_shards``."""
+    h = len(values)
+    for v in values:
+        if isinstance(v, float):
+            x = _float_bits(v)
+        elif v is None:
+            x = -1
+        elif isinstance(v, (bool, int)):
+            x = int(v)
+        else:
+            x = sum((i + 1) * ord(c) for i, c in enumerate(str(v)))
+        h = (h * 1_000_003 + x) % (1 << 61)
+    return h
+
+
+def shard_fields(
+    *,
+    v_local: int,
+    x: Tensor,
+    batch_shape: tuple[int, ...],
+    target: Tensor | None,
+    ignore_index: int,
+    grad_tensors: list[Tensor | None],
+    options: int,
+) -> dict[str, int]:
+    """The metadata fields of ``agree_shards`` for a (hidden states, weight shard) call."""
+    grad = torch.is_grad_enabled()
+    fields = {
+        "v_local": v_local,
+        "features": x.shape[-1],
+        "rows": x.shape[0],
+        "batch_shape": _shape_hash(batch_shape),
+        "dtype": _DTYPES.index(x.dtype) if x.dtype in _DTYPES else 0,
+        "grad_flags": sum(
+            (1 << i) * int(grad and t is not None and t.requires_grad)
+            for i, t in enumerate(grad_tensors)
+        ),
+        "options": options,
+        "ignore_index": ignore_index,
+    }
+    if target is not None:
+        fields.update(_target_fields(target, False, ignore_index))
+    else:
+        fields.update({"target_kind": 2, "target_min": 0, "target_max": -1, "target_hash": 0})
+    return fields
 
 
 # ----------------------------------------------------------------------------------------------
