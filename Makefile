@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Benchmarks `make bench` runs: the CPU ones here, all of them (GPU kernels too) on a CUDA machine.
 BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory)
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH)
+
+# The documentation site (mkdocs-material + mkdocstrings) into build/site; --strict fails on any
+# warning, a broken cross-reference included. First the demo's figure (demo --quick, about 20 s,
+# redrawn only when the demo changed) and the benchmark tables go into docs/generated/. Keras is
+# documented on its torch backend. Nothing is fetched from the network.
+DOCS_ENV := KERAS_BACKEND=torch NO_MKDOCS_2_WARNING=1
+docs: $(STAMP)
+	$(DOCS_ENV) $(BIN)/python docs/_scripts/gen_assets.py
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo_out
