@@ -134,7 +134,7 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):  # type: ignore[misc]
         y_pred: logits or probabilities, float, with the class axis at ``axis``.
         sample_weight: optional weights, as for any Keras loss.
 
-    Returns:
+    Call returns:
         The reduced loss (a scalar) or, with ``reduction=None``/``"none"``, per-position losses.
 
     Example:
@@ -240,7 +240,7 @@ class SparseCategoricalFocalCrossentropy(keras.losses.Loss):  # type: ignore[mis
         dtype: the dtype of the computation (see :class:`SparseCategoricalCrossentropy`).
         ignore_class: label value to skip, or ``None`` (keyword-only).
 
-    Returns:
+    Call returns:
         The reduced loss or, with ``reduction=None``/``"none"``, per-position losses.
 
     Example:
