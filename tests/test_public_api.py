@@ -18,6 +18,7 @@ PUBLIC = {
         "focal_loss",
         "global_valid_count",
         "linear_cross_entropy",
+        "linear_distillation_loss",
         "linear_logprobs",
     ],
     "crossentropy.hf": ["UnsupportedModelError", "is_patched", "patch", "patched", "unpatch"],

@@ -5,6 +5,7 @@ Import this package only when torch is installed (``pip install 'crossentropy[to
 
 from crossentropy.torch._data_parallel import global_valid_count
 from crossentropy.torch._dispatch import explain
+from crossentropy.torch._distill import linear_distillation_loss
 from crossentropy.torch._extras import bce_with_logits as binary_cross_entropy_with_logits
 from crossentropy.torch._extras import focal_loss
 from crossentropy.torch._functional import cross_entropy, linear_cross_entropy
@@ -30,5 +31,6 @@ __all__ = [
     "focal_loss",
     "global_valid_count",
     "linear_cross_entropy",
+    "linear_distillation_loss",
     "linear_logprobs",
 ]

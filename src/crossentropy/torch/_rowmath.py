@@ -448,10 +448,10 @@ class KeptSet:
         k = _rows(self.top_k, i0, i1)
         if k is not None and v > 0:
             if isinstance(k, Tensor):
+                # one k per row: the k-th largest from a full sort (topk would need max(k) on the
+                # host, a synchronisation)
                 kk = k.clamp(1, v).long()
-                kmax = int(kk.max()) if kk.numel() else 1
-                top = z.topk(kmax, 1).values
-                kth = top.gather(1, (kk - 1).unsqueeze(1))
+                kth = z.sort(1, descending=True).values.gather(1, (kk - 1).unsqueeze(1))
             else:
                 kth = z.topk(min(max(int(k), 1), v), 1).values[:, -1:]
             z.masked_fill_(z < kth, float("-inf"))
