@@ -385,7 +385,8 @@ def test_autocast_projection_matches_the_unfused_model_under_autocast() -> None:
         ours = linear_cross_entropy(h, w, y)
         unfused = F.cross_entropy(F.linear(h, w), y)
     exact = F.cross_entropy(
-        _rounded(h.detach(), torch.bfloat16).double() @ _rounded(w.detach(), torch.bfloat16).double().T,
+        _rounded(h.detach(), torch.bfloat16).double()
+        @ _rounded(w.detach(), torch.bfloat16).double().T,
         y,
     )
     assert abs(float(ours) - float(exact)) <= abs(float(unfused) - float(exact)) + 1e-6
