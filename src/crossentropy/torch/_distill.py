@@ -21,7 +21,7 @@ from crossentropy.torch import _ops
 from crossentropy.torch import _validation as V
 from crossentropy.torch._engines import block_rows
 from crossentropy.torch._gemm import resolve_precision
-from crossentropy.torch._rowmath import DIVERGENCES
+from crossentropy.torch._rowmath import DIVERGENCES, distill_blocks
 
 __all__ = [
     "DIVERGENCES",
@@ -212,7 +212,7 @@ def _prepare(fn: str, args: tuple[Any, ...], kw: dict[str, Any]) -> _Prepared:
         "target": t_flat,
         "mask": m_flat,
     }
-    blocks = 9 if divergence == "jsd" and 0.0 < beta < 1.0 else 5
+    blocks = distill_blocks(divergence, beta)
     plan = D.plan(
         fn,
         kind="linear",
@@ -503,7 +503,7 @@ def _vocab_parallel(fn: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Tenso
         x = prep.slots["x"]
         assert x is not None
         budget = D.budget_bytes(D.check_memory(fn, kw["memory"]), x.device)
-        blocks = 9 if kw["divergence"] == "jsd" else 5
+        blocks = distill_blocks(kw["divergence"], float(kw["beta"]))
         chunk = block_rows(x.shape[0], layout.v_max, budget=budget * blocks, blocks=blocks)
         prep.plan = dataclasses.replace(prep.plan, chunk=chunk)
     return _run(prep, group_name=group.group_name)

@@ -48,6 +48,7 @@ __all__ = [
     "LogitMap",
     "Merge",
     "RowMath",
+    "distill_blocks",
 ]
 
 
@@ -600,13 +601,22 @@ DIVERGENCES = ("kl", "reverse_kl", "jsd", "cross_entropy")
 
 
 def _log_mix(d: Tensor, beta: float) -> Tensor:
-    """log((1 - beta) + beta e^d) = log m - lq for d = lp - lq; exactly 0 where d == 0."""
+    """log((1 - beta) + beta e^d) = log m - log q for d = log p - log q; exactly 0 where d == 0.
+
+    With e = expm1(-|d|): for d <= 0 it is log1p(beta e); for d > 0 it is d + log1p((1 - beta) e),
+    both free of overflow and cancellation. Two (n, V) buffers at a time besides ``d``.
+    """
     pos = d > 0
-    dn = torch.where(pos, 0.0, d)  # branch inputs kept finite so neither side makes inf/NaN
-    dp = torch.where(pos, d, 0.0)
-    small = torch.log1p(beta * torch.expm1(dn))
-    large = dp + torch.log(beta + (1.0 - beta) * torch.exp(-dp))
-    return torch.where(pos, large, small)
+    e = torch.expm1(d.abs().neg_())
+    e.mul_(torch.where(pos, 1.0 - beta, beta)).log1p_()
+    return e.add_(d.clamp(min=0.0))
+
+
+def distill_blocks(divergence: str, beta: float) -> int:
+    """(n, V) buffers a block of :class:`DistillRows` holds at once: both heads' logits, their
+    exponentials, a gradient temporary, and for the JSD its mixture terms (d, r and
+    ``_log_mix``'s temporaries)."""
+    return 8 if divergence == "jsd" and 0.0 < beta < 1.0 else 5
 
 
 class DistillRows(RowMath):
@@ -659,8 +669,7 @@ class DistillRows(RowMath):
         self.mask = mask
         self.lmaps = lmaps
         self.offset = offset
-        # raw logits of both heads, their exponentials, and the jsd's mixture terms
-        self.blocks = 9 if self.div == "jsd" else 5
+        self.blocks = distill_blocks(divergence, beta)
 
     def _valid(self, i0: int, i1: int, n: int, device: torch.device) -> Tensor:
         valid = torch.ones(n, dtype=torch.bool, device=device)
@@ -730,8 +739,9 @@ class DistillRows(RowMath):
             div = merge.sum(_dot_rows(q, lq - lp).unsqueeze(1))[:, 0]
         else:
             beta = self.beta
-            r = _log_mix(lp - lq, beta)  # log m - log q
-            sigma = (lp - lq).sub_(r)  # log p - log m
+            d = lp - lq
+            r = _log_mix(d, beta)  # log m - log q
+            sigma = d.sub_(r)  # log p - log m
             rho = r.neg_()  # log q - log m
             st = merge.sum(torch.stack([_dot_rows(p, sigma), _dot_rows(q, rho)], 1))
             div = beta * st[:, 0] + (1.0 - beta) * st[:, 1]
