@@ -27,11 +27,22 @@ def test_cli_info_runs(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "crossentropy" in out
-    rows = dict(line.split(None, 1) for line in out.splitlines())
+    table = out.split("\n\n")[0]
+    rows = dict(line.split(None, 1) for line in table.splitlines() if not line.startswith(" "))
     assert rows["torch"].strip() == torch.__version__
     assert rows["sklearn"].strip() == importlib.metadata.version("scikit-learn")
     assert rows["impl='torch'"].startswith("available")
     assert "impl='triton'" in rows
+    # the dispatch section is the library's own decision for each typical call on this machine
+    engines = {
+        line.rsplit("  ", 1)[0].strip(): line.rsplit("  ", 1)[1].strip()
+        for line in table.splitlines()
+        if line.startswith("  ")
+    }
+    assert engines["cross_entropy, fp32 logits"] == "native"
+    assert engines["linear_cross_entropy, bf16, mean"] == "chunked, fused"
+    assert engines["linear_logprobs, bf16"] == "chunked, rows"
+    assert "explain(fn, *args, **kwargs)" in out
 
 
 def test_cli_info_tells_installed_but_broken_from_missing(monkeypatch, capsys):
@@ -46,7 +57,8 @@ def test_cli_info_tells_installed_but_broken_from_missing(monkeypatch, capsys):
 
     monkeypatch.setattr(importlib, "import_module", fake_import)
     assert main(["info"]) == 0
-    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    table = capsys.readouterr().out.split("\n\n")[0]
+    rows = dict(line.split(None, 1) for line in table.splitlines() if not line.startswith(" "))
     assert "installed, import failed: No module named 'tensorflow'" in rows["keras"]
     assert "KERAS_BACKEND=torch" in rows["keras"]
 

@@ -64,7 +64,59 @@ def run(args: argparse.Namespace) -> int:
         else:
             kernels = "needs a CUDA GPU (or TRITON_INTERPRET=1 on CPU, for tests)"
         rows.append(("impl='triton'", kernels))
+        rows.extend(_dispatch_rows("cuda" if cuda else "cpu"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    if works["torch"]:
+        print(
+            "\nFor a call of your own: print(crossentropy.torch.explain(fn, *args, **kwargs)) "
+            "(the engine, its precision and block size, and why)."
+        )
     return 0
+
+
+def _dispatch_rows(device: str) -> list[tuple[str, str]]:
+    """The engine each typical call takes on this machine, from the library's own dispatch."""
+    import torch
+
+    from crossentropy.torch import (
+        cross_entropy,
+        explain,
+        linear_cross_entropy,
+        linear_distillation_loss,
+        linear_logprobs,
+    )
+
+    def t(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    y = torch.zeros(4, dtype=torch.long, device=device)
+    h, w = t(4, 8), t(32, 8)
+    calls = {
+        "cross_entropy, fp32 logits": (cross_entropy, (t(4, 32, dtype=torch.float32), y), {}),
+        "cross_entropy, bf16 logits": (cross_entropy, (t(4, 32), y), {}),
+        "linear_cross_entropy, bf16, mean": (linear_cross_entropy, (h, w, y), {}),
+        "linear_cross_entropy, bf16, none": (
+            linear_cross_entropy,
+            (h, w, y),
+            {"reduction": "none"},
+        ),
+        "linear_cross_entropy, memory='low'": (linear_cross_entropy, (h, w, y), {"memory": "low"}),
+        "linear_logprobs, bf16": (linear_logprobs, (h, w, y), {"return_entropy": True}),
+        "linear_distillation_loss, bf16": (
+            linear_distillation_loss,
+            (h, w, h, w),
+            {"divergence": "kl"},
+        ),
+    }
+    out = [(f"dispatch on {device}", "(crossentropy.torch.explain)")]
+    for name, (fn, args, kw) in calls.items():
+        try:
+            plan = explain(fn, *args, **kw)
+        except Exception as exc:  # report, never crash the info command
+            out.append((f"  {name}", f"cannot say: {' '.join(str(exc).split())[:100]}"))
+            continue
+        mode = f", {plan.mode}" if plan.mode else ""
+        out.append((f"  {name}", f"{plan.engine}{mode}"))
+    return out
