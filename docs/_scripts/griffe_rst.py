@@ -170,6 +170,41 @@ def _definitions_as_list(lines: list[str], i: int, out: list[str]) -> int:
     return j
 
 
+_BULLET = re.compile(r"^(?P<indent>[ ]*)[*-][ ]+(?=\S)")
+
+
+def rewrite_bullets(text: str) -> str:
+    """``*``/``-`` lists as Python-Markdown reads them.
+
+    reST aligns an item's later lines (and a ``.. math::`` inside it) with the item's text, two
+    columns in; Python-Markdown keeps only lines indented by four inside the item, and starts a
+    list only after a blank line. Lines inside a directive's body are shifted with their item
+    but never read as items themselves (a formula line may start with ``-``).
+    """
+    out: list[str] = []
+    item: int | None = None  # indent of the current item's bullet
+    shift = 0
+    body: int | None = None  # indent of the directive whose body the lines are in
+    for line in text.split("\n"):
+        ind, filled = _indent_of(line), bool(line.strip())
+        if body is not None and filled and ind <= body:
+            body = None
+        if item is not None and filled and ind <= item and body is None:
+            item = None
+        bullet = _BULLET.match(line) if body is None else None
+        if bullet:
+            if out and out[-1].strip() and not _BULLET.match(out[-1]):
+                out.append("")
+            item = len(bullet.group("indent"))
+            shift = max(0, 4 - (bullet.end() - item))
+        elif item is not None and filled:
+            line = " " * shift + line
+        if body is None and (_DIRECTIVE.match(line) or _LITERAL_INTRO.match(line)):
+            body = ind
+        out.append(line)
+    return "\n".join(out)
+
+
 def rewrite_blocks(text: str) -> str:
     """``.. math::``, ``.. code-block::`` and ``::`` literal blocks as Markdown blocks."""
     lines = text.split("\n")
@@ -195,7 +230,15 @@ def rewrite_blocks(text: str) -> str:
             if out and out[-1].strip():
                 out.append("")
             if directive.group("name") == "math":
-                out += [pad + "$$", *(pad + b if b else "" for b in body), pad + "$$"]
+                # reST: blank lines separate equations; a Markdown $$ block cannot hold one
+                equations: list[list[str]] = [[]]
+                for b in body:
+                    if b:
+                        equations[-1].append(b)
+                    elif equations[-1]:
+                        equations.append([])
+                for k, eq in enumerate(e for e in equations if e):
+                    out += ([""] if k else []) + [pad + "$$", *(pad + b for b in eq), pad + "$$"]
             else:
                 lang = _language(body, directive.group("arg"))
                 out += [pad + "```" + lang, *(pad + b if b else "" for b in body), pad + "```"]
@@ -232,7 +275,7 @@ class RstToMarkdown(griffe.Extension):
     def _convert(
         self, text: str, obj: griffe.Object, public: dict[str, str], loader: griffe.GriffeLoader
     ) -> str:
-        text = rewrite_sections(rewrite_blocks(text))
+        text = rewrite_sections(rewrite_blocks(rewrite_bullets(text)))
         text = _MATH_ROLE.sub(lambda m: r"\(" + m.group("tex") + r"\)", text)
 
         def link(m: re.Match[str]) -> str:
