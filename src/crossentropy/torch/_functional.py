@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from crossentropy.torch import _dispatch as D
-from crossentropy.torch import _ops
+from crossentropy.torch import _ops, _sharded
 from crossentropy.torch import _validation as V
 from crossentropy.torch._gemm import Precision, autocast_dtype, resolve_precision
 from crossentropy.torch._reduce import (
@@ -378,6 +378,24 @@ def cross_entropy(
         and input.shape[0] > 0
     ):
         return _fast_cross_entropy(input, target, ignore_index, reduction, float(label_smoothing))
+    if _sharded.any_dtensor((input, target, weight)):  # FSDP2 / tensor parallel (_sharded)
+        return _sharded.dtensor_call(
+            cross_entropy,
+            _sharded.CROSS_ENTROPY,
+            dict(
+                input=input,
+                target=target,
+                weight=weight,
+                ignore_index=ignore_index,
+                reduction=reduction,
+                label_smoothing=label_smoothing,
+                z_loss=z_loss,
+                softcap=softcap,
+                return_aux=return_aux,
+                process_group=process_group,
+                impl=impl,
+            ),
+        )
     if process_group is not None:
         return _vocab_parallel().vocab_parallel_cross_entropy(  # type: ignore[no-any-return]
             input,
@@ -691,6 +709,28 @@ def linear_cross_entropy(
         >>> bool(torch.allclose(ours, ref))
         True
     """
+    if _sharded.any_dtensor((input, linear_weight, target, linear_bias, weight)):
+        return _sharded.dtensor_call(  # FSDP2 / tensor parallel (_sharded)
+            linear_cross_entropy,
+            _sharded.LINEAR_CROSS_ENTROPY,
+            dict(
+                input=input,
+                linear_weight=linear_weight,
+                target=target,
+                linear_bias=linear_bias,
+                weight=weight,
+                reduction=reduction,
+                ignore_index=ignore_index,
+                label_smoothing=label_smoothing,
+                z_loss=z_loss,
+                softcap=softcap,
+                return_aux=return_aux,
+                process_group=process_group,
+                impl=impl,
+                chunk_size=chunk_size,
+                memory=memory,
+            ),
+        )
     if process_group is not None:
         return _vocab_parallel().vocab_parallel_linear_cross_entropy(  # type: ignore[no-any-return]
             input,
