@@ -337,44 +337,276 @@ def test_label_smoothing_and_z_loss_options() -> None:
 
 
 class _PostProcessedLlama(transformers.LlamaForCausalLM):
-    """A causal LM that post-processes its logits with ``self.post`` after lm_head."""
+    """A causal LM that post-processes its logits with ``self.post`` after lm_head and may change
+    its loss with ``self.after(loss, logits, model)`` after calling self.loss_function."""
 
     post: Callable[[Any, Any], Any] = staticmethod(lambda z, m: z)
+    after: Callable[[Any, Any, Any], Any] = staticmethod(lambda loss, z, m: loss)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.logit_bias = torch.nn.Parameter(torch.randn(config.vocab_size))
+        self.temperature = torch.nn.Parameter(torch.tensor(2.0))
 
-    def forward(self, input_ids: Any = None, labels: Any = None, **kwargs: Any) -> Any:
+    def forward(
+        self, input_ids: Any = None, labels: Any = None, return_dict: bool = True, **kwargs: Any
+    ) -> Any:
         hidden = self.model(input_ids=input_ids, **kwargs).last_hidden_state
         logits = type(self).post(self.lm_head(hidden), self)
-        loss = None if labels is None else self.loss_function(logits, labels, self.vocab_size)
-        return transformers.modeling_outputs.CausalLMOutputWithPast(loss=loss, logits=logits)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.vocab_size)
+            loss = type(self).after(loss, logits, self)
+        out = transformers.modeling_outputs.CausalLMOutputWithPast(loss=loss, logits=logits)
+        return out if return_dict else out.to_tuple()
+
+
+def _custom(
+    post: Callable[[Any, Any], Any] | None = None,
+    after: Callable[[Any, Any, Any], Any] | None = None,
+    name: str = "PostProcessedLlama",
+) -> Any:
+    attrs = {}
+    if post is not None:
+        attrs["post"] = staticmethod(post)
+    if after is not None:
+        attrs["after"] = staticmethod(after)
+    cls = type(name, (_PostProcessedLlama,), attrs)
+    torch.manual_seed(0)
+    model = cls(transformers.LlamaConfig(**COMMON))
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)
+    return model.train()
+
+
+def _plain_scalar_write(z: Any) -> Any:
+    buffer = torch.zeros(1)
+    buffer.copy_(z.reshape(-1)[:1])
+    return buffer
+
+
+def _setitem(z: Any) -> Any:
+    buffer = torch.zeros(3, 11, VOCAB)
+    buffer[:] = z
+    return buffer
 
 
 POST_PROCESSING: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
-    # name: (what the forward does to the logits, what the error must name)
+    # name: (what the forward does to the logits before the loss, what the error must name)
     "learned bias": (lambda z, m: z + m.logit_bias, "'add'"),
     "relu": (lambda z, m: torch.relu(z), "'relu'"),
     "offset": (lambda z, m: z - 1.0, "'sub'"),
     "double tanh": (lambda z, m: 2.0 * torch.tanh(torch.tanh(z / 2.0)), "second tanh"),
-    "divide by logits": (lambda z, m: 1.0 / z, "rdiv|unsupported|'__rtruediv__'|'reciprocal'"),
+    "divide by logits": (lambda z, m: 1.0 / z, "'__rdiv__'"),
+    # a learned temperature: the fused loss would drop its gradient
+    "learned temperature": (lambda z, m: z / m.temperature, "'div'"),
+    "logits times logits": (lambda z, m: z * z, "'mul'"),
+    "indexing": (lambda z, m: z[:], "'__getitem__'"),
+    "view": (lambda z, m: z.view(-1, z.shape[-1]).view(z.shape), "'view'"),
+    "integer cast": (lambda z, m: z.long(), "'long'"),
+    "to int": (lambda z, m: z.to(torch.int32), "'to'"),
+    "detach": (lambda z, m: z.detach(), "'detach'"),
+    "softmax": (lambda z, m: torch.log(z.softmax(-1)), "'softmax'"),
+    "masked fill": (lambda z, m: z.masked_fill(torch.zeros((), dtype=torch.bool), 0.0), "'masked"),
+    "in-place add": (lambda z, m: z.add_(1.0), "'add_'"),
+    "zero scale": (lambda z, m: z * 0.0, "scales its logits by 0.0"),
+    "negative cap": (lambda z, m: -2.0 * torch.tanh(z / 2.0), "positive finite cap"),
 }
 
 
 @pytest.mark.parametrize("case", list(POST_PROCESSING))
 def test_unknown_logit_transformation_is_refused(case: str) -> None:
     post, named = POST_PROCESSING[case]
-    cls = type("PostProcessedLlama", (_PostProcessedLlama,), {"post": staticmethod(post)})
-    torch.manual_seed(0)
-    model = cls(transformers.LlamaConfig(**COMMON)).train()
+    model = _custom(post=post)
     batch = _batch(seed=1)
-    assert model(**batch).loss is not None  # the model itself works
+    if case not in ("integer cast", "to int"):
+        assert model(**batch).loss is not None  # the model itself works
     hf.patch(model, impl="torch")
     with pytest.raises(hf.UnsupportedModelError, match=rf"PostProcessedLlama.*({named})"):
         model(**batch)
     # Without labels nothing is fused, so the model still works.
     assert model(input_ids=batch["input_ids"]).logits.shape[-1] == VOCAB
+
+
+def _reads_a_value(z: Any) -> Any:
+    if bool((z > 0).any()):  # control flow on the values of the logits
+        return z
+    return z
+
+
+LEAKS: dict[str, tuple[Callable[[Any, Any, Any], Any], str]] = {
+    # name: (what the forward does with the logits after self.loss_function, what the error names)
+    "sum added to the loss": (lambda loss, z, m: loss + z.sum(), "'sum'"),
+    "mean added to the loss": (lambda loss, z, m: loss + 0.1 * z.float().mean(), "'mean'"),
+    "max": (lambda loss, z, m: loss + z.max(), "'max'"),
+    "norm": (lambda loss, z, m: loss + torch.linalg.vector_norm(z), "'linalg_vector_norm'"),
+    "square then logsumexp": (lambda loss, z, m: loss + (z * z).logsumexp(-1).mean(), "'mul'"),
+    "logsumexp over positions": (lambda loss, z, m: loss + z.logsumexp(1).mean(), "other dim"),
+    "logits as the loss": (lambda loss, z, m: z, "returned LogitsProbe as its loss"),
+    "scaled logits as the loss": (lambda loss, z, m: z * 2.0, "returned LogitsProbe as its loss"),
+    "loss plus logits": (lambda loss, z, m: loss + z, "'add'"),
+    "item": (lambda loss, z, m: loss + z[0, 0, 0].item(), "'__getitem__'"),
+    "float": (lambda loss, z, m: loss + float(z.reshape(-1)[0]), "'reshape'"),
+    "tolist": (lambda loss, z, m: loss + len(z.tolist()), "'tolist'"),
+    "numpy": (lambda loss, z, m: loss + z.detach().numpy().sum(), "'detach'"),
+    "bool": (lambda loss, z, m: loss * _reads_a_value(z).new_ones(()), "'gt'"),
+    "equal": (lambda loss, z, m: loss * torch.equal(z, z), "'equal'"),
+    "cat": (lambda loss, z, m: loss + torch.cat([z, z]).sum(), "'cat'"),
+    "stack in a list": (lambda loss, z, m: loss + torch.stack([z]).sum(), "'stack'"),
+    "copy into a tensor": (lambda loss, z, m: loss + _plain_scalar_write(z).sum(), "'reshape'"),
+    "setitem into a tensor": (lambda loss, z, m: loss + _setitem(z).sum(), "'__setitem__'"),
+    "split": (lambda loss, z, m: loss + z.split(1)[0].sum(), "'split'"),
+    "argmax accuracy": (
+        lambda loss, z, m: loss + 0 * (z.argmax(-1) == 1).float().mean(),
+        "'argmax'",
+    ),
+    "log_softmax": (lambda loss, z, m: loss + z.log_softmax(-1).mean(), "'log_softmax'"),
+    "backward hook": (lambda loss, z, m: (z.register_hook(print), loss)[1], "register_hook"),
+    "deepcopy": (lambda loss, z, m: (copy.deepcopy(z), loss)[1], "__deepcopy__"),
+}
+
+
+@pytest.mark.parametrize("case", list(LEAKS))
+def test_reading_the_logits_values_is_refused(case: str) -> None:
+    # After (or besides) the loss call, any use of the stand-in logits that would read their
+    # values raises, instead of computing with the (..., 0) placeholder.
+    after, named = LEAKS[case]
+    model = _custom(after=after)
+    batch = _batch(seed=2)
+    hf.patch(model, impl="torch")
+    with pytest.raises(hf.UnsupportedModelError, match=rf"PostProcessedLlama.*({named})"):
+        model(**batch)
+    with pytest.raises(hf.UnsupportedModelError, match=rf"PostProcessedLlama.*({named})"):
+        model(**batch, return_dict=False)
+
+
+def _z_loss_after(loss: Any, z: Any, m: Any) -> Any:
+    # Bamba's z-loss, written as BambaForCausalLM.forward writes it.
+    return loss + 0.05 * z.logsumexp(dim=-1).to(dtype=loss.dtype).pow(2).mean()
+
+
+LSE_VARIANTS: dict[str, Callable[[Any, Any, Any], Any]] = {
+    "bamba": _z_loss_after,
+    "torch.logsumexp keepdim": lambda loss, z, m: (
+        loss + 1e-2 * torch.logsumexp(z, dim=[-1], keepdim=True).square().sum()
+    ),
+    "positional last dim": lambda loss, z, m: loss + 1e-2 * z.float().logsumexp(2).mean(),
+    "scaled copy": lambda loss, z, m: loss + 1e-2 * (z * 0.5).logsumexp(-1).mean(),
+}
+
+
+@pytest.mark.parametrize("case", list(LSE_VARIANTS))
+@pytest.mark.parametrize("post", ["none", "softcap"])
+def test_logsumexp_of_the_logits_is_exact(case: str, post: str) -> None:
+    # logsumexp over the vocabulary (a z-loss) is answered with exact values and gradients.
+    softcap = (lambda z, m: 2.0 * torch.tanh(z / 2.0)) if post == "softcap" else None
+    reference = _custom(post=softcap, after=LSE_VARIANTS[case])
+    model = hf.patch(copy.deepcopy(reference), impl="torch", chunk_size=8)
+    batch = _batch(seed=3)
+    upstream = torch.randn(()) * 3
+    want = reference(**batch)
+    (want.loss * upstream).backward()
+    got = model(**batch)
+    (got.loss * upstream).backward()
+    assert got.logits is None
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+    for (key, a), b in zip(_grads(reference).items(), _grads(model).values()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_metadata_of_the_logits_is_that_of_the_real_logits() -> None:
+    # What a model may read without reading values: the real shape (V last, not 0), dtype, ...
+    seen: dict[str, list[Any]] = {"plain": [], "patched": []}
+
+    def record(z: Any, m: Any) -> Any:
+        entry = (
+            tuple(z.shape),
+            z.size(),
+            z.size(-1),
+            z.size(dim=0),
+            z.numel(),
+            z.nelement(),
+            len(z),
+            z.dim(),
+            z.ndim,
+            z.dtype,
+            z.device,
+            z.requires_grad,
+            z.is_floating_point(),
+            z.float().shape,
+            torch.numel(z),
+        )
+        seen["patched" if hf.is_patched(m) else "plain"].append(entry)
+        return z
+
+    model = _custom(post=record)
+    batch = _batch(seed=4)
+    want = model(**batch).loss
+    hf.patch(model, impl="torch")
+    got = model(**batch).loss
+    assert seen["plain"] == seen["patched"] and len(seen["plain"]) == 1
+    assert seen["plain"][0][2] == VOCAB
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # printing the stand-in says what it is
+    probe_repr: list[str] = []
+    hf.unpatch(model)
+    model2 = _custom(post=lambda z, m: probe_repr.append(repr(z)) or z)
+    hf.patch(model2, impl="torch")
+    model2(**batch)
+    assert probe_repr[0].startswith("LogitsProbe(shape=(3, 11, 211)")
+
+
+def test_bamba_z_loss_matches_the_model() -> None:
+    # The model of issue 18: Bamba adds z * mean(logsumexp(logits)^2) after self.loss_function.
+    cfg = transformers.BambaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_layer_indices=[1],
+        mamba_n_heads=8,
+        mamba_d_head=8,
+        mamba_d_state=16,
+        mamba_chunk_size=8,
+        z_loss_coefficient=0.05,
+    )
+    torch.manual_seed(0)
+    reference = transformers.BambaForCausalLM(cfg).train()
+    with torch.no_grad():
+        reference.lm_head.weight.mul_(40.0)  # large logits: the z-loss is a large part
+    model = hf.patch(copy.deepcopy(reference), impl="torch", chunk_size=5)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 64, (2, 8), generator=g)
+    labels = ids.clone()
+    labels[0, :3] = -100
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    without_z = copy.deepcopy(reference)
+    without_z.z_loss_coefficient = 0.0
+    plain_ce = float(without_z(input_ids=ids, labels=labels).loss.detach())
+    for extra in ({}, {"attention_mask": mask, "num_items_in_batch": torch.tensor(9)}):
+        reference.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        upstream = torch.randn(()) * 3
+        want = reference(input_ids=ids, labels=labels, **extra)
+        (want.loss * upstream).backward()
+        got = model(input_ids=ids, labels=labels, **extra)
+        (got.loss * upstream).backward()
+        assert got.logits is None
+        torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+        want_grads, got_grads = _grads(reference), _grads(model)
+        assert want_grads.keys() == got_grads.keys()
+        for key, value in want_grads.items():
+            torch.testing.assert_close(got_grads[key], value, atol=1e-5, rtol=1e-4, msg=key)
+    assert float(want.loss.detach()) > plain_ce + 0.1  # the z-loss term is really there
+    # return_dict=False: the loss stays first, the logits are left out.
+    want_tuple = reference(input_ids=ids, labels=labels, return_dict=False)
+    got_tuple = model(input_ids=ids, labels=labels, return_dict=False)
+    assert len(got_tuple) == len(want_tuple) - 1
+    torch.testing.assert_close(got_tuple[0], want_tuple[0], atol=1e-5, rtol=1e-5)
 
 
 class _OwnLossLlama(transformers.LlamaForCausalLM):

@@ -13,7 +13,11 @@ How it works, for a patched model called with ``labels`` while training:
    :func:`crossentropy.torch.linear_cross_entropy` with the recorded soft-cap and scale;
    with ``num_items_in_batch`` it sums and divides by it, as transformers does for gradient
    accumulation;
-5. anything the model adds to the loss itself (a router auxiliary loss) is added by its own code.
+5. anything the model adds to the loss itself (a router auxiliary loss) is added by its own code;
+   a z-loss on the logits (Bamba's ``logits.logsumexp(-1).pow(2).mean()``) gets the exact
+   logsumexp from the probe, and any other use of the logits raises
+   :class:`UnsupportedModelError` on the spot;
+6. the output's ``logits`` is ``None`` (a tuple output leaves them out), never the probe.
 
 Without ``labels``, in eval mode (unless ``fuse_in_eval=True``), and during ``generate`` the
 original forward runs untouched and returns logits.
@@ -28,15 +32,15 @@ import math
 import numbers
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from crossentropy.hf._errors import UnsupportedModelError
-from crossentropy.hf._probe import LogitsProbe, Trace, logit_transform, make_probe
-from crossentropy.torch._validation import check_chunk_size, check_impl
+from crossentropy.hf._probe import LogitsProbe, LogitTransform, Trace, logit_transform, make_probe
 
 __all__ = [
     "UnsupportedModelError",
@@ -130,8 +134,30 @@ def is_patched(model: nn.Module) -> bool:
 
 
 def _is_real(value: object) -> bool:
-    # numbers.Real admits NumPy scalars, as torch does; bools are refused.
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    # numbers.Real admits NumPy scalars, as torch does; bools (NumPy's too) are refused.
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_impl(impl: object) -> str:
+    if not isinstance(impl, str) or impl not in ("auto", "torch", "triton"):
+        raise ValueError(
+            f"crossentropy.hf.patch: impl must be one of 'auto', 'torch', 'triton'; got {impl!r}"
+        )
+    return impl
+
+
+def _check_chunk_size(chunk_size: object) -> int | None:
+    if chunk_size is None:
+        return None
+    if (
+        isinstance(chunk_size, (bool, np.bool_))
+        or not isinstance(chunk_size, numbers.Integral)
+        or chunk_size < 1
+    ):
+        raise ValueError(
+            f"crossentropy.hf.patch: chunk_size must be None or a positive int; got {chunk_size!r}"
+        )
+    return int(chunk_size)
 
 
 def patch(
@@ -161,13 +187,19 @@ def patch(
     The patch is applied to this model instance only (its ``forward``, its output embedding's
     ``forward`` and its ``loss_function``); generation, calls without labels and calls in eval mode
     keep the original behaviour and return logits. While fused, the output's ``logits`` is
-    ``None``. The one difference from the model's own loss: a batch whose labels are all
-    ``ignore_index`` gives 0 (with zero gradients) instead of NaN. The model's logit
-    post-processing is read from what its forward actually does to the logits (see
-    :mod:`crossentropy.hf._probe`), so a transformation the fused loss cannot reproduce raises
-    :class:`UnsupportedModelError` at the first fused call instead of giving a different loss.
-    Not supported: ``torch.compile`` of a patched model's forward (the logits probe is a tensor
-    subclass).
+    ``None`` (with ``return_dict=False`` the tuple leaves them out, as transformers does for a
+    ``None`` field), so the loss stays first. The one difference from the model's own loss: a
+    batch whose labels are all ``ignore_index`` gives 0 (with zero gradients) instead of NaN.
+
+    The model's forward runs on a stand-in for the logits (see :mod:`crossentropy.hf._probe`)
+    that lets through only what the fused path reproduces exactly: casts, scaling by a constant
+    and one soft-cap before the loss, ``logsumexp`` over the vocabulary (computed chunk by chunk,
+    with gradients; Bamba adds its z-loss this way, at the cost of one more pass over the
+    vocabulary), and metadata such as ``shape``. Any other use of the logits, before or after
+    the loss (a reduction, indexing, arithmetic with another tensor, reading a value), raises
+    :class:`UnsupportedModelError` naming the model and the operation, so a patched model either
+    computes its own loss or refuses; it never computes a different one. Not supported:
+    ``torch.compile`` of a patched model's forward (the stand-in is a tensor subclass).
 
     Args:
         model: a transformers ``*ForCausalLM`` (Llama, Mistral, Qwen2, Gemma, Gemma 2, Phi-3, ...).
@@ -184,8 +216,8 @@ def patch(
     Raises:
         TypeError: ``model`` is not a transformers model.
         UnsupportedModelError: the model has no plain linear output embedding, uses a loss other
-            than the causal LM loss, or (at the first fused call) transforms its logits in a way
-            the fused loss cannot reproduce.
+            than the causal LM loss, or (at the first fused call) uses its logits in a way the
+            fused loss cannot reproduce.
 
     Example:
         >>> import torch, transformers
@@ -210,8 +242,8 @@ def patch(
     if not _is_real(z_loss) or not math.isfinite(z_loss) or z_loss < 0.0:
         raise ValueError(f"crossentropy.hf.patch: z_loss must be finite and >= 0; got {z_loss!r}")
     label_smoothing, z_loss = float(label_smoothing), float(z_loss)
-    check_impl("crossentropy.hf.patch", impl)
-    chunk_size = check_chunk_size("crossentropy.hf.patch", chunk_size)
+    impl = _check_impl(impl)
+    chunk_size = _check_chunk_size(chunk_size)
     head = _check_supported(model)
     had_loss_function = "_loss_function" in model.__dict__
     state = _State(
@@ -290,7 +322,9 @@ def _head_forward(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
             return state.head_forward_in_dict(hidden)  # type: ignore[no-any-return]
         return nn.Linear.forward(head, hidden)
     state.head_calls += 1
-    return make_probe(hidden, head.weight, head.bias, state.model_name)
+    lse = functools.partial(_exact_logsumexp, state)
+    probe = make_probe(hidden, head.weight, head.bias, state.model_name, logsumexp=lse)
+    return _fsdp_probe(head, probe)  # FSDP2: see the end of this module
 
 
 def _patched_forward(self: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -380,15 +414,61 @@ def _finish(model: nn.Module, state: _State, out: Any) -> Any:
             f"crossentropy.hf: {name} did not pass its logits to self.loss_function once "
             f"(passed {state.fused_loss_calls} times), so its loss cannot be fused"
         )
+    # The probe refuses any arithmetic, so a loss built from it cannot exist; a model that
+    # returns the logits themselves as its loss (or no loss) is refused here.
+    loss = out[0] if isinstance(out, tuple) and out else getattr(out, "loss", None)
+    if not isinstance(loss, torch.Tensor) or isinstance(loss, LogitsProbe):
+        raise UnsupportedModelError(
+            f"crossentropy.hf: {name} returned {type(loss).__name__} as its loss, not the tensor "
+            "that self.loss_function computed, so its loss cannot be fused"
+        )
+    # The logits (the probe, or a cast or scaled copy of it) are not returned: a ModelOutput
+    # gets logits=None, a tuple loses them, as when transformers builds an output with None.
     if isinstance(out, tuple):
         return tuple(x for x in out if not isinstance(x, LogitsProbe))
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, LogitsProbe):
-        # Same result as building the output with logits=None: no key, attribute None.
-        if "logits" in out:
-            OrderedDict.__delitem__(out, "logits")
-        object.__setattr__(out, "logits", None)
+    for key in [k for k, v in out.items() if isinstance(v, LogitsProbe)]:
+        OrderedDict.__delitem__(out, key)
+        object.__setattr__(out, key, None)
     return out
+
+
+def _scaled_inputs(
+    trace: Trace, transform: LogitTransform
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The hidden states as (N, D) rows and the bias, both times the transform's input scale."""
+    hidden, bias = trace.hidden, trace.bias
+    inputs = hidden.reshape(-1, hidden.shape[-1])
+    if transform.input_scale != 1.0:
+        inputs = inputs * transform.input_scale
+        bias = None if bias is None else bias * transform.input_scale
+    return inputs, bias
+
+
+def _exact_logsumexp(state: _State, trace: Trace) -> torch.Tensor:
+    """``logits.logsumexp(-1)`` of the logits ``trace`` describes, without building them.
+
+    One more chunked pass over the vocabulary (its own backward included), fp32 (float64 for
+    float64 weights), shape ``hidden.shape[:-1]``.
+    """
+    from crossentropy.torch import linear_cross_entropy
+
+    trace = _fsdp_trace(state, trace)
+    transform = logit_transform(trace)
+    inputs, bias = _scaled_inputs(trace, transform)
+    # Any valid class does: only the logsumexp of each row is used.
+    target = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
+    aux = linear_cross_entropy(
+        inputs,
+        trace.weight,
+        target,
+        linear_bias=bias,
+        reduction="none",
+        softcap=transform.softcap,
+        return_aux=True,
+        impl=state.impl,
+        chunk_size=state.chunk_size,
+    )
+    return aux.lse.reshape(trace.hidden.shape[:-1])
 
 
 def _fused_causal_lm_loss(
@@ -405,9 +485,9 @@ def _fused_causal_lm_loss(
     """transformers' ``ForCausalLMLoss`` computed from the probe without the logits."""
     from crossentropy.torch import linear_cross_entropy
 
-    trace: Trace = logits._ce_trace
+    trace: Trace = _fsdp_trace(state, logits._ce_trace)
     transform = logit_transform(trace)
-    weight, bias, hidden = trace.weight, trace.bias, trace.hidden
+    weight, hidden = trace.weight, trace.hidden
     if weight.shape[0] != vocab_size:
         raise UnsupportedModelError(
             f"crossentropy.hf: {_name(model)} has an output embedding of {weight.shape[0]} rows "
@@ -417,15 +497,12 @@ def _fused_causal_lm_loss(
         padded = nn.functional.pad(labels, (0, 1), value=ignore_index)
         shift_labels = padded[..., 1:]
     target = shift_labels.reshape(-1).to(hidden.device)
-    inputs = hidden.reshape(-1, hidden.shape[-1])
+    inputs, bias = _scaled_inputs(trace, transform)
     if target.shape[0] != inputs.shape[0]:
         raise ValueError(
             f"crossentropy.hf: {_name(model)} got labels with {target.shape[0]} positions for "
             f"hidden states with {inputs.shape[0]} positions (shape {tuple(hidden.shape)})"
         )
-    if transform.input_scale != 1.0:
-        inputs = inputs * transform.input_scale
-        bias = None if bias is None else bias * transform.input_scale
     reduction = "sum" if num_items_in_batch is not None else "mean"
     loss = linear_cross_entropy(
         inputs,
@@ -445,3 +522,30 @@ def _fused_causal_lm_loss(
             num_items_in_batch = num_items_in_batch.to(loss.device)
         loss = loss / num_items_in_batch
     return loss
+
+
+# ------------------------------------------------------------------------------------------------
+# FSDP2: an output embedding that is a ``fully_shard`` unit of its own
+
+
+def _fsdp_probe(head: nn.Module, probe: LogitsProbe) -> LogitsProbe:
+    """FSDP2 hooks an unshard-before-backward onto a unit's outputs that need a gradient. The
+    probe takes no part in autograd (the fused loss differentiates the hidden states and the
+    head's parameters directly), so for such a head it says it needs none and FSDP2 leaves it be."""
+    from crossentropy.torch._sharded import is_fsdp_module
+
+    if is_fsdp_module(head):
+        probe._ce_trace = replace(probe._ce_trace, requires_grad=False)
+    return probe
+
+
+def _fsdp_trace(state: _State, trace: Trace) -> Trace:
+    """The head's parameters as they are at the loss. After an FSDP2 unit's forward its gathered
+    weight is freed and the module holds the sharded DTensor again, which
+    :func:`crossentropy.torch.linear_cross_entropy` gathers once per call (or splits the
+    vocabulary over, when the ranks hold the same tokens); its gradient goes to that DTensor."""
+    from crossentropy.torch._sharded import is_fsdp_module
+
+    if not is_fsdp_module(state.head):
+        return trace
+    return replace(trace, weight=state.head.weight, bias=state.head.bias)

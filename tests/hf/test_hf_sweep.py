@@ -1,0 +1,154 @@
+"""Every causal LM of the installed transformers: patched, its loss and gradients equal its own, or
+the patch refuses it with UnsupportedModelError. Never a different loss.
+
+Each model is built from a tiny config derived generically from its own (``_hf_tiny.py``). The
+outcomes are pinned: a model that cannot be built or run from a tiny config is listed in
+``CANNOT_RUN`` with the reason, a model the patch refuses in ``REFUSED`` with the operation the
+error names. A model that changes category (a new transformers release, a change to the probe)
+fails its test until the lists say so, so neither list grows silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from _hf_tiny import FIRST_SPECIAL_ID, build, causal_lm_classes  # noqa: E402
+
+from crossentropy import hf  # noqa: E402
+
+# model_type: what fails, as the error says it. Checked: each still fails that way.
+CANNOT_RUN: dict[str, str] = {
+    # the config's defaults do not build a model (a field the generic shrink leaves unset)
+    "cohere_compass_text": "KeyError: 'full_attention'",
+    "dbrx": "no attribute 'rope_theta'",
+    "qwen4_exp": "unsupported operand type(s) for //: 'NoneType'",
+    "qwen4_exp_text": "unsupported operand type(s) for //: 'NoneType'",
+    "longcat_flash": "split_with_sizes expects split_sizes",
+    "zamba": "tie_weights_keys",
+    "gemma4_assistant": "hidden_size_per_layer_input must be 0",
+    # per-layer attributes (heterogeneous layers): a global size cannot be set generically
+    "dots3_note": "is a per-layer attribute",
+    "dots3_note_text": "is a per-layer attribute",
+    "gemma4": "is a per-layer attribute",
+    "gemma4_text": "is a per-layer attribute",
+    "gemma4_unified": "is a per-layer attribute",
+    "gemma4_unified_assistant": "is a per-layer attribute",
+    "gemma4_unified_text": "is a per-layer attribute",
+    "gemma3n_text": "The set of layer types producing a cache",
+    # needs an optional package the dev extra does not install
+    "gemma3n": "requires the timm library",
+    # an image-captioning model: its loss needs image tokens in front of the text
+    "git": "Expected input batch_size",
+}
+
+# model_type: the operation the refusal names. Most compute their loss in forward with
+# CrossEntropyLoss()(logits.view(-1, V), ...) instead of self.loss_function.
+REFUSED: dict[str, str] = {
+    **{
+        name: "'view'"
+        for name in (
+            "bart",
+            "bigbird_pegasus",
+            "blenderbot",
+            "blenderbot-small",
+            "cpmant",
+            "marian",
+            "mbart",
+            "mvp",
+            "pegasus",
+            "plbart",
+            "trocr",
+            "whisper",
+            "xlm",
+            "xlnet",
+        )
+    },
+    "prophetnet": "'__getitem__'",
+    # output embeddings that are not one nn.Linear
+    "dory": "not a plain torch.nn.Linear",
+    "musicgen": "not a plain torch.nn.Linear",
+    "musicgen_melody": "not a plain torch.nn.Linear",
+}
+
+CASES = sorted(set(causal_lm_classes()))
+
+
+def _batch(model: Any) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, FIRST_SPECIAL_ID, (2, 8), generator=g)
+    labels = ids.clone()
+    labels[0, :3] = -100
+    labels[1, 5] = -100
+    batch: dict[str, Any] = {"input_ids": ids, "labels": labels}
+    # Hybrid models build a cache even in training unless told not to.
+    if "use_cache" in inspect.signature(type(model).forward).parameters:
+        batch["use_cache"] = False
+    return batch
+
+
+def _loss_and_grads(model: Any, batch: dict[str, Any], upstream: Any) -> tuple[Any, dict[str, Any]]:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # the same router noise, where a model has any
+    loss = model(**batch).loss
+    (loss * upstream).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def _check_refusal(model_type: str, class_name: str, exc: Exception) -> None:
+    assert model_type in REFUSED, f"{class_name} is refused, and was not before: {exc}"
+    assert class_name in str(exc) and REFUSED[model_type] in str(exc), str(exc)
+
+
+@pytest.mark.parametrize(("model_type", "class_name"), CASES, ids=[f"{t}-{c}" for t, c in CASES])
+def test_patched_loss_matches_or_is_refused(model_type: str, class_name: str) -> None:
+    upstream = torch.tensor(-1.7)  # not 1: a gradient scaled by it must still match
+    try:
+        reference = build(model_type, class_name)
+        batch = _batch(reference)
+        # Copied before any forward: some models keep tensors of the last forward (RecurrentGemma).
+        twin = copy.deepcopy(reference)
+        try:
+            model = hf.patch(twin, impl="torch", chunk_size=5)
+        except hf.UnsupportedModelError as exc:
+            _check_refusal(model_type, class_name, exc)
+            return
+        want, want_grads = _loss_and_grads(reference, batch, upstream)
+    except Exception as exc:
+        reason = CANNOT_RUN.get(model_type)
+        assert reason is not None, (
+            f"{class_name} does not build or run from a tiny config ({type(exc).__name__}: "
+            f"{exc}); fix tests/hf/_hf_tiny.py or pin it in CANNOT_RUN with the reason"
+        )
+        assert reason in f"{type(exc).__name__}: {exc}", (reason, exc)
+        pytest.skip(f"{class_name}: no tiny model ({reason})")
+    assert model_type not in CANNOT_RUN, f"{class_name} runs now: take it out of CANNOT_RUN"
+
+    try:
+        got, got_grads = _loss_and_grads(model, batch, upstream)
+    except hf.UnsupportedModelError as exc:
+        _check_refusal(model_type, class_name, exc)
+        return
+    assert model_type not in REFUSED, f"{class_name} is fused now: take it out of REFUSED"
+
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert got_grads.keys() == want_grads.keys()
+    for key, value in want_grads.items():
+        # fp32 sums of many terms: the rounding error scales with the gradient's largest entry
+        # (RWKV's tied embedding has entries of several hundred)
+        scale = max(1.0, float(value.abs().max()))
+        torch.testing.assert_close(got_grads[key], value, atol=1e-5 * scale, rtol=1e-4, msg=key)
+
+
+def test_pinned_models_exist() -> None:
+    # A model removed from transformers leaves a stale pin behind: it must go from the lists.
+    installed = {model_type for model_type, _ in CASES}
+    assert set(CANNOT_RUN) <= installed, set(CANNOT_RUN) - installed
+    assert set(REFUSED) <= installed, set(REFUSED) - installed
