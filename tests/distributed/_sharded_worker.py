@@ -481,6 +481,98 @@ def bad(mesh: DeviceMesh) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
+# the helper reused by other losses of the same shape: linear_logprobs, linear_distillation_loss,
+# and the nn.Module over cross_entropy
+
+
+def reuse(mesh: DeviceMesh) -> dict[str, Any]:
+    """dtensor_call with LINEAR_LOGPROBS / LINEAR_DISTILLATION, against the same function on the
+    whole weight in this process (the weight's gradient: the ranks' mean, all-reduced here)."""
+    from crossentropy.torch import CrossEntropyLoss, linear_distillation_loss, linear_logprobs
+    from crossentropy.torch import _sharded as S
+
+    rank, world = mesh.get_local_rank(), mesh.size()
+    group = mesh.get_group(0)
+    data = inputs(41, world)
+    g = torch.Generator().manual_seed(42)
+    Wt = torch.randn(V, D, generator=g, dtype=torch.float64)  # a teacher head
+    out: dict[str, Any] = {}
+
+    def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t, group=group)
+        return t / world
+
+    for tokens in ("same", "different"):
+        r = 0 if tokens == "same" else rank
+        x, y, up = data["x"][r], data["y"][r], data["up"][r]
+        temp = 0.5 + (torch.arange(x.shape[0], dtype=torch.float64) % 3) / 4
+        # linear_logprobs: log-probabilities and entropies, both with upstream gradients
+        got, want = [], []
+        for split in (True, False):
+            W: Any = data["W"].clone()
+            W = distribute_tensor(W, mesh, [Shard(0)]) if split else W
+            W.requires_grad_()
+            h = x.clone().requires_grad_()
+            kw = dict(hidden=h, weight=W, target=y, temperature=temp, return_entropy=True)
+            res = (
+                S.dtensor_call(linear_logprobs, S.LINEAR_LOGPROBS, kw)
+                if split
+                else linear_logprobs(**kw)
+            )
+            (res.logprobs * up + res.entropy * up.flip(0)).sum().backward()
+            wgrad = full(W.grad) if split else mean_over_ranks(W.grad)
+            (got if split else want).append(
+                [res.logprobs.detach(), res.entropy.detach(), h.grad, wgrad]
+            )
+        out[f"logprobs-{tokens}"] = {"got": got[0], "want": want[0]}
+        # linear_distillation_loss: both heads split alike (vocab parallel or gathered), and a
+        # split student with a whole teacher (gathered)
+        for teacher_split in (True, False):
+            got, want = [], []
+            for split in (True, False):
+                Ws: Any = data["W"].clone()
+                Wq: Any = Wt.clone()
+                if split:
+                    Ws = distribute_tensor(Ws, mesh, [Shard(0)])
+                    if teacher_split:
+                        Wq = distribute_tensor(Wq, mesh, [Shard(0)])
+                Ws.requires_grad_()
+                hs, ht = x.clone().requires_grad_(), (0.5 * x).flip(0).clone()
+                kw = dict(
+                    student_hidden=hs,
+                    student_weight=Ws,
+                    teacher_hidden=ht,
+                    teacher_weight=Wq,
+                    divergence="jsd",
+                    beta=0.3,
+                    temperature=1.5,
+                    target=y,
+                    hard_weight=0.5,
+                    reduction="sum",
+                )
+                loss = (
+                    S.dtensor_call(linear_distillation_loss, S.LINEAR_DISTILLATION, kw)
+                    if split
+                    else linear_distillation_loss(**kw)
+                )
+                (loss * up[0]).backward()
+                wgrad = full(Ws.grad) if split else mean_over_ranks(Ws.grad)
+                (got if split else want).append([loss.detach(), hs.grad, wgrad])
+            out[f"distill-teacher{int(teacher_split)}-{tokens}"] = {"got": got[0], "want": want[0]}
+    # the nn.Module over cross_entropy, with DTensor logits split on the classes
+    logits = 2 * data["x"][0] @ data["W"].T
+    z = distribute_tensor(logits, mesh, [Shard(1)]).requires_grad_()
+    loss = CrossEntropyLoss(label_smoothing=0.1)(z, data["y"][0])
+    loss.backward()
+    zp = logits.clone().requires_grad_()
+    ref = F.cross_entropy(zp, data["y"][0], label_smoothing=0.1)
+    ref.backward()
+    out["module-ce"] = {"got": [loss.detach(), full(z.grad)], "want": [ref.detach(), zp.grad]}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 
 
 PARTS_1D: dict[str, Callable[[DeviceMesh], dict[str, Any]]] = {
@@ -491,6 +583,7 @@ PARTS_1D: dict[str, Callable[[DeviceMesh], dict[str, Any]]] = {
     "ddp": ddp,
     "gathers": gathers,
     "bad": bad,
+    "reuse": reuse,
 }
 
 

@@ -366,3 +366,14 @@ def test_bad_input_on_one_rank_raises_on_every_rank_quickly(ranks, world) -> Non
         x, y = data["x"][0], data["y"][0]
         want = F.cross_entropy(x @ data["W"].T, y, ignore_index=IGNORE)
         assert abs(res["after-same"] - float(want)) < 1e-12
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_helper_reused_by_logprobs_distillation_and_the_module(ranks, world) -> None:
+    """dtensor_call with the specs of linear_logprobs and linear_distillation_loss (whose own
+    hook lines are theirs to add), and CrossEntropyLoss on DTensor logits."""
+    for r, res in enumerate(part(ranks, "reuse", world)):
+        for key, case in res.items():
+            assert len(case["got"]) == len(case["want"]), key
+            for i, (a, b) in enumerate(zip(case["got"], case["want"])):
+                close(f"{key} rank {r} output {i}", a, b, "float64")

@@ -31,30 +31,31 @@ Bad input on one rank raises on every rank: local problems travel with the metad
 gathering path an error raised by the loss itself is all-reduced before anyone goes on to a
 backward pass that would wait for the rank that failed.
 
-Using it from a new public function (``linear_logprobs(hidden, weight, target, ...)``,
-``linear_distillation_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, ...)``):
-describe the arguments once with a :class:`ShardSpec` and make the first lines of the function
+Using it from a public function: describe its arguments once with a :class:`ShardSpec`
+(:data:`LINEAR_LOGPROBS` and :data:`LINEAR_DISTILLATION` here are those of ``linear_logprobs``
+and ``linear_distillation_loss``) and make its first lines
 
 .. code-block:: python
 
-    _SPEC = ShardSpec(
-        "linear_distillation_loss",
-        heads=(("student_hidden", "student_weight", "student_bias"),
-               ("teacher_hidden", "teacher_weight", "teacher_bias")),
-        rows=("target",),             # per-position tensors: targets, per-token temperatures
-        classes=("class_weight",),    # (V,) tensors; sliced to the shard on the vocab-parallel path
-    )
-
-    def linear_distillation_loss(student_hidden, student_weight, ..., process_group=None):
-        args = dict(student_hidden=student_hidden, student_weight=student_weight, ...)
-        if any_dtensor(args.values()):
-            return dtensor_call(linear_distillation_loss, _SPEC, args)
+    def linear_distillation_loss(student_hidden, student_weight, teacher_hidden, teacher_weight,
+                                 *, ..., process_group=None, ...):
+        if _sharded.any_dtensor((student_hidden, student_weight, teacher_hidden, teacher_weight,
+                                 student_bias, teacher_bias, target, mask)):
+            return _sharded.dtensor_call(
+                linear_distillation_loss,
+                _sharded.LINEAR_DISTILLATION,
+                dict(student_hidden=student_hidden, ..., process_group=process_group, ...),
+            )
         ...
 
-The function is called again with every argument by keyword, now plain tensors, and
-``process_group`` set when the call runs vocab parallel; it must accept a shard of the
-vocabulary with ``process_group=`` as ``linear_cross_entropy`` does. Several heads run vocab
-parallel only when all of them are split the same way; otherwise each is gathered whole.
+with every argument in the dict. The function is then called again by keyword with plain tensors,
+and ``process_group`` set when the call runs vocab parallel, so it must take a shard of the
+vocabulary with ``process_group=`` as ``linear_cross_entropy`` does. Roles in a spec: ``heads``
+(hidden, weight, bias per projection), ``rows`` (per-position tensors: targets, masks, per-token
+temperatures; one with the hidden states' rank and ``V`` last, such as probability targets or a
+mask over the vocabulary, is cut to this rank's classes), ``classes`` (``(V,)`` tensors such as
+class weights, cut likewise). Several heads run vocab parallel only when all are split the same
+way; otherwise each is gathered whole.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ from torch import Tensor
 __all__ = [
     "CROSS_ENTROPY",
     "LINEAR_CROSS_ENTROPY",
+    "LINEAR_DISTILLATION",
+    "LINEAR_LOGPROBS",
     "ShardSpec",
     "any_dtensor",
     "dtensor_call",
@@ -115,6 +118,19 @@ LINEAR_CROSS_ENTROPY = ShardSpec(
     heads=(("input", "linear_weight", "linear_bias"),),
     rows=("target",),
     classes=("weight",),
+)
+LINEAR_LOGPROBS = ShardSpec(
+    "linear_logprobs",
+    heads=(("hidden", "weight", "bias"),),
+    rows=("target", "temperature", "top_k", "top_p", "allowed"),
+)
+LINEAR_DISTILLATION = ShardSpec(
+    "linear_distillation_loss",
+    heads=(
+        ("student_hidden", "student_weight", "student_bias"),
+        ("teacher_hidden", "teacher_weight", "teacher_bias"),
+    ),
+    rows=("target", "mask"),
 )
 
 
@@ -540,11 +556,12 @@ def _linear_call(func: Callable[..., Any], spec: ShardSpec, args: dict[str, Any]
     local: dict[str, Any] = {}
     try:
         local = _plain_args(spec, args, heads, cls, None, None)
-        tokens = [local.get(h[0]) for h in spec.heads] + [local.get(r) for r in spec.rows]
-        for name, t in zip([h[0] for h in spec.heads] + list(spec.rows), tokens):
-            if t is not None and not isinstance(t, Tensor):
+        hiddens = [local.get(h[0]) for h in spec.heads]
+        for (name, _, _), t in zip(spec.heads, hiddens):
+            if not isinstance(t, Tensor):
                 raise TypeError(f"{fn}: {name} must be a torch.Tensor; got {type(t).__name__}")
-        n_rows = tokens[0].shape[:-1].numel() if isinstance(tokens[0], Tensor) else 0
+        tokens = hiddens + [local.get(r) for r in spec.rows]  # non-tensors (a float) are skipped
+        n_rows = hiddens[0].shape[:-1].numel()
         device = heads[0].weight.device
         prints = _fingerprint(tokens, device)
     except (TypeError, ValueError) as exc:
