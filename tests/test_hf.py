@@ -503,16 +503,41 @@ def test_logsumexp_of_the_logits_is_exact(case: str, post: str) -> None:
     softcap = (lambda z, m: 2.0 * torch.tanh(z / 2.0)) if post == "softcap" else None
     reference = _custom(post=softcap, after=LSE_VARIANTS[case])
     model = hf.patch(copy.deepcopy(reference), impl="torch", chunk_size=8)
-    batch = _batch(seed=3)
-    upstream = torch.randn(()) * 3
-    want = reference(**batch)
-    (want.loss * upstream).backward()
-    got = model(**batch)
-    (got.loss * upstream).backward()
-    assert got.logits is None
-    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
-    for (key, a), b in zip(_grads(reference).items(), _grads(model).values()):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=key)
+    # The first call computes the logsumexp in a pass of its own, the second from the loss's.
+    for seed in (3, 4):
+        batch = _batch(seed=seed)
+        reference.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        upstream = torch.randn(()) * 3
+        want = reference(**batch)
+        (want.loss * upstream).backward()
+        got = model(**batch)
+        (got.loss * upstream).backward()
+        assert got.logits is None
+        torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+        for (key, a), b in zip(_grads(reference).items(), _grads(model).values()):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_logits_kept_by_a_hook_refuse_later_use() -> None:
+    # A forward hook on lm_head sees the stand-in; whatever keeps it cannot read values from it
+    # later either, during the forward or after it.
+    model = _build("llama")
+    kept: list[Any] = []
+    model.lm_head.register_forward_hook(lambda module, args, out: kept.append(out))
+    hf.patch(model, impl="torch")
+    out = model(**_batch(seed=5))
+    assert out.logits is None and out.loss.requires_grad
+    (logits,) = kept
+    assert logits.shape == (3, 11, VOCAB)
+    for use in (lambda z: z.mean(), lambda z: z.argmax(-1), lambda z: z.numpy(), lambda z: z[0]):
+        with pytest.raises(hf.UnsupportedModelError, match="LlamaForCausalLM"):
+            use(logits)
+    # The one value it answers is exact: logsumexp over the vocabulary.
+    hf.unpatch(model)
+    batch = _batch(seed=5)
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(logits.logsumexp(-1), full.logsumexp(-1), atol=1e-5, rtol=1e-5)
 
 
 def test_metadata_of_the_logits_is_that_of_the_real_logits() -> None:
@@ -557,7 +582,7 @@ def test_metadata_of_the_logits_is_that_of_the_real_logits() -> None:
     assert probe_repr[0].startswith("LogitsProbe(shape=(3, 11, 211)")
 
 
-def test_bamba_z_loss_matches_the_model() -> None:
+def test_bamba_z_loss_matches_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     # The model of issue 18: Bamba adds z * mean(logsumexp(logits)^2) after self.loss_function.
     cfg = transformers.BambaConfig(
         vocab_size=64,
@@ -587,7 +612,25 @@ def test_bamba_z_loss_matches_the_model() -> None:
     without_z = copy.deepcopy(reference)
     without_z.z_loss_coefficient = 0.0
     plain_ce = float(without_z(input_ids=ids, labels=labels).loss.detach())
-    for extra in ({}, {"attention_mask": mask, "num_items_in_batch": torch.tensor(9)}):
+    # The first call computes the logsumexp in a pass of its own; later calls take it from the
+    # loss's pass (return_aux=True), so each call below is counted.
+    import crossentropy.torch
+
+    calls: list[bool] = []
+    original = crossentropy.torch.linear_cross_entropy
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(bool(kwargs.get("return_aux")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(crossentropy.torch, "linear_cross_entropy", counted)
+    passes = []
+    for extra in (
+        {},
+        {"attention_mask": mask, "num_items_in_batch": torch.tensor(9)},
+        {"attention_mask": mask},
+    ):
+        calls.clear()
         reference.zero_grad(set_to_none=True)
         model.zero_grad(set_to_none=True)
         upstream = torch.randn(()) * 3
@@ -601,12 +644,21 @@ def test_bamba_z_loss_matches_the_model() -> None:
         assert want_grads.keys() == got_grads.keys()
         for key, value in want_grads.items():
             torch.testing.assert_close(got_grads[key], value, atol=1e-5, rtol=1e-4, msg=key)
+        passes.append(list(calls))
+    assert passes == [[False, True], [True], [True]]
     assert float(want.loss.detach()) > plain_ce + 0.1  # the z-loss term is really there
     # return_dict=False: the loss stays first, the logits are left out.
     want_tuple = reference(input_ids=ids, labels=labels, return_dict=False)
     got_tuple = model(input_ids=ids, labels=labels, return_dict=False)
     assert len(got_tuple) == len(want_tuple) - 1
     torch.testing.assert_close(got_tuple[0], want_tuple[0], atol=1e-5, rtol=1e-5)
+    # Once the model stops asking (its z-loss switched off), the loss stops keeping it.
+    model.z_loss_coefficient = 0.0
+    for _ in range(2):
+        calls.clear()
+        model(input_ids=ids, labels=labels)
+        passes.append(list(calls))
+    assert passes[-2:] == [[True], [False]]
 
 
 class _OwnLossLlama(transformers.LlamaForCausalLM):

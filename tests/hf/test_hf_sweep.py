@@ -80,6 +80,15 @@ REFUSED: dict[str, str] = {
 CASES = sorted(set(causal_lm_classes()))
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    # Tiny matrices gain nothing from threads, and two test workers on two cores would fight.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _batch(model: Any) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, FIRST_SPECIAL_ID, (2, 8), generator=g)

@@ -72,6 +72,11 @@ class _State:
     capturing: bool = False
     head_calls: int = 0
     fused_loss_calls: int = 0
+    # A model that asks for logsumexp(logits) after its loss (Bamba's z-loss) gets it from the
+    # loss's own pass from its second call on: the loss call then keeps (trace, transform, lse).
+    share_lse: bool = False
+    lse_from_loss: tuple[Trace, LogitTransform, torch.Tensor] | None = None
+    lse_shared: bool = False
 
 
 def _name(model: nn.Module) -> str:
@@ -339,6 +344,7 @@ def _patched_forward(self: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
     if not fuse or state.capturing:
         return original()
     state.capturing, state.head_calls, state.fused_loss_calls = True, 0, 0
+    state.lse_from_loss, state.lse_shared = None, False
     try:
         out = original()
     except UnsupportedModelError:
@@ -354,6 +360,9 @@ def _patched_forward(self: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
         raise
     finally:
         state.capturing = False
+        if state.lse_from_loss is not None and not state.lse_shared:
+            state.share_lse = False  # kept for nothing: the model no longer asks for it
+        state.lse_from_loss = None
     return _finish(self, state, out)
 
 
@@ -447,13 +456,21 @@ def _scaled_inputs(
 def _exact_logsumexp(state: _State, trace: Trace) -> torch.Tensor:
     """``logits.logsumexp(-1)`` of the logits ``trace`` describes, without building them.
 
-    One more chunked pass over the vocabulary (its own backward included), fp32 (float64 for
-    float64 weights), shape ``hidden.shape[:-1]``.
+    fp32 (float64 for float64 weights), shape ``hidden.shape[:-1]``, with its gradient. Asked
+    after the loss of the same logits, it comes from the loss's own pass over the vocabulary
+    (from the second call on, once the model has shown that it asks); otherwise it costs one
+    more chunked pass, its backward included.
     """
     from crossentropy.torch import linear_cross_entropy
 
     trace = _fsdp_trace(state, trace)
     transform = logit_transform(trace)
+    kept = state.lse_from_loss
+    if kept is not None and _same_logits(kept[0], trace) and kept[1] == transform:
+        state.lse_shared = True
+        return kept[2].reshape(trace.hidden.shape[:-1])
+    if state.fused_loss_calls:
+        state.share_lse = True
     inputs, bias = _scaled_inputs(trace, transform)
     # Any valid class does: only the logsumexp of each row is used.
     target = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
@@ -469,6 +486,10 @@ def _exact_logsumexp(state: _State, trace: Trace) -> torch.Tensor:
         chunk_size=state.chunk_size,
     )
     return aux.lse.reshape(trace.hidden.shape[:-1])
+
+
+def _same_logits(a: Trace, b: Trace) -> bool:
+    return a.hidden is b.hidden and a.weight is b.weight and a.bias is b.bias
 
 
 def _fused_causal_lm_loss(
@@ -504,10 +525,7 @@ def _fused_causal_lm_loss(
             f"hidden states with {inputs.shape[0]} positions (shape {tuple(hidden.shape)})"
         )
     reduction = "sum" if num_items_in_batch is not None else "mean"
-    loss = linear_cross_entropy(
-        inputs,
-        weight,
-        target,
+    options: dict[str, Any] = dict(
         linear_bias=bias,
         reduction=reduction,
         ignore_index=ignore_index,
@@ -517,6 +535,13 @@ def _fused_causal_lm_loss(
         impl=state.impl,
         chunk_size=state.chunk_size,
     )
+    if state.share_lse:
+        # The model will ask for the logsumexp of these logits: keep the one computed here.
+        aux = linear_cross_entropy(inputs, weight, target, return_aux=True, **options)
+        loss = aux.loss
+        state.lse_from_loss = (trace, transform, aux.lse)
+    else:
+        loss = linear_cross_entropy(inputs, weight, target, **options)
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(loss.device)
