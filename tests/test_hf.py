@@ -449,6 +449,13 @@ LEAKS: dict[str, tuple[Callable[[Any, Any, Any], Any], str]] = {
     "item": (lambda loss, z, m: loss + z[0, 0, 0].item(), "'__getitem__'"),
     "float": (lambda loss, z, m: loss + float(z.reshape(-1)[0]), "'reshape'"),
     "tolist": (lambda loss, z, m: loss + len(z.tolist()), "'tolist'"),
+    # the Python conversions, straight on the stand-in
+    "float()": (lambda loss, z, m: loss + float(z), "'__float__'"),
+    "item()": (lambda loss, z, m: loss + z.item(), "'item'"),
+    "bool()": (lambda loss, z, m: loss * bool(z), "'__bool__'"),
+    "comparison": (lambda loss, z, m: loss * (z >= 0.0).float().mean(), "'__ge__'|'ge'"),
+    "iteration": (lambda loss, z, m: loss + sum(row.sum() for row in z), "'unbind'|'__iter__'"),
+    "new tensor like it": (lambda loss, z, m: loss + z.new_ones(z.shape).sum(), "'new_ones'"),
     "numpy": (lambda loss, z, m: loss + z.detach().numpy().sum(), "'detach'"),
     "bool": (lambda loss, z, m: loss * _reads_a_value(z).new_ones(()), "'gt'"),
     "equal": (lambda loss, z, m: loss * torch.equal(z, z), "'equal'"),
