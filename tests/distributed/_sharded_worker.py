@@ -395,32 +395,52 @@ class _null:
 
 
 def gathers(mesh: DeviceMesh) -> dict[str, Any]:
-    """all_gather calls per forward carrying weight rows (chunk_size=1: one block per row)."""
+    """All-gathers per forward that carry weight rows (chunk_size=1: one block per row), with an
+    uneven split (V = 11) and an even one (V = 12, which moves straight into the whole weight),
+    and the loss and gradients of the even one (the uneven split is in every other part)."""
     rank, world = mesh.get_local_rank(), mesh.size()
-    data = inputs(21, world, rows=9)
-    real = dist.all_gather
-    calls: list[tuple[tuple[int, ...], torch.dtype]] = []
+    names = [
+        n for n in ("all_gather", "all_gather_single", "all_gather_into_tensor") if hasattr(dist, n)
+    ]
+    real = {n: getattr(dist, n) for n in names}
+    calls: list[tuple[str, tuple[int, ...], torch.dtype]] = []
 
-    def counting(tensor_list: Any, tensor: torch.Tensor, *a: Any, **k: Any) -> Any:
-        calls.append((tuple(tensor.shape), tensor.dtype))
-        return real(tensor_list, tensor, *a, **k)
+    def counting(name: str) -> Callable[..., Any]:
+        def call(first: Any, tensor: torch.Tensor, *a: Any, **k: Any) -> Any:
+            calls.append((name, tuple(tensor.shape), tensor.dtype))
+            return real[name](first, tensor, *a, **k)
+
+        return call
 
     out: dict[str, Any] = {}
-    for tokens in ("different", "same"):
-        r = rank if tokens == "different" else 0
-        W = distribute_tensor(data["W"], mesh, [Shard(0)]).requires_grad_()
-        x = data["x"][r].clone().requires_grad_()
-        calls.clear()
-        dist.all_gather = counting  # type: ignore[assignment]
-        try:
-            loss = linear_cross_entropy(x, W, data["y"][r], chunk_size=1)
-        finally:
-            dist.all_gather = real  # type: ignore[assignment]
-        loss.backward()
-        weight_rows = [
-            c for c in calls if c[1] == torch.float64 and len(c[0]) == 2 and c[0][1] == D
-        ]
-        out[tokens] = {"weight_gathers": len(weight_rows), "all": calls[:], "rows": x.shape[0]}
+    for vocab in (11, 12):
+        data = inputs(21, world, rows=9)
+        W0 = torch.randn(
+            vocab, D, generator=torch.Generator().manual_seed(vocab), dtype=torch.float64
+        )
+        y = [t.clamp(max=vocab - 1) for t in data["y"]]
+        for tokens in ("different", "same"):
+            r = rank if tokens == "different" else 0
+            W = distribute_tensor(W0.clone(), mesh, [Shard(0)]).requires_grad_()
+            x = data["x"][r].clone().requires_grad_()
+            calls.clear()
+            for n in names:
+                setattr(dist, n, counting(n))
+            try:
+                loss = linear_cross_entropy(x, W, y[r], chunk_size=1)
+            finally:
+                for n in names:
+                    setattr(dist, n, real[n])
+            loss.backward()
+            weight_rows = [c for c in calls if c[2] == torch.float64 and c[1][-1:] == (D,)]
+            out[f"{tokens}-{vocab}"] = {
+                "weight_gathers": len(weight_rows),
+                "all": calls[:],
+                "rows": x.shape[0],
+                "loss": loss.detach(),
+                "x": x.grad,
+                "W": full(W.grad),
+            }
     return out
 
 

@@ -19,6 +19,7 @@ from _sharded_cases import (
     IGNORE,
     OPTIONS,
     TOL,
+    D,
     DPHead,
     V,
     dp_batches,
@@ -328,11 +329,29 @@ def test_ddp_gradient_accumulation_with_uneven_padding(ranks, world) -> None:
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_weight_is_gathered_at_most_once_per_forward(ranks, world) -> None:
-    """chunk_size=1 makes one block per row; the weight's rows are all-gathered once in all."""
-    for res in part(ranks, "gathers", world):
-        assert res["different"]["rows"] >= 9
-        assert res["different"]["weight_gathers"] == 1, res["different"]["all"]
-        assert res["same"]["weight_gathers"] == 0, res["same"]["all"]  # vocab parallel instead
+    """chunk_size=1 makes one block per row; the weight's rows are all-gathered once in all (and
+    not at all when the ranks hold the same tokens: vocab parallel instead). Even split too."""
+    got = part(ranks, "gathers", world)
+    data = inputs(21, world, rows=9)
+    for vocab in (11, 12):
+        W0 = torch.randn(
+            vocab, D, generator=torch.Generator().manual_seed(vocab), dtype=torch.float64
+        )
+        W = W0.clone().requires_grad_()
+        refs = []
+        for r in range(world):
+            x = data["x"][r].clone().requires_grad_()
+            loss = F.cross_entropy(x @ W.T, data["y"][r].clamp(max=vocab - 1), ignore_index=IGNORE)
+            loss.backward()
+            refs.append((loss.detach(), x.grad))
+        for r, res in enumerate(got):
+            case = res[f"different-{vocab}"]
+            assert case["rows"] >= 9
+            assert case["weight_gathers"] == 1, case["all"]
+            assert res[f"same-{vocab}"]["weight_gathers"] == 0, res[f"same-{vocab}"]["all"]
+            close(f"V={vocab} rank {r} loss", case["loss"], refs[r][0], "float64")
+            close(f"V={vocab} rank {r} d input", case["x"], refs[r][1], "float64")
+            close(f"V={vocab} rank {r} d weight", case["W"], W.grad / world, "float64")
 
 
 # name -> (error type on every rank, words in the message of the rank at fault, words elsewhere)

@@ -16,6 +16,18 @@ For gradient accumulation over ``k`` micro-batches, add the counts of all ``k`` 
 (``n = sum(global_valid_count(t) for t in micro_targets)``) and divide every micro-batch's summed
 loss by that ``n``. DDP and FSDP (1 and 2) both average gradients over the data-parallel ranks, so
 both need the ``* world_size``; only a hand-written ``all_reduce`` that sums gradients does not.
+
+Sequence (context) parallelism is the same sum with the sequence group: each rank holds a slice of
+the tokens, and after shifting the labels on the whole sequence (before slicing; a slice's last
+position needs the next slice's first label),
+
+.. code-block:: python
+
+    loss = linear_cross_entropy(h, W, y, reduction="sum") / global_valid_count(y, process_group=sp)
+
+gives losses that add up to the mean of the whole sequence and gradients that add up to its
+gradients (the hidden states' gradients are exactly the whole sequence's, slice by slice); multiply
+by the group size where DDP or FSDP average the replicated weights' gradients over that group.
 """
 
 from __future__ import annotations
@@ -46,7 +58,8 @@ def global_valid_count(
 
     which is the denominator of torch's ``reduction="mean"`` for the whole global batch. Dividing
     each rank's ``reduction="sum"`` loss by ``n`` (and multiplying by the world size when DDP
-    averages gradients) gives the gradients of one big batch, whatever the padding per rank.
+    averages gradients) gives the gradients of one big batch, whatever the padding per rank; with
+    the sequence-parallel group, the gradients of the whole sequence (see the module docstring).
 
     Every rank of ``process_group`` must call this (it runs one all-reduce). Without an
     initialised ``torch.distributed`` it returns the local count.
@@ -54,7 +67,8 @@ def global_valid_count(
     Args:
         target: class ids of any shape, integer dtype (``ignore_index`` marks padding).
         ignore_index: class id that is not counted.
-        process_group: the data-parallel group; ``None`` for the default group.
+        process_group: the data-parallel (or sequence-parallel) group; ``None`` for the default
+            group.
         weight: class weights of shape ``(C,)`` to sum ``weight[target]`` instead of counting, as
             torch's weighted mean does.
 

@@ -343,30 +343,28 @@ def _head(fn: str, names: tuple[str, str, str | None], args: dict[str, Any], cls
     )
 
 
-_CHUNK = 1 << 22
-
-
 def _fingerprint(tensors: list[Any], device: torch.device) -> list[int]:
-    """Two int64 sums of the tensors' bits (exact: the same data gives the same numbers on every
-    rank, whatever the reduction order), in blocks so no full int64 copy is made."""
+    """Two int64 numbers from the tensors' bits: the sum of every row's integer sum, and the same
+    weighted by the row's position. Integer sums are exact, so the same data gives the same numbers
+    on every rank whatever the reduction order; one read of each tensor, no copy of its size."""
     acc = torch.zeros(2, dtype=torch.int64, device=device)
     as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
     for i, t in enumerate(tensors):
         if not isinstance(t, Tensor):
             continue
-        flat = t.detach().reshape(-1)
-        if flat.dtype == torch.bool:
-            flat = flat.to(torch.uint8)
-        elif flat.is_floating_point() or flat.is_complex():
-            flat = flat.view(torch.float32) if flat.is_complex() else flat
-            flat = flat.view(as_int[flat.element_size()])
-        acc[0] += (i + 1) * 1_000_003 + flat.numel()
-        for s in range(0, flat.numel(), _CHUNK):
-            block = flat[s : s + _CHUNK].to(torch.int64)
-            pos = torch.arange(s, s + block.numel(), device=block.device) % 65_521 + 1
-            acc[0] += block.sum()
-            acc[1] += (block * pos).sum()
-    return [int(v) for v in acc.tolist()]
+        words = t.detach()
+        if words.dtype == torch.bool:
+            words = words.to(torch.uint8)
+        elif words.is_complex():
+            words = torch.view_as_real(words)
+        if words.is_floating_point():
+            words = words.view(as_int[words.element_size()])
+        words = words.reshape(words.shape[0] if words.dim() else 1, -1)
+        rows = words.sum(1, dtype=torch.int64)
+        pos = torch.arange(rows.shape[0], device=rows.device) % 65_521 + 1
+        acc[0] += rows.sum() + (i + 1) * 1_000_003 + words.numel()
+        acc[1] += (rows * pos).sum()
+    return [int(v) for v in acc.to("cpu").tolist()]
 
 
 def _meta_group(mesh: Any) -> Any:
@@ -506,9 +504,21 @@ def _plan(
     )
 
 
+def _gather_into(out: Tensor, local: Tensor, group: Any) -> None:
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    fn(out, local, group=group)
+
+
+def _reduce_scatter_into(out: Tensor, full: Tensor, group: Any) -> None:
+    fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    fn(out, full, op=dist.ReduceOp.SUM, group=group)
+
+
 class _GatherRows(torch.autograd.Function):
     """All-gather rows of a weight over a group (forward); reduce-scatter the gradient and divide
-    by the group size (backward): fully_shard's treatment of a parameter it gathers."""
+    by the group size (backward): fully_shard's treatment of a parameter it gathers. Equal pieces
+    in rank order (the usual case) move straight into and out of the whole tensor; uneven ones go
+    through buffers padded to the longest piece."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -517,13 +527,23 @@ class _GatherRows(torch.autograd.Function):
         start = min(off for off, size in pieces if size > 0)
         total = sum(size for _, size in pieces)
         longest = max(size for _, size in pieces)
-        ctx.group, ctx.pieces, ctx.start, ctx.longest = group, pieces, start, longest
+        even = all(p == (start + i * longest, longest) for i, p in enumerate(pieces))
+        ctx.group, ctx.pieces, ctx.start, ctx.longest, ctx.even = (
+            group,
+            pieces,
+            start,
+            longest,
+            even,
+        )
         rest = tuple(local.shape[1:])
+        full = local.new_empty((total, *rest))
+        if even:
+            _gather_into(full, local.contiguous(), group)
+            return full
         padded = local.new_zeros((longest, *rest))
         padded[: local.shape[0]] = local
         parts = [torch.empty_like(padded) for _ in pieces]
         dist.all_gather(parts, padded, group=group)
-        full = local.new_empty((total, *rest))
         for (off, size), part in zip(pieces, parts):
             full[off - start : off - start + size] = part[:size]
         return full
@@ -531,15 +551,18 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Any:  # type: ignore[override]
         rest = tuple(grad.shape[1:])
+        out = grad.new_empty((ctx.longest, *rest))
+        if ctx.even:
+            _reduce_scatter_into(out, grad.contiguous(), ctx.group)
+            return out.div_(len(ctx.pieces)), None, None
         parts = []
         for off, size in ctx.pieces:
             part = grad.new_zeros((ctx.longest, *rest))
             part[:size] = grad[off - ctx.start : off - ctx.start + size]
             parts.append(part)
-        out = grad.new_empty((ctx.longest, *rest))
         dist.reduce_scatter(out, parts, op=dist.ReduceOp.SUM, group=ctx.group)
         mine = ctx.pieces[dist.get_rank(ctx.group)][1]
-        return out[:mine] / len(ctx.pieces), None, None
+        return out[:mine].div_(len(ctx.pieces)), None, None
 
 
 def _linear_call(func: Callable[..., Any], spec: ShardSpec, args: dict[str, Any], cls: Any) -> Any:
@@ -556,10 +579,12 @@ def _linear_call(func: Callable[..., Any], spec: ShardSpec, args: dict[str, Any]
     local: dict[str, Any] = {}
     try:
         local = _plain_args(spec, args, heads, cls, None, None)
-        hiddens = [local.get(h[0]) for h in spec.heads]
-        for (name, _, _), t in zip(spec.heads, hiddens):
+        hiddens: list[Tensor] = []
+        for name, _, _ in spec.heads:
+            t = local.get(name)
             if not isinstance(t, Tensor):
                 raise TypeError(f"{fn}: {name} must be a torch.Tensor; got {type(t).__name__}")
+            hiddens.append(t)
         tokens = hiddens + [local.get(r) for r in spec.rows]  # non-tensors (a float) are skipped
         n_rows = hiddens[0].shape[:-1].numel()
         device = heads[0].weight.device
