@@ -28,6 +28,15 @@ COMMON: dict[str, Any] = dict(
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    # Models this small gain nothing from threads, and two test workers on two cores would fight.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _llama() -> Any:
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON))
 
@@ -632,11 +641,7 @@ def test_bamba_z_loss_matches_the_model(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(crossentropy.torch, "linear_cross_entropy", counted)
     passes = []
-    for extra in (
-        {},
-        {"attention_mask": mask, "num_items_in_batch": torch.tensor(9)},
-        {"attention_mask": mask},
-    ):
+    for extra in ({}, {"attention_mask": mask, "num_items_in_batch": torch.tensor(9)}):
         calls.clear()
         reference.zero_grad(set_to_none=True)
         model.zero_grad(set_to_none=True)
@@ -652,7 +657,7 @@ def test_bamba_z_loss_matches_the_model(monkeypatch: pytest.MonkeyPatch) -> None
         for key, value in want_grads.items():
             torch.testing.assert_close(got_grads[key], value, atol=1e-5, rtol=1e-4, msg=key)
         passes.append(list(calls))
-    assert passes == [[False, True], [True], [True]]
+    assert passes == [[False, True], [True]]
     assert float(want.loss.detach()) > plain_ce + 0.1  # the z-loss term is really there
     # return_dict=False: the loss stays first, the logits are left out.
     want_tuple = reference(input_ids=ids, labels=labels, return_dict=False)
