@@ -169,7 +169,7 @@ class LogitsProbe(torch.Tensor):
             or not out.is_floating_point()
             or (out is not source and any(out is a for a in leaves))
         ):
-            raise _refuse(trace.where, f"the operation {name!r}", " (its result is not a copy)")
+            raise _refuse(trace.where, f"the operation {name!r}", " (not a floating-point copy)")
         new_trace = replace(trace, ops=(*trace.ops, op))
         logit_transform(new_trace)  # a second tanh, a zero scale, ...: refused right here
         if out is source:
