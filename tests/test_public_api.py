@@ -21,7 +21,15 @@ PUBLIC = {
         "linear_distillation_loss",
         "linear_logprobs",
     ],
-    "crossentropy.hf": ["UnsupportedModelError", "is_patched", "patch", "patched", "unpatch"],
+    "crossentropy.hf": [
+        "UnsupportedModelError",
+        "distillation_loss",
+        "is_patched",
+        "patch",
+        "patched",
+        "token_logprobs",
+        "unpatch",
+    ],
     "crossentropy.keras": ["SparseCategoricalCrossentropy", "SparseCategoricalFocalCrossentropy"],
     "crossentropy.triton": [
         "linear_ce_backward",

@@ -66,6 +66,7 @@ class _State:
     head_forward_in_dict: Any
     impl: str
     chunk_size: int | None
+    memory: str | int
     label_smoothing: float
     z_loss: float
     fuse_in_eval: bool
@@ -77,6 +78,9 @@ class _State:
     share_lse: bool = False
     lse_from_loss: tuple[Trace, LogitTransform, torch.Tensor] | None = None
     lse_shared: bool = False
+    # token_logprobs / distillation_loss: the loss function records the probe's trace here and
+    # returns a zero loss (see crossentropy.hf._heads)
+    capture: list[Trace] | None = None
 
 
 def _name(model: nn.Module) -> str:
@@ -170,6 +174,7 @@ def patch(
     *,
     impl: str = "auto",
     chunk_size: int | None = None,
+    memory: str | int = "auto",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     fuse_in_eval: bool = False,
@@ -203,13 +208,16 @@ def patch(
     vocabulary), and metadata such as ``shape``. Any other use of the logits, before or after
     the loss (a reduction, indexing, arithmetic with another tensor, reading a value), raises
     :class:`UnsupportedModelError` naming the model and the operation, so a patched model either
-    computes its own loss or refuses; it never computes a different one. Not supported:
-    ``torch.compile`` of a patched model's forward (the stand-in is a tensor subclass).
+    computes its own loss or refuses; it never computes a different one. Under ``torch.compile``
+    a patched model's fused forward runs eagerly (a graph break around it: the stand-in is a
+    tensor subclass that Dynamo does not trace), with the same loss and gradients; calls without
+    labels compile as usual.
 
     Args:
         model: a transformers ``*ForCausalLM`` (Llama, Mistral, Qwen2, Gemma, Gemma 2, Phi-3, ...).
         impl: passed to ``linear_cross_entropy`` (``"auto"``, ``"torch"``, ``"triton"``).
         chunk_size: passed to ``linear_cross_entropy`` (rows per chunk; ``None`` for its default).
+        memory: passed to ``linear_cross_entropy`` (``"auto"``, ``"low"`` or bytes per block).
         label_smoothing: optional label smoothing (0 reproduces the model's loss).
         z_loss: optional z-loss coefficient (0 reproduces the model's loss).
         fuse_in_eval: also fuse when the model is in eval mode (then no logits are returned when
@@ -249,6 +257,9 @@ def patch(
     label_smoothing, z_loss = float(label_smoothing), float(z_loss)
     impl = _check_impl(impl)
     chunk_size = _check_chunk_size(chunk_size)
+    from crossentropy.torch._dispatch import check_memory
+
+    memory = check_memory("crossentropy.hf.patch", memory)
     head = _check_supported(model)
     had_loss_function = "_loss_function" in model.__dict__
     state = _State(
@@ -260,6 +271,7 @@ def patch(
         head_forward_in_dict=head.__dict__.get("forward"),
         impl=impl,
         chunk_size=chunk_size,
+        memory=memory,
         label_smoothing=float(label_smoothing),
         z_loss=float(z_loss),
         fuse_in_eval=fuse_in_eval,
@@ -305,7 +317,27 @@ class _ModelForward:
         return inspect.signature(type(self.model).forward.__get__(self.model))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _compiling():
+            return _eager_patched_forward()(self.model, args, kwargs)
         return _patched_forward(self.model, args, kwargs)
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    check = getattr(compiler, "is_compiling", None)
+    return bool(check()) if check is not None else False
+
+
+_EAGER: list[Any] = []
+
+
+def _eager_patched_forward() -> Any:
+    """:func:`_patched_forward` behind ``torch.compiler.disable``: under ``torch.compile`` the
+    fused forward runs eagerly (a graph break), since Dynamo cannot trace the logits stand-in.
+    Built on first use, so importing this module does not load Dynamo."""
+    if not _EAGER:
+        _EAGER.append(torch.compiler.disable(_patched_forward, recursive=True))
+    return _EAGER[0]
 
 
 class _LossFunction:
@@ -340,7 +372,9 @@ def _patched_forward(self: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
             return state.forward_in_dict(*args, **kwargs)
         return type(self).forward(self, *args, **kwargs)
 
-    fuse = kwargs.get("labels") is not None and (self.training or state.fuse_in_eval)
+    fuse = kwargs.get("labels") is not None and (
+        self.training or state.fuse_in_eval or state.capture is not None
+    )
     if not fuse or state.capturing:
         return original()
     state.capturing, state.head_calls, state.fused_loss_calls = True, 0, 0
@@ -373,6 +407,10 @@ def _loss_function(
     if not isinstance(logits, LogitsProbe):
         return state.loss_function(logits, labels, vocab_size, **kwargs)  # type: ignore[no-any-return]
     state.fused_loss_calls += 1
+    if state.capture is not None:
+        # token_logprobs / distillation_loss want the hidden states and the head, not a loss
+        state.capture.append(logits._ce_trace)
+        return torch.zeros((), dtype=torch.float32, device=labels.device)
     return _fused_causal_lm_loss(self, state, logits, labels, vocab_size, **kwargs)
 
 
@@ -484,6 +522,7 @@ def _exact_logsumexp(state: _State, trace: Trace) -> torch.Tensor:
         return_aux=True,
         impl=state.impl,
         chunk_size=state.chunk_size,
+        memory=state.memory,
     )
     return aux.lse.reshape(trace.hidden.shape[:-1])
 
@@ -534,6 +573,7 @@ def _fused_causal_lm_loss(
         softcap=transform.softcap,
         impl=state.impl,
         chunk_size=state.chunk_size,
+        memory=state.memory,
     )
     if state.share_lse:
         # The model will ask for the logsumexp of these logits: keep the one computed here.

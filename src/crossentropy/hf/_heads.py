@@ -1,0 +1,223 @@
+"""Per-token log-probabilities and distillation of causal LMs from their hidden states, no logits.
+
+Both run the model's own forward with :func:`crossentropy.hf.patch`'s logits stand-in, which hands
+back the final hidden states, the output embedding and the model's own logit transform (soft-cap,
+scale) instead of the ``(B, T, V)`` logits, then call :func:`crossentropy.torch.linear_logprobs` or
+:func:`crossentropy.torch.linear_distillation_loss` on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossentropy.hf._patch import _STATE_ATTR, _fsdp_trace, is_patched, patch, unpatch
+from crossentropy.hf._probe import LogitTransform, Trace, logit_transform
+
+__all__ = [
+    "distillation_loss",
+    "token_logprobs",
+]
+
+
+def _check_ids(fn: str, input_ids: object, attention_mask: object) -> torch.Tensor:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)
+        raise ValueError(
+            f"crossentropy.hf.{fn}: input_ids must be a (batch, length) tensor; got {shape}"
+        )
+    if input_ids.is_floating_point():
+        raise TypeError(
+            f"crossentropy.hf.{fn}: input_ids must hold integer token ids; got {input_ids.dtype}"
+        )
+    if input_ids.shape[1] < 2:
+        raise ValueError(
+            f"crossentropy.hf.{fn}: input_ids needs at least 2 tokens per row (a next token to score)"
+        )
+    if attention_mask is not None and (
+        not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape
+    ):
+        raise ValueError(
+            f"crossentropy.hf.{fn}: attention_mask must have input_ids' shape {tuple(input_ids.shape)}"
+        )
+    return input_ids
+
+
+def _capture(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    kwargs: dict[str, Any],
+) -> tuple[Trace, LogitTransform]:
+    """The model's final hidden states, head and logit transform for ``input_ids``."""
+    temporary = not is_patched(model)
+    if temporary:
+        patch(model)
+    state = model.__dict__[_STATE_ATTR]
+    state.capture = []
+    try:
+        # labels switch the patch on; the recorded loss is a dummy the caller never sees
+        model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids, **kwargs)
+        (trace,) = state.capture
+    finally:
+        state.capture = None
+        if temporary:
+            unpatch(model)
+    trace = _fsdp_trace(state, trace)
+    return trace, logit_transform(trace)
+
+
+def _next_token_targets(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, T-1) ids of the next tokens, -100 where there is none to score (padding, -100 labels)."""
+    target = (labels if labels is not None else input_ids)[:, 1:].clone()
+    if attention_mask is not None:
+        target[attention_mask[:, 1:] == 0] = -100
+    return target
+
+
+def _rows(trace: Trace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Hidden states of the positions that predict a next token: (B, T-1, D), weight, bias."""
+    return trace.hidden[:, :-1], trace.weight, trace.bias
+
+
+def token_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    temperature: float | torch.Tensor = 1.0,
+    return_entropy: bool = False,
+    top_k: int | torch.Tensor | None = None,
+    top_p: float | torch.Tensor | None = None,
+    fp32_head: bool = False,
+    impl: str = "auto",
+    memory: str | int = "auto",
+    chunk_size: int | None = None,
+    **model_kwargs: Any,
+) -> Any:
+    r"""Log-probability of each next token (and the entropy) under a causal LM, without its logits.
+
+    Equals ``log_softmax(model(input_ids).logits[:, :-1] / T, -1)`` gathered at ``input_ids[:, 1:]``,
+    with the model's own soft-capping and logit scaling (Gemma 2, Cohere, Granite, ...), computed
+    by :func:`crossentropy.torch.linear_logprobs` from the final hidden states: the ``(B, T, V)``
+    logits never exist. Gradients reach every parameter of the model (through the hidden states
+    and the output embedding), from upstream gradients of the log-probabilities and the entropy.
+    Works in train and eval mode and under ``torch.no_grad``; the model need not be patched.
+
+    Args:
+        model: a transformers ``*ForCausalLM``.
+        input_ids: (B, T) token ids: prompt and completion.
+        attention_mask: (B, T) 1/0, or None; positions whose *next* token is padding get 0.
+        temperature, return_entropy, top_k, top_p, fp32_head, impl, memory, chunk_size: as in
+            :func:`crossentropy.torch.linear_logprobs` (per-token tensors have shape (B, T-1)).
+        model_kwargs: passed to the model's forward (e.g. ``position_ids``).
+
+    Returns:
+        (B, T-1) float32 log-probabilities, or ``LogProbs(logprobs, entropy)`` with
+        ``return_entropy=True``.
+
+    Example:
+        >>> import torch, transformers
+        >>> from crossentropy.hf import token_logprobs
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+        >>> _ = torch.manual_seed(0)
+        >>> model = transformers.LlamaForCausalLM(cfg)
+        >>> ids = torch.randint(0, 64, (2, 6))
+        >>> lp = token_logprobs(model, ids, temperature=0.9)
+        >>> logits = model(input_ids=ids).logits[:, :-1] / 0.9
+        >>> ref = logits.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+        >>> lp.shape, bool(torch.allclose(lp, ref, atol=1e-5))
+        (torch.Size([2, 5]), True)
+    """
+    from crossentropy.torch import linear_logprobs
+
+    input_ids = _check_ids("token_logprobs", input_ids, attention_mask)
+    trace, transform = _capture(model, input_ids, attention_mask, model_kwargs)
+    hidden, weight, bias = _rows(trace)
+    return linear_logprobs(
+        hidden,
+        weight,
+        _next_token_targets(input_ids, attention_mask, None).to(hidden.device),
+        bias=bias,
+        temperature=temperature,
+        softcap=transform.softcap,
+        logit_scale=transform.input_scale,
+        return_entropy=return_entropy,
+        top_k=top_k,
+        top_p=top_p,
+        fp32_head=fp32_head,
+        impl=impl,
+        memory=memory,
+        chunk_size=chunk_size,
+    )
+
+
+def distillation_loss(
+    student: nn.Module,
+    teacher: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    *,
+    divergence: str,
+    teacher_requires_grad: bool = False,
+    **options: Any,
+) -> torch.Tensor:
+    r"""Distillation loss between a teacher LM and a student LM on the same tokens, without logits.
+
+    Runs both models' own forwards through the logits stand-in of :func:`crossentropy.hf.patch`
+    (each with its own soft-cap and logit scale) and computes
+    :func:`crossentropy.torch.linear_distillation_loss` between their next-token distributions at
+    every position that has a next token (not padding, not a ``-100`` label). The teacher runs
+    under ``torch.no_grad`` unless ``teacher_requires_grad=True``.
+
+    Args:
+        student, teacher: transformers ``*ForCausalLM`` models sharing a tokenizer.
+        input_ids: (B, T) token ids.
+        attention_mask: (B, T) 1/0, or None.
+        labels: (B, T) labels (``-100`` where a position is not scored, e.g. the prompt), or None:
+            then every next token counts; also the hard labels of ``hard_weight``.
+        divergence: ``"kl"``, ``"reverse_kl"``, ``"jsd"`` or ``"cross_entropy"``.
+        teacher_requires_grad: also differentiate the teacher (co-training).
+        options: the other options of :func:`crossentropy.torch.linear_distillation_loss`
+            (``beta``, ``temperature``, ``t2_scaling``, ``hard_weight``, ``soft_weight``,
+            ``reduction``, ``vocab_size``, ``impl``, ``memory``, ``chunk_size``).
+
+    Returns:
+        The loss (see ``reduction``; ``"none"`` gives (B, T-1)).
+    """
+    from crossentropy.torch import linear_distillation_loss
+
+    input_ids = _check_ids("distillation_loss", input_ids, attention_mask)
+    if labels is not None and (
+        not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape
+    ):
+        raise ValueError(
+            f"crossentropy.hf.distillation_loss: labels must have input_ids' shape {tuple(input_ids.shape)}"
+        )
+    s_trace, s_form = _capture(student, input_ids, attention_mask, {})
+    with torch.set_grad_enabled(teacher_requires_grad and torch.is_grad_enabled()):
+        t_trace, t_form = _capture(teacher, input_ids, attention_mask, {})
+    hs, ws, bs = _rows(s_trace)
+    ht, wt, bt = _rows(t_trace)
+    return linear_distillation_loss(
+        hs,
+        ws,
+        ht,
+        wt,
+        divergence=divergence,
+        student_bias=bs,
+        teacher_bias=bt,
+        student_softcap=s_form.softcap,
+        teacher_softcap=t_form.softcap,
+        student_logit_scale=s_form.input_scale,
+        teacher_logit_scale=t_form.input_scale,
+        target=_next_token_targets(input_ids, attention_mask, labels).to(hs.device),
+        teacher_requires_grad=teacher_requires_grad,
+        **options,
+    )
