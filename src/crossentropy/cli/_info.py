@@ -7,6 +7,8 @@ import importlib
 import importlib.metadata
 import os
 import platform
+from collections.abc import Callable
+from typing import Any
 
 # (module imported, distribution that installs it)
 _PACKAGES = (
@@ -93,7 +95,7 @@ def _dispatch_rows(device: str) -> list[tuple[str, str]]:
 
     y = torch.zeros(4, dtype=torch.long, device=device)
     h, w = t(4, 8), t(32, 8)
-    calls = {
+    calls: dict[str, tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {
         "cross_entropy, fp32 logits": (cross_entropy, (t(4, 32, dtype=torch.float32), y), {}),
         "cross_entropy, bf16 logits": (cross_entropy, (t(4, 32), y), {}),
         "linear_cross_entropy, bf16, mean": (linear_cross_entropy, (h, w, y), {}),

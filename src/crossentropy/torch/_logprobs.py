@@ -281,6 +281,27 @@ def linear_logprobs(
     memory: str | int = ...,
     chunk_size: int | None = ...,
 ) -> LogProbs: ...
+@overload
+def linear_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    *,
+    bias: Tensor | None = ...,
+    temperature: float | Tensor = ...,
+    softcap: float | None = ...,
+    logit_scale: float = ...,
+    ignore_index: int = ...,
+    return_entropy: bool = ...,
+    top_k: int | Tensor | None = ...,
+    top_p: float | Tensor | None = ...,
+    allowed: Tensor | None = ...,
+    fp32_head: bool = ...,
+    process_group: Any = ...,
+    impl: str = ...,
+    memory: str | int = ...,
+    chunk_size: int | None = ...,
+) -> Tensor | LogProbs: ...
 def linear_logprobs(
     hidden: Tensor,
     weight: Tensor,
