@@ -272,8 +272,10 @@ def test_fsdp2_x_tp_on_a_2x2_mesh(ranks) -> None:
                 )
                 for name, want in ref["grads"].items():
                     close(f"{key} rank {r} d {name}", res[key]["grads"][name], want, dtype)
+            both = ("_StridedShard(dim=0, sf=2)", "Shard(dim=0)")  # FSDP2 over TP's split
             if where == "outside":
-                assert got[0][key]["wspec"][1] == ("_StridedShard(dim=0, sf=2)", "Shard(dim=0)")
+                assert got[0][key]["wspec"][1] == both
+            assert all(res[key]["spec"] == ("DTensor", both) for res in got)
 
 
 # ------------------------------------------------------------------------------------------------
