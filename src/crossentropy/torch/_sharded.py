@@ -24,7 +24,12 @@ fingerprints of the hidden states and targets, each rank's slice of the vocabula
   rank's gradient, which is what ``fully_shard`` does with the gradient of a parameter it gathered.
 
 On identical tokens both give the same loss and gradients (the mean of identical gradients); they
-differ in cost only. Every gradient comes back as a DTensor with its input's placements (through
+differ in cost only. The other way to use an FSDP2 shard, splitting the vocabulary over every
+rank's gathered tokens, sends fewer bytes when a rank has fewer than V / 3 rows (2 ranks), but
+its per-row path costs a fourth GEMM: it ran 1.2-1.35x slower on a CPU
+(``benchmarks/results/sharded_cpu.md``), so the weight is gathered. It is gathered in its own
+dtype: an FSDP2 ``MixedPrecisionPolicy(param_dtype=...)`` applies only to the gathers FSDP2
+itself makes. Every gradient comes back as a DTensor with its input's placements (through
 ``DTensor.to_local``). The loss itself is a plain tensor: this rank's loss over its own rows.
 
 Bad input on one rank raises on every rank: local problems travel with the metadata, and on the
@@ -168,6 +173,24 @@ def dtensor_call(func: Callable[..., Any], spec: ShardSpec, args: Mapping[str, A
     Raises:
         ValueError: an unsupported placement (named), ``process_group=`` given together with
             DTensors, or (on every rank) bad input on any rank.
+
+    Example (one process; with more, each rank passes its own DTensor shard):
+
+    >>> import os, tempfile, torch, torch.distributed as dist
+    >>> from torch.distributed.device_mesh import init_device_mesh
+    >>> from torch.distributed.tensor import Shard, distribute_tensor
+    >>> from crossentropy.torch import linear_cross_entropy
+    >>> store = dist.FileStore(os.path.join(tempfile.mkdtemp(), "store"), 1)
+    >>> dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    >>> h, W, y = torch.randn(5, 4), torch.randn(7, 4), torch.tensor([0, 6, 3, 3, 1])
+    >>> Wd = distribute_tensor(W, init_device_mesh("cpu", (1,)), [Shard(0)]).requires_grad_()
+    >>> loss = linear_cross_entropy(h, Wd, y)  # dtensor_call runs it, vocab parallel here
+    >>> bool(torch.allclose(loss, torch.nn.functional.cross_entropy(h @ W.T, y)))
+    True
+    >>> loss.backward()
+    >>> type(Wd.grad).__name__, Wd.grad.placements
+    ('DTensor', (Shard(dim=0),))
+    >>> dist.destroy_process_group()
     """
     cls = _dtensor_type()
     if cls is None or not any(isinstance(args.get(n), cls) for n in spec.names):
