@@ -506,10 +506,10 @@ def bad(mesh: DeviceMesh) -> dict[str, Any]:
 
 
 def reuse(mesh: DeviceMesh) -> dict[str, Any]:
-    """dtensor_call with LINEAR_LOGPROBS / LINEAR_DISTILLATION, against the same function on the
-    whole weight in this process (the weight's gradient: the ranks' mean, all-reduced here)."""
+    """linear_logprobs / linear_distillation_loss with DTensor weights (their _sharded hooks),
+    against the same function on the whole weight in this process (the weight's gradient: the
+    ranks' mean, all-reduced here)."""
     from crossentropy.torch import CrossEntropyLoss, linear_distillation_loss, linear_logprobs
-    from crossentropy.torch import _sharded as S
 
     rank, world = mesh.get_local_rank(), mesh.size()
     group = mesh.get_group(0)
@@ -535,11 +535,8 @@ def reuse(mesh: DeviceMesh) -> dict[str, Any]:
             W.requires_grad_()
             h = x.clone().requires_grad_()
             kw = dict(hidden=h, weight=W, target=y, temperature=temp, return_entropy=True)
-            res = (
-                S.dtensor_call(linear_logprobs, S.LINEAR_LOGPROBS, kw)
-                if split
-                else linear_logprobs(**kw)
-            )
+            # the public function: a DTensor weight takes its _sharded hook
+            res = linear_logprobs(**kw)
             (res.logprobs * up + res.entropy * up.flip(0)).sum().backward()
             wgrad = full(W.grad) if split else mean_over_ranks(W.grad)
             (got if split else want).append(
@@ -571,11 +568,7 @@ def reuse(mesh: DeviceMesh) -> dict[str, Any]:
                     hard_weight=0.5,
                     reduction="sum",
                 )
-                loss = (
-                    S.dtensor_call(linear_distillation_loss, S.LINEAR_DISTILLATION, kw)
-                    if split
-                    else linear_distillation_loss(**kw)
-                )
+                loss = linear_distillation_loss(**kw)
                 (loss * up[0]).backward()
                 wgrad = full(Ws.grad) if split else mean_over_ranks(Ws.grad)
                 (got if split else want).append([loss.detach(), hs.grad, wgrad])

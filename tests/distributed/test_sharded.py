@@ -391,8 +391,8 @@ def test_bad_input_on_one_rank_raises_on_every_rank_quickly(ranks, world) -> Non
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_helper_reused_by_logprobs_distillation_and_the_module(ranks, world) -> None:
-    """dtensor_call with the specs of linear_logprobs and linear_distillation_loss (whose own
-    hook lines are theirs to add), and CrossEntropyLoss on DTensor logits."""
+    """linear_logprobs and linear_distillation_loss with DTensor weights (through their hooks into
+    _sharded), and CrossEntropyLoss on DTensor logits."""
     for r, res in enumerate(part(ranks, "reuse", world)):
         for key, case in res.items():
             assert len(case["got"]) == len(case["want"]), key

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from crossentropy.torch import _dispatch as D
-from crossentropy.torch import _ops
+from crossentropy.torch import _ops, _sharded
 from crossentropy.torch import _validation as V
 from crossentropy.torch._engines import block_rows
 from crossentropy.torch._gemm import Precision, exact_fp32, resolve_precision
@@ -393,6 +393,30 @@ def linear_logprobs(
         (0.0, True)
     """
     fn = "linear_logprobs"
+    if _sharded.any_dtensor((hidden, weight, target, bias, temperature, top_k, top_p, allowed)):
+        return _sharded.dtensor_call(  # type: ignore[no-any-return]  # FSDP2 / tensor parallel
+            linear_logprobs,
+            _sharded.LINEAR_LOGPROBS,
+            dict(
+                hidden=hidden,
+                weight=weight,
+                target=target,
+                bias=bias,
+                temperature=temperature,
+                softcap=softcap,
+                logit_scale=logit_scale,
+                ignore_index=ignore_index,
+                return_entropy=return_entropy,
+                top_k=top_k,
+                top_p=top_p,
+                allowed=allowed,
+                fp32_head=fp32_head,
+                process_group=process_group,
+                impl=impl,
+                memory=memory,
+                chunk_size=chunk_size,
+            ),
+        )
     kwargs: dict[str, Any] = dict(
         bias=bias,
         temperature=temperature,
