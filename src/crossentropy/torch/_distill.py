@@ -212,7 +212,7 @@ def _prepare(fn: str, args: tuple[Any, ...], kw: dict[str, Any]) -> _Prepared:
         "target": t_flat,
         "mask": m_flat,
     }
-    blocks = distill_blocks(divergence, beta)
+    blocks = distill_blocks(divergence, beta, teacher_grad)
     plan = D.plan(
         fn,
         kind="linear",
@@ -547,7 +547,9 @@ def _vocab_parallel(fn: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Tenso
         x = prep.slots["x"]
         assert x is not None
         budget = D.budget_bytes(D.check_memory(fn, kw["memory"]), x.device)
-        blocks = distill_blocks(kw["divergence"], float(kw["beta"]))
+        blocks = distill_blocks(
+            kw["divergence"], float(kw["beta"]), bool(kw["teacher_requires_grad"])
+        )
         chunk = block_rows(x.shape[0], layout.v_max, budget=budget * blocks, blocks=blocks)
         prep.plan = dataclasses.replace(prep.plan, chunk=chunk)
     return _run(prep, group_name=group.group_name)

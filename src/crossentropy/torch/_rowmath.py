@@ -612,10 +612,12 @@ def _log_mix(d: Tensor, beta: float) -> Tensor:
     return e.add_(d.clamp(min=0.0))
 
 
-def distill_blocks(divergence: str, beta: float) -> int:
+def distill_blocks(divergence: str, beta: float, teacher_grad: bool = False) -> int:
     """(n, V) buffers a block of :class:`DistillRows` holds at once: both heads' logits, their
     exponentials, a gradient temporary, and for the JSD its mixture terms (d, r and
-    ``_log_mix``'s temporaries)."""
+    ``_log_mix``'s temporaries); KL and cross-entropy with a frozen teacher need three."""
+    if divergence in ("kl", "cross_entropy") and not teacher_grad:
+        return 3
     return 8 if divergence == "jsd" and 0.0 < beta < 1.0 else 5
 
 
@@ -669,7 +671,7 @@ class DistillRows(RowMath):
         self.mask = mask
         self.lmaps = lmaps
         self.offset = offset
-        self.blocks = distill_blocks(divergence, beta)
+        self.blocks = distill_blocks(divergence, beta, teacher_grad=False)
 
     def _valid(self, i0: int, i1: int, n: int, device: torch.device) -> Tensor:
         valid = torch.ones(n, dtype=torch.bool, device=device)
@@ -709,15 +711,20 @@ class DistillRows(RowMath):
         zt, fac_t = self.lmaps[1].apply_(raws[1], i0, i1, keep_factor=want_t)
         n = zs.shape[0]
         valid = self._valid(i0, i1, n, zs.device)
-        hard_ce = None
+        hard_ce = hard_parts = None
         if self.hard != 0.0:
             hard_ce, e1, se1, inside, col = self._hard(zs, i0, i1, merge, keep=want_s)
+            hard_parts = (e1, se1, inside, col)
         t = self.temperature
         us = zs.div_(t) if t != 1.0 else zs
         ut = zt.div_(t) if t != 1.0 else zt
         big = merge.max(torch.stack([_finite_max(us), _finite_max(ut)], 1))
         us.sub_(big[:, 0:1])
         ut.sub_(big[:, 1:2])
+        if self.div in ("kl", "cross_entropy") and not want_t:
+            return self._kl_lean(
+                us, ut, fac_s, valid, hard_ce, hard_parts, i0, i1, merge, upstream, want_s
+            )
         q = us.exp()
         p = ut.exp()
         # after exp, -inf (masked) logits become the lowest finite value, so that differences and
@@ -793,6 +800,65 @@ class DistillRows(RowMath):
         if want_t and out[1] is not None:
             out[1] = self.lmaps[1].chain_(out[1], fac_t, i0, i1)
         return [loss], out
+
+    def _kl_lean(
+        self,
+        us: Tensor,
+        ut: Tensor,
+        fac_s: Tensor | None,
+        valid: Tensor,
+        hard_ce: Tensor | None,
+        hard_parts: tuple[Tensor | None, Tensor, Tensor, Tensor] | None,
+        i0: int,
+        i1: int,
+        merge: Merge,
+        upstream: Upstream | None,
+        want_s: bool,
+    ) -> tuple[list[Tensor], list[Tensor | None]]:
+        """KL(p||q) or H(p, q) with a frozen teacher in three (n, V) buffers (the general path
+        holds five): with e = exp(u_t) and s_p = sum e,
+
+            H(p, q) = log sum exp(u_s) - (e . u_s) / s_p
+            KL(p||q) = (e . u_t - e . u_s) / s_p - log s_p + log sum exp(u_s)
+
+        (exactly 0 for identical heads), and d/du_s = q - p is formed in u_t's buffer once the
+        dot products no longer need it. ``us``, ``ut``: the shifted, tempered logits.
+        """
+        e = ut.exp()
+        lo = _lowest(us)
+        us.clamp_(min=lo)  # -inf (masked) -> lowest finite: e . u is then 0 there, not NaN
+        ut.clamp_(min=lo)
+        cols = [e.sum(1), _dot_rows(e, us)]
+        if self.div == "kl":
+            cols.append(_dot_rows(e, ut))
+        sums = merge.sum(torch.stack(cols, 1))
+        q = torch.exp(us, out=ut)  # u_t is no longer needed
+        sq = merge.sum(q.sum(1).unsqueeze(1))[:, 0]
+        sp, e_us = sums[:, 0], sums[:, 1]
+        if self.div == "kl":
+            div = (sums[:, 2] - e_us) / sp - sp.log() + sq.log()
+        else:
+            div = sq.log() - e_us / sp
+        div = div.clamp(min=0.0)
+        loss = self.soft * div
+        if hard_ce is not None:
+            loss = loss + self.hard * hard_ce
+        loss = torch.where(valid, loss, 0.0)
+        if upstream is None or not want_s:
+            return [loss], [None, None]
+        g_in = upstream([loss])[0]
+        g = _zero_if_none(g_in, loss) * valid.to(loss.dtype)
+        gs = g * (self.soft / self.temperature)
+        # q / sum q - p, times the row's weight: in q's buffer
+        ds = q.div_(sq.unsqueeze(1)).sub_(e.div_(sp.unsqueeze(1))).mul_(gs.unsqueeze(1))
+        if hard_parts is not None:
+            e1, se1, inside, col = hard_parts
+            assert e1 is not None
+            gh = g * self.hard
+            e1.mul_((gh / se1).unsqueeze(1))
+            e1.scatter_add_(1, col.unsqueeze(1), torch.where(inside, -gh, 0.0).unsqueeze(1))
+            ds.add_(e1)
+        return [loss], [self.lmaps[0].chain_(ds, fac_s, i0, i1), None]
 
     def forward(
         self, raws: list[Tensor], i0: int, i1: int, merge: Merge
