@@ -11,7 +11,7 @@ DEMO_STAMP := $(VENV)/.demo-stamp
 TORCH_PIN ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,torch==2.13.0)
 PYTEST_ARGS ?=
 # Benchmarks `make bench` runs: the CPU ones here, all of them (GPU kernels too) on a CUDA machine.
-BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory)
+BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory ce_overhead rl_cpu sharded_cpu)
 
 .PHONY: demo test lint typecheck pytest bench docs clean
 
