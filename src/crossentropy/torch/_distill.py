@@ -438,50 +438,6 @@ def linear_distillation_loss(
         0.0
     """
     fn = "linear_distillation_loss"
-    if _sharded.any_dtensor(
-        (
-            student_hidden,
-            student_weight,
-            teacher_hidden,
-            teacher_weight,
-            student_bias,
-            teacher_bias,
-            target,
-            mask,
-        )
-    ):
-        return _sharded.dtensor_call(  # type: ignore[no-any-return]  # FSDP2 / tensor parallel
-            linear_distillation_loss,
-            _sharded.LINEAR_DISTILLATION,
-            dict(
-                student_hidden=student_hidden,
-                student_weight=student_weight,
-                teacher_hidden=teacher_hidden,
-                teacher_weight=teacher_weight,
-                divergence=divergence,
-                beta=beta,
-                temperature=temperature,
-                t2_scaling=t2_scaling,
-                student_bias=student_bias,
-                teacher_bias=teacher_bias,
-                student_softcap=student_softcap,
-                teacher_softcap=teacher_softcap,
-                student_logit_scale=student_logit_scale,
-                teacher_logit_scale=teacher_logit_scale,
-                target=target,
-                ignore_index=ignore_index,
-                mask=mask,
-                soft_weight=soft_weight,
-                hard_weight=hard_weight,
-                reduction=reduction,
-                vocab_size=vocab_size,
-                teacher_requires_grad=teacher_requires_grad,
-                process_group=process_group,
-                impl=impl,
-                memory=memory,
-                chunk_size=chunk_size,
-            ),
-        )
     kw: dict[str, Any] = dict(
         divergence=divergence,
         beta=beta,
@@ -506,10 +462,21 @@ def linear_distillation_loss(
         memory=memory,
         chunk_size=chunk_size,
     )
-    args = (student_hidden, student_weight, teacher_hidden, teacher_weight)
+    heads = (student_hidden, student_weight, teacher_hidden, teacher_weight)
+    if _sharded.any_dtensor((*heads, student_bias, teacher_bias, target, mask)):
+        return _sharded.dtensor_call(  # type: ignore[no-any-return]  # FSDP2 / tensor parallel
+            linear_distillation_loss,
+            _sharded.LINEAR_DISTILLATION,
+            dict(
+                zip(
+                    ("student_hidden", "student_weight", "teacher_hidden", "teacher_weight"), heads
+                ),
+                **kw,
+            ),
+        )
     if process_group is None:
-        return _run(_prepare(fn, args, kw))
-    return _vocab_parallel(fn, args, kw)
+        return _run(_prepare(fn, heads, kw))
+    return _vocab_parallel(fn, heads, kw)
 
 
 def _vocab_parallel(fn: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Tensor:

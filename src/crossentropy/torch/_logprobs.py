@@ -393,30 +393,6 @@ def linear_logprobs(
         (0.0, True)
     """
     fn = "linear_logprobs"
-    if _sharded.any_dtensor((hidden, weight, target, bias, temperature, top_k, top_p, allowed)):
-        return _sharded.dtensor_call(  # type: ignore[no-any-return]  # FSDP2 / tensor parallel
-            linear_logprobs,
-            _sharded.LINEAR_LOGPROBS,
-            dict(
-                hidden=hidden,
-                weight=weight,
-                target=target,
-                bias=bias,
-                temperature=temperature,
-                softcap=softcap,
-                logit_scale=logit_scale,
-                ignore_index=ignore_index,
-                return_entropy=return_entropy,
-                top_k=top_k,
-                top_p=top_p,
-                allowed=allowed,
-                fp32_head=fp32_head,
-                process_group=process_group,
-                impl=impl,
-                memory=memory,
-                chunk_size=chunk_size,
-            ),
-        )
     kwargs: dict[str, Any] = dict(
         bias=bias,
         temperature=temperature,
@@ -432,6 +408,14 @@ def linear_logprobs(
         memory=memory,
         chunk_size=chunk_size,
     )
+    if _sharded.any_dtensor((hidden, weight, target, bias, temperature, top_k, top_p, allowed)):
+        return _sharded.dtensor_call(  # type: ignore[no-any-return]  # FSDP2 / tensor parallel
+            linear_logprobs,
+            _sharded.LINEAR_LOGPROBS,
+            dict(
+                hidden=hidden, weight=weight, target=target, process_group=process_group, **kwargs
+            ),
+        )
     if process_group is not None:
         return _vocab_parallel_logprobs(fn, hidden, weight, target, process_group, kwargs)
     return _run(_prepare(fn, hidden, weight, target, process_group=None, **kwargs))

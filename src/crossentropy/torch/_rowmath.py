@@ -608,7 +608,8 @@ def _log_mix(d: Tensor, beta: float) -> Tensor:
     """
     pos = d > 0
     e = torch.expm1(d.abs().neg_())
-    e.mul_(torch.where(pos, 1.0 - beta, beta)).log1p_()
+    # the weights in d's dtype (torch.where of two Python floats would be float32)
+    e.mul_(torch.full_like(d, beta).masked_fill_(pos, 1.0 - beta)).log1p_()
     return e.add_(d.clamp(min=0.0))
 
 
