@@ -20,6 +20,7 @@ from crossentropy.torch import _ops, _sharded
 from crossentropy.torch import _validation as V
 from crossentropy.torch._engines import block_rows
 from crossentropy.torch._gemm import Precision, exact_fp32, resolve_precision
+from crossentropy.torch._rowmath import logprob_blocks
 
 __all__ = [
     "LogProbs",
@@ -173,7 +174,7 @@ def _prepare(
         prec = exact_fp32(x.device, x.dtype, w.dtype, b.dtype if b is not None else None)
     else:
         prec = resolve_precision(x.device, x.dtype, w.dtype, b.dtype if b is not None else None)
-    blocks = 1 + bool(return_entropy) + (cap is not None) + kept
+    blocks = logprob_blocks(bool(return_entropy), cap is not None, kept)
     plan = D.plan(
         fn,
         kind="linear",
@@ -457,7 +458,9 @@ def _vocab_parallel_logprobs(
         x = prep.slots["x"]
         assert x is not None and prep.plan.precision is not None
         budget = D.budget_bytes(D.check_memory(fn, kwargs["memory"]), x.device)
-        blocks = 1 + bool(kwargs["return_entropy"]) + (kwargs["softcap"] is not None)
+        blocks = logprob_blocks(
+            bool(kwargs["return_entropy"]), kwargs["softcap"] is not None, False
+        )
         chunk = block_rows(x.shape[0], layout.v_max, budget=budget * blocks, blocks=blocks)
     prep = prep._replace(
         call_params=tuple(sorted(params.items())),

@@ -49,6 +49,7 @@ __all__ = [
     "Merge",
     "RowMath",
     "distill_blocks",
+    "logprob_blocks",
 ]
 
 
@@ -466,6 +467,12 @@ class KeptSet:
         return z
 
 
+def logprob_blocks(entropy: bool, softcap: bool, kept: bool) -> int:
+    """(n, V) buffers a block of :class:`LogProbRows` holds at once: the logits, plus one each for
+    the entropy's exponentials, the softcap's derivative and the kept set's sort."""
+    return 1 + int(entropy) + int(softcap) + int(kept)
+
+
 class LogProbRows(RowMath):
     """``log p(target)`` and, with ``entropy``, the entropy of each row; see the comment above.
 
@@ -491,9 +498,7 @@ class LogProbRows(RowMath):
         self.kept = kept
         self.offset = offset
         self.n_out = 2 if entropy else 1
-        self.blocks = 2 if (entropy or lmap.softcap is not None or kept is not None) else 1
-        if entropy and lmap.softcap is not None:
-            self.blocks = 3
+        self.blocks = logprob_blocks(entropy, lmap.softcap is not None, kept is not None)
 
     def _ids(self, i0: int, i1: int, v_local: int) -> tuple[Tensor, Tensor, Tensor]:
         t = self.target[i0:i1]
