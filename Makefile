@@ -1,32 +1,36 @@
 # One command per job. `make test` and `make demo` work from a fresh clone with Python 3.11 and pip.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 # `make test` installs everything a developer needs (.[dev]); `make demo` only what the demo
 # imports (.[demo]). They share .venv; the full install also satisfies the demo's.
 STAMP := $(VENV)/.installed-stamp
 DEMO_STAMP := $(VENV)/.demo-stamp
-# Without an NVIDIA GPU the demo gets the CPU build of torch that .[dev] pins (pip's default torch
-# on Linux is the CUDA build, gigabytes the demo would not use); set TORCH_PIN= to choose otherwise.
-TORCH_PIN ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,torch==2.13.0)
+# Every install is pinned by constraints.txt (torch 2.13.0 among them: the CPU build that lies on
+# the CI disk), so a new upstream release never changes what `make test` runs. `make lock`
+# regenerates the pins on purpose; `make test-latest` runs the suite without them (CONSTRAINTS=).
+CONSTRAINTS ?= constraints.txt
+PIP_UPGRADE ?=
+PIP_INSTALL = $(BIN)/python -m pip install -q $(PIP_UPGRADE) $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+LOCK_TORCH ?= 2.13.0
 PYTEST_ARGS ?=
 # Benchmarks `make bench` runs: the CPU ones here, all of them (GPU kernels too) on a CUDA machine.
 BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory ce_overhead rl_cpu sharded_cpu)
 
-.PHONY: demo test lint typecheck pytest bench docs clean
+.PHONY: demo test test-latest lock lint typecheck pytest bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[dev]"
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP_INSTALL) -e ".[dev]"
 	touch $(STAMP) $(DEMO_STAMP)
 
 # A current full install (`make test`'s) already has everything the demo needs.
-$(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	if [ $(STAMP) -nt pyproject.toml ]; then :; else \
-	  $(BIN)/python -m pip install -q -e ".[cli,demo]" $(TORCH_PIN); fi
+$(DEMO_STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	if [ $(STAMP) -nt pyproject.toml ] && [ $(STAMP) -nt $(or $(CONSTRAINTS),pyproject.toml) ]; \
+	  then :; else $(PIP_INSTALL) -e ".[cli,demo]"; fi
 	touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
@@ -44,6 +48,23 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The suite against the newest releases pip can install here (no pins; this machine's pip caps
+# torch at 2.14.1), in its own venv. Informative only: CI runs `make test`.
+test-latest:
+	$(MAKE) test VENV=.venv-latest CONSTRAINTS= PIP_UPGRADE="--upgrade --upgrade-strategy eager"
+
+# Regenerate constraints.txt from the newest releases (a deliberate upgrade: commit it with the
+# fixes it needs). torch stays at LOCK_TORCH, whose CPU build lies on the CI disk.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q -e ".[dev]" "torch==$(LOCK_TORCH)"
+	{ sed -n '1,3p' constraints.txt; .venv-lock/bin/python -m pip freeze --exclude-editable \
+	  | grep -v '^crossentropy' | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > constraints.new
+	mv constraints.new constraints.txt
+	rm -rf .venv-lock
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH)
 
@@ -57,4 +78,4 @@ docs: $(STAMP)
 	$(DOCS_ENV) $(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo_out
+	rm -rf $(VENV) .venv-latest .pytest_cache .mypy_cache .ruff_cache demo_out

@@ -344,6 +344,38 @@ def test_example_runs_under_torchrun_on_two_cpu_processes() -> None:
     assert "single-process loss" in out.stdout
 
 
+_NO_PG_KEPT = """
+import os, sys, tempfile
+import crossentropy.torch as cet  # before the group exists, as a training script imports it
+import torch, torch.distributed as dist
+store = dist.FileStore(os.path.join(tempfile.mkdtemp(), "store"), 1)
+dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+group = dist.group.WORLD
+h, w = torch.randn(6, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
+y = torch.tensor([0, 1, 4, 2, -100, 3])
+cet.linear_cross_entropy(h, w, y, process_group=group).backward()
+cet.cross_entropy(torch.randn(6, 5), y)  # a custom op outside vocab parallel too
+import torch.distributed.nn.functional as dnf
+held = [n for n in dir(dnf) if any(isinstance(d, dist.ProcessGroup)
+        for d in (getattr(getattr(dnf, n), "__defaults__", None) or ()))]
+dist.destroy_process_group()
+print("held:", held)
+"""
+
+
+def test_no_function_default_keeps_the_process_group_alive() -> None:
+    # The torchrun example aborted at exit about 1 run in 5 under load ("terminate called without
+    # an active exception", exit -6): torch.distributed.nn.functional, imported by torch._dynamo
+    # on the first custom-op call, bound the live default group as a default argument, so the
+    # group outlived destroy_process_group and was torn down during interpreter finalisation.
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_PG_KEPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "held: []" in out.stdout, out.stdout
+
+
 def test_process_group_without_initialised_distributed_is_a_clear_error() -> None:
     import torch.distributed as dist
 
