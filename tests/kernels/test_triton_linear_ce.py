@@ -256,6 +256,8 @@ def test_kernels_compile_for_sm90_without_a_gpu(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(script.parent))
     assert out.stdout.count("compiled for sm_90") == len(jobs()) >= 10, out.stdout
+    # the fast engine's in-place 16-bit write is ordered after the loads (and the check can fail)
+    assert "control: without HALF_OVER_ROW" in out.stdout, out.stdout
 
 
 def test_second_order_gradients_match_torch() -> None:

@@ -67,8 +67,11 @@ def _softcap(x, cap):
 def _softmax_ce_fwd_kernel(
     x_ptr,
     stride_xn,
+    stride_xv,
+    bias_ptr,
     target_ptr,
     stride_tn,
+    stride_tv,
     cw_ptr,
     ce_ptr,
     lse_ptr,
@@ -78,6 +81,7 @@ def _softmax_ce_fwd_kernel(
     ignore_index,
     smoothing,
     cap,
+    HAS_BIAS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     IS_PROB: tl.constexpr,
     HAS_SMOOTHING: tl.constexpr,
@@ -99,7 +103,11 @@ def _softmax_ce_fwd_kernel(
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < n_cols
         mask = row_ok[:, None] & col_ok[None, :]
-        x = tl.load(x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        cols64 = cols.to(tl.int64)
+        x = tl.load(x_rows[:, None] + cols64[None, :] * stride_xv, mask=mask, other=0.0)
+        x = x.to(tl.float32)
+        if HAS_BIAS:
+            x += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if HAS_SOFTCAP:
             x, _th = _softcap(x, cap)
         z = tl.where(mask, x, float("-inf"))
@@ -112,7 +120,9 @@ def _softmax_ce_fwd_kernel(
             w = tl.where(col_ok, 1.0, 0.0)
         if IS_PROB:
             t = tl.load(
-                target_ptr + rows64[:, None] * stride_tn + cols[None, :], mask=mask, other=0.0
+                target_ptr + rows64[:, None] * stride_tn + cols64[None, :] * stride_tv,
+                mask=mask,
+                other=0.0,
             ).to(tl.float32)
             a = w[None, :] * ((1.0 - smoothing) * t + smoothing / n_cols)
             a = tl.where(mask, a, 0.0)
@@ -131,7 +141,9 @@ def _softmax_ce_fwd_kernel(
         y = tl.load(target_ptr + rows64 * stride_tn, mask=row_ok, other=ignore_index).to(tl.int64)
         valid = row_ok & (y != ignore_index)
         y_safe = tl.where(valid & (y >= 0) & (y < n_cols), y, 0)
-        x_y = tl.load(x_rows + y_safe, mask=valid, other=0.0).to(tl.float32)
+        x_y = tl.load(x_rows + y_safe * stride_xv, mask=valid, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            x_y += tl.load(bias_ptr + y_safe, mask=valid, other=0.0).to(tl.float32)
         if HAS_SOFTCAP:
             x_y, _th_y = _softcap(x_y, cap)
         if HAS_WEIGHT:
@@ -155,10 +167,14 @@ def _softmax_ce_fwd_kernel(
 def _softmax_ce_bwd_kernel(
     x_ptr,
     stride_xn,
+    stride_xv,
+    bias_ptr,
     dx_ptr,
     stride_dn,
+    stride_dv,
     target_ptr,
     stride_tn,
+    stride_tv,
     cw_ptr,
     lse_ptr,
     coef_ptr,
@@ -168,10 +184,12 @@ def _softmax_ce_bwd_kernel(
     n_cols,
     smoothing,
     cap,
+    HAS_BIAS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     IS_PROB: tl.constexpr,
     HAS_SMOOTHING: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
+    HALF_OVER_ROW: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
@@ -189,9 +207,12 @@ def _softmax_ce_bwd_kernel(
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < n_cols
         mask = row_ok[:, None] & col_ok[None, :]
-        x = tl.load(x_ptr + rows64[:, None] * stride_xn + cols[None, :], mask=mask, other=0.0).to(
-            tl.float32
-        )
+        cols64 = cols.to(tl.int64)
+        x = tl.load(
+            x_ptr + rows64[:, None] * stride_xn + cols64[None, :] * stride_xv, mask=mask, other=0.0
+        ).to(tl.float32)
+        if HAS_BIAS:
+            x += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if HAS_SOFTCAP:
             z, th = _softcap(x, cap)
         else:
@@ -203,7 +224,9 @@ def _softmax_ce_bwd_kernel(
             w = tl.where(col_ok, 1.0, 0.0)
         if IS_PROB:
             t = tl.load(
-                target_ptr + rows64[:, None] * stride_tn + cols[None, :], mask=mask, other=0.0
+                target_ptr + rows64[:, None] * stride_tn + cols64[None, :] * stride_tv,
+                mask=mask,
+                other=0.0,
             ).to(tl.float32)
             ga = g_s[:, None] * (w[None, :] * ((1.0 - smoothing) * t + smoothing / n_cols))
         else:
@@ -213,8 +236,16 @@ def _softmax_ce_bwd_kernel(
         dz = coef[:, None] * p - ga  # (g A + h) p_j - g a_j
         if HAS_SOFTCAP:
             dz = dz * (1.0 - th * th)  # d(c tanh(x / c))/dx = 1 - tanh^2
+        if HALF_OVER_ROW:
+            # 16-bit d(logits) over the first half of each fp32 row: the store of element j
+            # lands in the bytes of fp32 element j // 2, which another warp of this program may
+            # not have loaded yet (warps do not run in lockstep, and nothing else in this loop
+            # synchronises them). All of this step's loads complete before any of its stores.
+            # Later steps are safe by the same barrier: step k stores over fp32 elements
+            # [k B / 2, (k + 1) B / 2), all loaded in steps <= k, never loaded again.
+            tl.debug_barrier()
         tl.store(
-            dx_ptr + rows64[:, None] * stride_dn + cols[None, :],
+            dx_ptr + rows64[:, None] * stride_dn + cols64[None, :] * stride_dv,
             dz.to(dx_ptr.dtype.element_ty),
             mask=mask,
         )
@@ -258,13 +289,6 @@ def check_float(fn: str, name: str, t: Tensor) -> None:
         )
 
 
-def rows_contiguous(t: Tensor) -> Tensor:
-    """t itself when its last dim is unit-stride (rows may be strided), else a contiguous copy."""
-    if t.dim() == 2 and t.stride(1) != 1 and t.shape[1] > 1:
-        return t.contiguous()
-    return t
-
-
 def grad_coefs(
     g_ce: Tensor | None,
     g_lse: Tensor | None,
@@ -296,6 +320,34 @@ def grad_coefs(
     return coef, g_a, g_s
 
 
+def _small(t: Tensor | None) -> Tensor | None:
+    """A 1-D per-class or per-row tensor as the kernels read it: unit stride (a cheap copy)."""
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
+def _half_over_rows(logits: Tensor, out: Tensor) -> bool:
+    """Whether ``out`` is the 16-bit view over the first half of each fp32 row of ``logits``;
+    False when ``out`` is a buffer of its own or ``logits`` itself. Any other overlap is refused."""
+    if out.untyped_storage().data_ptr() != logits.untyped_storage().data_ptr():
+        return False
+    same_place = out.data_ptr() == logits.data_ptr()
+    if out.dtype == logits.dtype and same_place and out.stride() == logits.stride():
+        return False  # elementwise in place: each element is read, then written, by one thread
+    half = (
+        same_place
+        and out.element_size() * 2 == logits.element_size()
+        and logits.stride(1) == 1
+        and out.stride(1) == 1
+        and out.stride(0) * out.element_size() == logits.stride(0) * logits.element_size()
+    )
+    if not half:
+        raise ValueError(
+            "softmax_ce_backward: out overlaps the logits but is neither the logits themselves "
+            "nor a 16-bit view over the first half of each fp32 row"
+        )
+    return True
+
+
 def softmax_ce_forward(
     logits: Tensor,
     target: Tensor,
@@ -303,9 +355,14 @@ def softmax_ce_forward(
     ignore_index: int,
     label_smoothing: float,
     softcap: float | None,
+    *,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(ce, lse, A)`` rows of 2-D logits (unit-stride rows; checked by the callers), float32."""
+    """``(ce, lse, A)`` rows of 2-D logits (plus ``bias``, a (V,) vector added to every row),
+    float32. Any strides: the kernels take both of the logits' and of probability targets'."""
     n, v = logits.shape
+    target = prepare_target(target)
+    weight, bias = _small(weight), _small(bias)
     is_prob = target.is_floating_point()
     cfg = softmax_config(n, v, interpret=_interpreting(_softmax_ce_fwd_kernel))
     ce = torch.empty(n, dtype=torch.float32, device=logits.device)
@@ -316,8 +373,11 @@ def softmax_ce_forward(
             _softmax_ce_fwd_kernel[(triton.cdiv(n, cfg.block_n),)](
                 logits,
                 logits.stride(0),
+                logits.stride(1),
+                bias if bias is not None else ce,
                 target,
                 target.stride(0),
+                target.stride(1) if is_prob else 0,
                 weight if weight is not None else ce,
                 ce,
                 lse,
@@ -327,6 +387,7 @@ def softmax_ce_forward(
                 ignore_index,
                 float(label_smoothing),
                 float(softcap) if softcap is not None else 1.0,
+                HAS_BIAS=bias is not None,
                 HAS_WEIGHT=weight is not None,
                 IS_PROB=is_prob,
                 HAS_SMOOTHING=label_smoothing > 0.0,
@@ -350,24 +411,36 @@ def softmax_ce_backward(
     label_smoothing: float,
     softcap: float | None,
     out: Tensor | None = None,
+    *,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """d(logits) for upstream gradients ``g_ce``, ``g_lse``, written into ``out``.
 
     ``out`` may be the logits themselves (in place: each element is read and then overwritten by
-    the same program), or a 16-bit view over the first half of each row of fp32 logits (element j
-    of a row lands in bytes [2j, 2j + 2), which only hold fp32 elements <= j: already read by the
-    row's program, which walks its row front to back). Default: a new tensor like the logits.
+    the same thread), or a 16-bit view over the first half of each row of fp32 logits (element j
+    of a row lands in bytes [2j, 2j + 2), which only hold fp32 elements <= j; the kernel orders
+    each step's loads before its stores with a barrier, see ``HALF_OVER_ROW``). Default: a new
+    tensor like the logits. Any strides otherwise. With ``bias`` (as in the forward pass) the
+    gradient is that of the biased logits, which is also the bias' own per row.
     """
     n, v = logits.shape
     if out is None:
         out = torch.empty_like(logits)
+    if tuple(out.shape) != (n, v):
+        raise ValueError(
+            f"softmax_ce_backward: out must have shape ({n}, {v}), got {tuple(out.shape)}"
+        )
+    half = _half_over_rows(logits, out)
+    target = prepare_target(target)
+    weight, bias = _small(weight), _small(bias)
+    is_prob = target.is_floating_point()
     coef, g_a, g_s = grad_coefs(
         g_ce,
         g_lse,
         big_a,
         target,
         weight,
-        is_prob=target.is_floating_point(),
+        is_prob=is_prob,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         n_cols=v,
@@ -378,10 +451,14 @@ def softmax_ce_backward(
             _softmax_ce_bwd_kernel[(triton.cdiv(n, cfg.block_n),)](
                 logits,
                 logits.stride(0),
+                logits.stride(1),
+                bias if bias is not None else lse,
                 out,
                 out.stride(0),
+                out.stride(1),
                 target,
                 target.stride(0),
+                target.stride(1) if is_prob else 0,
                 weight if weight is not None else lse,
                 lse,
                 coef,
@@ -391,10 +468,12 @@ def softmax_ce_backward(
                 v,
                 float(label_smoothing),
                 float(softcap) if softcap is not None else 1.0,
+                HAS_BIAS=bias is not None,
                 HAS_WEIGHT=weight is not None,
-                IS_PROB=target.is_floating_point(),
+                IS_PROB=is_prob,
                 HAS_SMOOTHING=label_smoothing > 0.0,
                 HAS_SOFTCAP=softcap is not None,
+                HALF_OVER_ROW=half,
                 BLOCK_N=cfg.block_n,
                 BLOCK_V=cfg.block_v,
                 num_warps=cfg.num_warps,
@@ -524,8 +603,10 @@ def check_rows_args(
 
 
 def prepare_target(target: Tensor) -> Tensor:
+    """Class ids with unit stride (a cheap copy); probability targets as they are (the kernels
+    take their strides)."""
     if target.is_floating_point():
-        return rows_contiguous(target)
+        return target
     return target if target.stride(0) == 1 or target.shape[0] <= 1 else target.contiguous()
 
 
@@ -554,15 +635,14 @@ def softmax_ce_rows(
     values. All math is fp32.
 
     Args:
-        logits: (N, V) float32, bfloat16 or float16; rows may be strided.
+        logits: (N, V) float32, bfloat16 or float16, any strides.
         target: (N,) int32/int64 class ids, or (N, V) float class probabilities.
         weight: (V,) class weights or None.
         ignore_index: class id whose rows get ce = 0 (class ids only).
         label_smoothing: epsilon in [0, 1].
         softcap: c > 0 or None.
         inplace_backward: write d(logits) over the logits buffer in the backward pass (the logits'
-            values are destroyed; only for callers that no longer need them). Logits whose last
-            dim is not unit-stride are copied first, and the copy is overwritten instead.
+            values are destroyed; only for callers that no longer need them).
 
     Returns:
         ``(ce_rows, lse_rows)``: float32 of shape (N,), differentiable w.r.t. ``logits``; the
@@ -580,10 +660,6 @@ def softmax_ce_rows(
     n, v = logits.shape
     check_rows_args(fn, n, v, target, weight, label_smoothing, softcap)
     check_device(fn, _softmax_ce_fwd_kernel, logits, target, weight)
-    logits = rows_contiguous(logits)
-    target = prepare_target(target)
-    if weight is not None:
-        weight = weight.contiguous()
     ce, lse = _SoftmaxCERows.apply(
         logits, target, weight, int(ignore_index), float(label_smoothing), softcap, inplace_backward
     )
