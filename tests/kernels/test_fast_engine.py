@@ -9,6 +9,8 @@ gradient GEMMs are exercised here too.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -198,3 +200,108 @@ def test_masked_vocabulary_and_strided_inputs(bf16_dz) -> None:
     assert torch.equal(g_h[1::2], torch.zeros_like(g_h[1::2]))
     assert _rel(g_h[::2], want[0]) < 1.5e-2
     assert _rel(g_w, want[1]) < 1.5e-2
+
+
+FP16_DZ = Precision(torch.float16, torch.float32, torch.float16, False)
+
+
+@pytest.fixture
+def fp16_dz(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the fast engine as on tensor cores with float16: fp16 operands and fp16 d(logits). The
+    interpreted row kernel takes 512 rows per program here (16k rows in a few seconds)."""
+    from crossentropy.triton import _softmax_ce
+    from crossentropy.triton._config import SoftmaxConfig
+
+    monkeypatch.setattr(functional, "resolve_precision", lambda *a, **k: FP16_DZ)
+    monkeypatch.setattr(
+        _softmax_ce, "softmax_config", lambda n, v, interpret: SoftmaxConfig(512, 64, 1)
+    )
+
+
+def test_fp16_mean_over_many_rows_keeps_its_gradients(fp16_dz) -> None:
+    # A mean over 16384 rows puts 1/16384 into every d(logits): rounded to fp16 with it, small
+    # entries flushed (dX 2.1e-3 relative error here, 0.6% of its entries exactly 0; emulated
+    # 2-5% at 64k-262k tokens). The factor now stays out of the 16-bit values, and the fp16
+    # gradients are rounded after the upstream gradient, so a loss scale (GradScaler's) reaches
+    # them first.
+    g = torch.Generator().manual_seed(0)
+    n, d, v = 16384, 16, 61
+    h = torch.randn(n, d, generator=g).half()
+    w = (torch.randn(v, d, generator=g) * (4 / d**0.5)).half()
+    y = torch.multinomial(torch.softmax(h.double() @ w.double().T, 1), 1, generator=g).squeeze(1)
+    hl, wl = h.clone().requires_grad_(), w.clone().requires_grad_()
+    assert explain(linear_cross_entropy, hl, wl, y, impl="triton").engine == "cuda-fast"
+    loss = linear_cross_entropy(hl, wl, y, impl="triton")
+    scale = torch.tensor(256.0)  # a loss scale, as GradScaler applies
+    g_h, g_w = torch.autograd.grad(loss * scale, (hl, wl))
+    assert g_h.dtype == g_w.dtype == torch.float16
+    want_loss, (r_h, r_w) = _ref(h, w, None, y, up=scale)
+    torch.testing.assert_close(loss.double(), want_loss, rtol=1e-6, atol=1e-6)
+    # fp16 rounding of d(logits) and of the result: about 2.5e-4 each
+    assert _rel(g_h, r_h) < 6e-4, _rel(g_h, r_h)
+    assert _rel(g_w, r_w) < 6e-4, _rel(g_w, r_w)
+    assert int((g_h == 0).sum()) <= int((r_h.abs() < 2**-24 * 256).sum()) + 16
+
+
+def test_fp16_scale_is_kept_out_of_every_fused_gradient(fp16_dz) -> None:
+    # bias, class weights, smoothing, z-loss and a softcap: every gradient still matches with a
+    # large denominator (the mean's) taken out and put back
+    h, w, b, y = _data(64, 16, 40, seed=8)
+    cw = torch.rand(40, generator=torch.Generator().manual_seed(1)) + 0.5
+    kw = dict(weight=cw, label_smoothing=0.1, z_loss=1e-3, softcap=6.0)
+    leaves = [h.half().requires_grad_(), w.half().requires_grad_(), b.half().requires_grad_()]
+    loss = linear_cross_entropy(*leaves[:2], y, linear_bias=leaves[2], impl="triton", **kw)
+    got = torch.autograd.grad(loss, leaves, torch.tensor(3.0))
+    want_loss, want = _ref(*[t.detach() for t in leaves], y, up=torch.tensor(3.0), **kw)
+    torch.testing.assert_close(loss.double(), want_loss, rtol=1e-5, atol=2e-5)
+    for a, r in zip(got, want):
+        assert a.dtype == torch.float16
+        assert _rel(a, r) < 2e-3, _rel(a, r)
+
+
+def test_engine_frees_the_last_block_before_finishing(
+    bf16_dz, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # finish() rounds d(weight) to 16 bits (a (V, D) allocation); the last block's (rows, V)
+    # logits buffer must be gone by then, or it adds to the peak (about 1 GiB at 256k classes)
+    import gc
+
+    from crossentropy.torch import _engines
+
+    n, v, chunk = 24, 97, 8
+    seen: list[list[tuple[int, ...]]] = []
+    real_finish = _engines.Head.finish
+
+    def finish(self: Any, *args: Any, **kwargs: Any) -> Any:
+        gc.collect()
+        alive = [
+            tuple(o.shape)
+            for o in gc.get_objects()
+            if type(o) is torch.Tensor and o.dim() == 2 and o.shape[1] == v and o.shape[0] == chunk
+        ]
+        seen.append(alive)
+        return real_finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(_engines.Head, "finish", finish)
+    h, w, _, y = _data(n, 16, v, seed=3)
+    for reduction in ("mean", "none"):
+        leaves = [h.bfloat16().requires_grad_(), w.bfloat16().requires_grad_()]
+        loss = linear_cross_entropy(
+            *leaves, y, impl="triton", chunk_size=chunk, reduction=reduction
+        )
+        torch.autograd.grad(loss, leaves, torch.ones_like(loss))
+    assert len(seen) == 2 and seen == [[], []], seen
+
+
+def test_repeated_backward_through_the_fused_loss_is_exact(bf16_dz) -> None:
+    # The fused gradients are scaled by the upstream gradient in place, except while the graph is
+    # kept for another pass (retain_graph=True), which must find them unscaled.
+    h, w, b, y = _data(30, 12, 45, seed=6)
+    leaves = [h.bfloat16().requires_grad_(), w.bfloat16().requires_grad_()]
+    loss = linear_cross_entropy(*leaves, y, linear_bias=b.bfloat16(), impl="triton", chunk_size=7)
+    first = torch.autograd.grad(loss, leaves, torch.tensor(2.0), retain_graph=True)
+    second = torch.autograd.grad(loss, leaves, torch.tensor(2.0), retain_graph=True)
+    third = torch.autograd.grad(loss, leaves, torch.tensor(-0.5))  # last pass: in place
+    for a, b2, c in zip(first, second, third):
+        assert torch.equal(a, b2)
+        torch.testing.assert_close(c.float(), a.float() * -0.25, rtol=1e-2, atol=1e-6)

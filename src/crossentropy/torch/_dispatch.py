@@ -177,6 +177,22 @@ def plan(
     """
     reasons: list[str] = []
     mode = "fused" if scalar else "rows"
+    if kind == "linear" and prec.tensor_cores and device.type == "cuda":
+        from crossentropy.torch import _gemm
+
+        # probed once, at first use (a known result where no GPU can run the probe)
+        key = (device.type, prec.operand)
+        known = key in _gemm._MM_OUT_DTYPE
+        why = (
+            _gemm.fp32_output_problem(device, prec.operand)
+            if known or torch.cuda.is_available()
+            else None
+        )
+        if why is not None:
+            op = str(prec.operand).replace("torch.", "")
+            reasons.append(
+                f"{why}: the logits GEMM rounds its fp32 accumulation to {op} once (less accurate)"
+            )
 
     def chunk() -> int:
         if chunk_size is not None:

@@ -16,6 +16,24 @@ Memory beyond the inputs and their gradients: one block of ``chunk`` rows times 
 (n, V) buffers in the compute dtype; an fp32 accumulator for d weight (V D 4 bytes, always fp32:
 bf16 accumulation across blocks drifts); for 16-bit inputs off tensor cores, the weight widened
 once to fp32. Deterministic: blocks are visited in order, no atomics.
+
+The ``cuda-fast`` engine (``fused`` with the Triton row kernels, 16-bit operands on tensor cores;
+N rows, V classes, D features, blocks of c rows, B = ceil(N / c) blocks), arithmetic:
+
+* bytes per logit element: 18 = 4 (the GEMM writes fp32 logits) + 4 (the forward row kernel
+  reads them, adding the bias as it reads) + 4 + 2 (the backward row kernel reads them again and
+  writes 16-bit d(logits) over the first half of each row) + 2 + 2 (the d input and d weight GEMMs
+  read d(logits)). The 6NDV floor's own GEMMs move 6 of them (16-bit logits out, d(logits) in
+  twice), so 12 are this engine's. A bias costs nothing more (it was a separate 8-byte pass).
+* bytes per call besides: the fp32 d weight accumulator, written by the first block (no zero
+  fill) and read and written by each later one: (8 B - 4) V D; its rounding to 16 bits, 6 V D;
+  d input, written once per block, 2 N D.
+* peak memory beyond inputs and gradients: 4 c V (the fp32 block; d(logits) lives inside it) +
+  4 V D (the accumulator), and 2 V D while it is rounded (the last block is freed first). The
+  backward pass scales the gradients by the upstream gradient in place (unless
+  ``retain_graph=True``), so no second (V, D) buffer then.
+* float16 d(logits) (:func:`fp16_scale`): d input is kept in fp32 (4 N D) and float16 gradients
+  are rounded only in the backward pass, after the upstream gradient (a loss scale).
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ __all__ = [
     "Grads",
     "Head",
     "block_rows",
+    "fp16_scale",
     "fused",
     "rows_backward",
     "rows_forward",
@@ -43,10 +62,12 @@ Grads = tuple[Tensor | None, Tensor | None, Tensor | None]
 
 def block_rows(n: int, v: int, *, budget: int, blocks: int, elem: int = 4) -> int:
     """Rows per block so that ``blocks`` (rows, v) buffers of ``elem`` bytes fit in ``budget``
-    bytes: a power of two >= 16 (or n when smaller)."""
+    bytes: a multiple of 128 rows (GEMM-tile friendly) when 128 or more fit, else a power of two
+    >= 16; n when smaller. (A power of two throughout wasted up to half the budget: 1024 rows of
+    V=151936 where 1766 fit.)"""
     per_row = max(1, blocks * max(v, 1) * elem)
     rows = max(16, budget // per_row)
-    rows = 1 << (rows.bit_length() - 1)
+    rows = rows // 128 * 128 if rows >= 128 else 1 << (rows.bit_length() - 1)
     return max(1, min(rows, n))
 
 
@@ -59,17 +80,29 @@ class _Acc:
     dx: Tensor | None
     dw: Tensor | None
     db: Tensor | None
+    dw_fresh: bool = True  # dw is torch.empty: the first block writes it (beta = 0)
 
 
 class Head:
     """Logits of rows ``i0:i1``: ``x W^T + b`` (``w`` given) or the given logits ``x``.
 
     The weight is rounded to the operand dtype once per call (and widened to the compute dtype
-    off tensor cores, where the GEMM then runs on exactly the rounded values).
+    off tensor cores, where the GEMM then runs on exactly the rounded values). ``bias_in_rows``:
+    the row math adds the bias itself as it reads the block (the Triton row kernels), so the logits
+    leave the GEMM without it and no separate pass over the block adds it.
     """
 
-    def __init__(self, x: Tensor, w: Tensor | None, b: Tensor | None, prec: Precision) -> None:
+    def __init__(
+        self,
+        x: Tensor,
+        w: Tensor | None,
+        b: Tensor | None,
+        prec: Precision,
+        *,
+        bias_in_rows: bool = False,
+    ) -> None:
         self.x, self.w, self.b, self.prec = x, w, b, prec
+        self.bias_in_rows = bias_in_rows
         self.rows = x.shape[0]
         self.w_op: Tensor | None = None
         self.b_op: Tensor | None = None
@@ -89,28 +122,35 @@ class Head:
         if self.w_op is None:
             return self.x[i0:i1].to(self.prec.compute, copy=True)
         xc = self._x_op(i0, i1)
+        bias = None if self.bias_in_rows else self.b_op
         if self.prec.tensor_cores:
             z = mm_f32(xc, self.w_op.t())
-            return z.add_(self.b_op) if self.b_op is not None else z
-        if self.b_op is not None:
-            return torch.addmm(self.b_op, xc, self.w_op.t())
+            return z.add_(bias) if bias is not None else z
+        if bias is not None:
+            return torch.addmm(bias, xc, self.w_op.t())
         return xc @ self.w_op.t()
 
-    def buffers(self, need: Sequence[bool], sharded: bool) -> _Acc:
+    def buffers(self, need: Sequence[bool], sharded: bool, scaled: bool = False) -> _Acc:
         """Gradient buffers: d x filled block by block, d W and d b accumulated in the compute
-        dtype. ``sharded``: d x is a partial sum to be all-reduced (kept in the compute dtype)."""
+        dtype. ``sharded``: d x is a partial sum to be all-reduced (kept in the compute dtype).
+        ``scaled``: a common factor is applied to d x at the end (kept in the compute dtype, so it
+        is rounded to 16 bits once, after the factor)."""
         need_x, need_w, need_b = need
         comp = self.prec.compute
         dx = None
         if need_x:
             direct = self.w is None or (
-                not sharded and self.prec.tensor_cores and self.x.dtype == self.prec.operand
+                not sharded
+                and not scaled
+                and self.prec.tensor_cores
+                and self.x.dtype == self.prec.operand
             )
             dx = torch.empty(
                 self.x.shape, dtype=self.x.dtype if direct else comp, device=self.x.device
             )
+        # no zero fill: the first block writes d W (add_mm_f32_(..., first=True))
         dw = (
-            torch.zeros(self.w.shape, dtype=comp, device=self.x.device)
+            torch.empty(self.w.shape, dtype=comp, device=self.x.device)
             if need_w and self.w is not None
             else None
         )
@@ -139,22 +179,47 @@ class Head:
             else:
                 rows.copy_(mm_f32(dz, self.w_op))
         if acc.dw is not None:
-            add_mm_f32_(acc.dw, dz.t(), self._x_op(i0, i1))
+            add_mm_f32_(acc.dw, dz.t(), self._x_op(i0, i1), first=acc.dw_fresh)
+            acc.dw_fresh = False
         if acc.db is not None:
             acc.db.add_(dz.sum(0, dtype=acc.db.dtype))
 
-    def finish(self, acc: _Acc, reduce_dx: bool, merge: Merge) -> Grads:
-        """The gradients in the inputs' own dtypes (d x all-reduced first when ``reduce_dx``)."""
+    def finish(
+        self,
+        acc: _Acc,
+        reduce_dx: bool,
+        merge: Merge,
+        scale: Tensor | None = None,
+        keep_fp16_wide: bool = False,
+    ) -> Grads:
+        """The gradients in the inputs' own dtypes (d x all-reduced first when ``reduce_dx``).
+
+        ``scale``: a factor every gradient still needs (applied in the compute dtype).
+        ``keep_fp16_wide``: float16 gradients stay in the compute dtype, for the caller to round
+        after the upstream gradient is applied (a loss scale, e.g. GradScaler's, must reach
+        them before they are rounded to float16, or small ones flush to zero).
+        """
         dx = acc.dx
         if dx is not None and reduce_dx and self.w is not None:
             # x is replicated on every rank; its gradient is the sum of the shards' partial sums
             # (given logits are sharded themselves: each rank owns its own gradient)
             dx = merge.sum(dx)
-        return (
-            dx.to(self.x.dtype) if dx is not None else None,
-            acc.dw.to(self.w.dtype) if acc.dw is not None and self.w is not None else None,
-            acc.db.to(self.b.dtype) if acc.db is not None and self.b is not None else None,
-        )
+        if acc.dw is not None and acc.dw_fresh:
+            acc.dw.zero_()  # no block ran (no rows)
+        out: list[Tensor | None] = []
+        for grad, src in ((dx, self.x), (acc.dw, self.w), (acc.db, self.b)):
+            if grad is None or src is None:
+                out.append(None)
+                continue
+            if scale is not None:
+                grad = (
+                    grad.mul_(scale)
+                    if grad.dtype == scale.dtype
+                    else grad.mul_(scale.to(grad.dtype))
+                )
+            keep = keep_fp16_wide and src.dtype == torch.float16
+            out.append(grad if keep else grad.to(src.dtype))
+        return out[0], out[1], out[2]
 
 
 def rows_forward(
@@ -174,6 +239,26 @@ def rows_forward(
     return outs, saved
 
 
+def _backward_block(
+    math: RowMath,
+    heads: Sequence[Head],
+    merge: Merge,
+    accs: Sequence[_Acc],
+    want: tuple[bool, ...],
+    saved: Tensor,
+    grads: Sequence[Tensor | None],
+    i0: int,
+    i1: int,
+) -> None:
+    """One block of :func:`rows_backward` (a function of its own: see :func:`_fused_block`)."""
+    g = [gk[i0:i1].to(heads[0].prec.compute) if gk is not None else None for gk in grads]
+    raws = [h.logits(i0, i1) for h in heads]
+    dzs = math.backward(raws, i0, i1, merge, saved[i0:i1], g, want)
+    for h, acc, dz in zip(heads, accs, dzs):
+        if dz is not None:
+            h.add_grads(acc, dz, i0, i1)
+
+
 def rows_backward(
     math: RowMath,
     heads: Sequence[Head],
@@ -190,12 +275,7 @@ def rows_backward(
     n = heads[0].rows
     if any(want):
         for i0, i1 in _blocks(n, chunk):
-            g = [gk[i0:i1].to(heads[0].prec.compute) if gk is not None else None for gk in grads]
-            raws = [h.logits(i0, i1) for h in heads]
-            dzs = math.backward(raws, i0, i1, merge, saved[i0:i1], g, want)
-            for h, acc, dz in zip(heads, accs, dzs):
-                if dz is not None:
-                    h.add_grads(acc, dz, i0, i1)
+            _backward_block(math, heads, merge, accs, want, saved, grads, i0, i1)
     return [h.finish(acc, sharded, merge) for h, acc in zip(heads, accs)]
 
 
@@ -211,6 +291,60 @@ def scalar_loss(outs: Sequence[Tensor], lin: Tensor | None, quad: Tensor | None)
     return loss
 
 
+def fp16_scale(prec: Precision, lin: Tensor | None, quad: Tensor | None) -> Tensor | None:
+    """The common factor kept out of float16 d(logits), or None.
+
+    A mean's upstream coefficients carry 1 / denominator: over 262k tokens, d(logits) rounded to
+    float16 with it flushes 92-99% of its entries to zero, before any loss scale could lift them.
+    So with float16 d(logits) the fused pass divides every coefficient by their largest magnitude
+    (no host synchronisation: a device scalar), forms d(logits) and the gradient GEMMs at that
+    scale, and applies the factor to the fp32 accumulators of d x, d W and d b at the end.
+    """
+    if prec.dz != torch.float16:
+        return None
+    parts = [t.abs().amax() for t in (lin, quad) if t is not None and t.numel()]
+    if not parts:
+        return None
+    top = torch.stack(parts).amax()
+    return torch.where(top > 0, top, torch.ones_like(top))
+
+
+def _fused_block(
+    math: RowMath,
+    heads: Sequence[Head],
+    merge: Merge,
+    accs: Sequence[_Acc],
+    want: tuple[bool, ...],
+    lin: Tensor | None,
+    quad: Tensor | None,
+    i0: int,
+    i1: int,
+) -> list[Tensor]:
+    """One block of :func:`fused`: its outputs, its gradients added to ``accs``. A function of its
+    own so the block's (n, V) buffers are freed on return, before the next block or ``finish``."""
+
+    def upstream(o: list[Tensor]) -> list[Tensor | None]:
+        # d/d out_k of lin_k out_k + quad_k out_k^2, rows i0:i1
+        gs: list[Tensor | None] = []
+        for k, ok in enumerate(o):
+            g = lin[k, i0:i1] if lin is not None else None
+            if quad is not None:
+                qk = quad[k, i0:i1]
+                gq = torch.where(qk != 0, 2.0 * qk * ok, 0.0)
+                g = gq if g is None else g + gq
+            gs.append(g)
+        return gs
+
+    raws = [h.logits(i0, i1) for h in heads]
+    if not any(want):
+        return math.forward(raws, i0, i1, merge)[0]
+    o, dzs = math.fused(raws, i0, i1, merge, upstream, want)
+    for h, acc, dz in zip(heads, accs, dzs):
+        if dz is not None:
+            h.add_grads(acc, dz, i0, i1)
+    return o
+
+
 def fused(
     math: RowMath,
     heads: Sequence[Head],
@@ -221,36 +355,27 @@ def fused(
     needs: Sequence[Sequence[bool]],
     sharded: bool,
 ) -> tuple[Tensor, list[Tensor], list[Grads]]:
-    """The scalar loss, the per-row outputs and every head's gradients, in one pass over blocks."""
+    """The scalar loss, the per-row outputs and every head's gradients, in one pass over blocks.
+
+    With float16 d(logits) (see :func:`fp16_scale`) float16 gradients come back in the compute
+    dtype, to be rounded once the upstream gradient is applied.
+    """
     n = heads[0].rows
     prec = heads[0].prec
     device = heads[0].x.device
+    scale = fp16_scale(prec, lin, quad)
+    lin_u = lin / scale if scale is not None and lin is not None else lin
+    quad_u = quad / scale if scale is not None and quad is not None else quad
     outs = [torch.empty(n, dtype=prec.compute, device=device) for _ in range(math.n_out)]
-    accs = [h.buffers(nd, sharded) for h, nd in zip(heads, needs)]
+    accs = [h.buffers(nd, sharded, scaled=scale is not None) for h, nd in zip(heads, needs)]
     want = tuple(any(nd) for nd in needs)
     for i0, i1 in _blocks(n, chunk):
-
-        def upstream(o: list[Tensor], i0: int = i0, i1: int = i1) -> list[Tensor | None]:
-            # d/d out_k of lin_k out_k + quad_k out_k^2, rows i0:i1
-            gs: list[Tensor | None] = []
-            for k, ok in enumerate(o):
-                g = lin[k, i0:i1] if lin is not None else None
-                if quad is not None:
-                    qk = quad[k, i0:i1]
-                    gq = torch.where(qk != 0, 2.0 * qk * ok, 0.0)
-                    g = gq if g is None else g + gq
-                gs.append(g)
-            return gs
-
-        raws = [h.logits(i0, i1) for h in heads]
-        if any(want):
-            o, dzs = math.fused(raws, i0, i1, merge, upstream, want)
-            for h, acc, dz in zip(heads, accs, dzs):
-                if dz is not None:
-                    h.add_grads(acc, dz, i0, i1)
-        else:
-            o, _ = math.forward(raws, i0, i1, merge)
+        o = _fused_block(math, heads, merge, accs, want, lin_u, quad_u, i0, i1)
         for k in range(math.n_out):
             outs[k][i0:i1] = o[k]
     loss = scalar_loss(outs, lin, quad)
-    return loss, outs, [h.finish(acc, sharded, merge) for h, acc in zip(heads, accs)]
+    grads = [
+        h.finish(acc, sharded, merge, scale, keep_fp16_wide=scale is not None)
+        for h, acc in zip(heads, accs)
+    ]
+    return loss, outs, grads

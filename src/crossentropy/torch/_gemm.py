@@ -20,6 +20,7 @@ cores where the user allowed them (``"high"``/``"medium"``), full fp32 otherwise
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ __all__ = [
     "add_mm_f32_",
     "addmm_into_f32_works",
     "autocast_dtype",
+    "fp32_output_problem",
     "mm_f32",
     "resolve_precision",
     "to_16bit_in_place",
@@ -122,26 +124,104 @@ def exact_products(prec: Precision) -> Iterator[None]:
         torch.set_float32_matmul_precision(before)
 
 
-_MM_OUT_DTYPE_OK: dict[str, bool] = {}
+def _device_fault(exc: BaseException) -> bool:
+    """An error that says the device is broken, not that an op is missing: a sticky CUDA error
+    left by an earlier kernel, an illegal access, a device-side assertion. Never a reason to
+    fall back to another op; re-raised."""
+    text = str(exc)
+    return any(
+        key in text
+        for key in ("CUDA error", "illegal memory", "device-side assert", "unspecified launch")
+    )
+
+
+def _probe_operands(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 48, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(48, 40, generator=gen).to(device=device, dtype=dtype)
+    return a, b, a.float() @ b.float()
+
+
+# (device type, dtype) -> None when torch.mm(..., out_dtype=float32) works, else why not
+_MM_OUT_DTYPE: dict[tuple[str, torch.dtype], str | None] = {}
+_MM_WARNED: set[tuple[str, torch.dtype]] = set()
+
+
+def fp32_output_problem(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when ``torch.mm(a, b, out_dtype=torch.float32)`` computes 16-bit products with fp32
+    output on ``device``, else why not (the logits are then rounded to ``dtype`` once).
+
+    Probed once per (device type, dtype), at first use, on a small product checked against an
+    fp32 reference. A missing op (older torch: ``TypeError``; no kernel for this dtype or GPU)
+    falls back with a one-time warning; an error that says the device is broken (a sticky CUDA
+    error from an earlier kernel) is raised, never taken for a missing feature.
+    """
+    key = (device.type, dtype)
+    if key not in _MM_OUT_DTYPE:
+        a, b, want = _probe_operands(device, dtype)
+        why: str | None = None
+        try:
+            got = torch.mm(a, b, out_dtype=torch.float32)  # type: ignore[call-arg]
+            if got.dtype != torch.float32 or not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+                why = f"torch.mm(out_dtype=float32) gave {got.dtype} values off the fp32 product"
+        except torch.OutOfMemoryError:
+            raise  # not a missing feature: decide on a later call
+        except (RuntimeError, TypeError, NotImplementedError) as exc:
+            if _device_fault(exc):
+                raise
+            why = f"torch.mm(out_dtype=float32) is unavailable ({type(exc).__name__}: {exc})"
+        _MM_OUT_DTYPE[key] = why
+        if why is not None and key not in _MM_WARNED:
+            _MM_WARNED.add(key)
+            warnings.warn(
+                f"crossentropy: {why}; {str(dtype).replace('torch.', '')} logits GEMMs on "
+                f"{device.type} round their fp32 accumulation to 16 bits once (less accurate "
+                "losses and gradients). explain() shows this.",
+                UserWarning,
+                stacklevel=3,
+            )
+    return _MM_OUT_DTYPE[key]
 
 
 def mm_f32(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` of 16-bit operands with fp32 output and accumulation (tensor cores on CUDA)."""
-    if a.device.type == "cuda" and _MM_OUT_DTYPE_OK.get("cuda", True):
-        try:
-            return torch.mm(a, b, out_dtype=torch.float32)  # type: ignore[call-arg]
-        except torch.OutOfMemoryError:
-            raise  # not a missing feature: keep the fp32-output GEMM for later calls
-        except (RuntimeError, TypeError, NotImplementedError):
-            # torch without mm(..., out_dtype=) (TypeError) or without it for this dtype/GPU.
-            _MM_OUT_DTYPE_OK["cuda"] = False
     if a.device.type == "cuda":
+        if fp32_output_problem(a.device, a.dtype) is None:
+            return torch.mm(a, b, out_dtype=torch.float32)  # type: ignore[call-arg]
         # Older torch: the GEMM still accumulates in fp32 but rounds the result to 16 bits once.
         return torch.mm(a, b).float()
     return a.float() @ b.float()
 
 
-_ADDMM_INTO_F32_OK: dict[tuple[str, torch.dtype], bool] = {}
+# (device type, dtype) -> (adds in place correctly, overwrites with beta=0 correctly)
+_ADDMM_INTO_F32: dict[tuple[str, torch.dtype], tuple[bool, bool]] = {}
+
+
+def _addmm_probe(device: torch.device, dtype: torch.dtype) -> tuple[bool, bool]:
+    key = (device.type, dtype)
+    if key not in _ADDMM_INTO_F32:
+        a, b, prod = _probe_operands(device, dtype)
+        acc = torch.randn(prod.shape, generator=torch.Generator().manual_seed(1)).to(device)
+        want = acc + prod
+        results = []
+        for beta, start, target in (
+            (1.0, acc, want),
+            (0.0, torch.full_like(acc, float("nan")), prod),
+        ):
+            try:
+                torch.addmm(start, a, b, beta=beta, out_dtype=torch.float32, out=start)  # type: ignore[call-overload]
+                ok = start.dtype == torch.float32 and torch.allclose(
+                    start, target, rtol=1e-4, atol=1e-4
+                )
+            except torch.OutOfMemoryError:
+                raise  # not a missing feature: decide on a later call
+            except (RuntimeError, TypeError, NotImplementedError) as exc:
+                if _device_fault(exc):
+                    raise
+                ok = False
+            results.append(bool(ok))
+        _ADDMM_INTO_F32[key] = (results[0], results[0] and results[1])
+    return _ADDMM_INTO_F32[key]
 
 
 def addmm_into_f32_works(device: torch.device, dtype: torch.dtype) -> bool:
@@ -150,30 +230,27 @@ def addmm_into_f32_works(device: torch.device, dtype: torch.dtype) -> bool:
     Checked once per (device type, dtype) on a small product against an fp32 reference, so a torch
     build without the op, or one whose ``out=`` aliasing misbehaves, falls back to a separate GEMM.
     """
-    key = (device.type, dtype)
-    if key not in _ADDMM_INTO_F32_OK:
-        gen = torch.Generator().manual_seed(0)
-        a = torch.randn(64, 48, generator=gen).to(device=device, dtype=dtype)
-        b = torch.randn(48, 40, generator=gen).to(device=device, dtype=dtype)
-        acc = torch.randn(64, 40, generator=gen).to(device)
-        want = acc + a.float() @ b.float()
-        try:
-            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)  # type: ignore[call-overload]
-            ok = acc.dtype == torch.float32 and torch.allclose(acc, want, rtol=1e-4, atol=1e-4)
-        except torch.OutOfMemoryError:
-            raise  # not a missing feature: decide on a later call
-        except (RuntimeError, TypeError, NotImplementedError):
-            ok = False
-        _ADDMM_INTO_F32_OK[key] = bool(ok)
-    return _ADDMM_INTO_F32_OK[key]
+    return _addmm_probe(device, dtype)[0]
 
 
-def add_mm_f32_(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """``acc += a @ b`` with ``acc`` float32 (or float64), in place where torch can."""
+def add_mm_f32_(acc: Tensor, a: Tensor, b: Tensor, *, first: bool = False) -> None:
+    """``acc += a @ b`` with ``acc`` float32 (or float64), in place where torch can.
+
+    ``first``: ``acc`` holds nothing yet (``torch.empty``) and is written, not read (``beta=0``):
+    no zero-filling pass over an accumulator that may be gigabytes (a (V, D) weight gradient).
+    """
     if a.dtype == acc.dtype:
-        acc.addmm_(a, b)
+        if first:
+            torch.mm(a, b, out=acc)
+        else:
+            acc.addmm_(a, b)
     elif a.device.type == "cuda" and addmm_into_f32_works(a.device, a.dtype):
-        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)  # type: ignore[call-overload]
+        if first and not _addmm_probe(a.device, a.dtype)[1]:
+            acc.zero_()
+            first = False
+        torch.addmm(acc, a, b, beta=0.0 if first else 1.0, out_dtype=torch.float32, out=acc)  # type: ignore[call-overload]
+    elif first:
+        acc.copy_(mm_f32(a, b))
     else:
         acc += mm_f32(a, b)
 

@@ -184,7 +184,7 @@ def build_math(call: Call, t: dict[str, Tensor | None]) -> RowMath:
         assert target is not None
         cw = t["cweight"]
         kwargs: dict[str, Any] = dict(
-            weight=cw.to(comp) if cw is not None else None,
+            weight=cw.to(comp).contiguous() if cw is not None else None,
             ignore_index=int(call.param("ignore_index", -100)),
             label_smoothing=float(call.param("label_smoothing", 0.0)),
             num_classes=int(call.param("num_classes")),
@@ -195,7 +195,11 @@ def build_math(call: Call, t: dict[str, Tensor | None]) -> RowMath:
         if call.rows == "triton":
             from crossentropy.triton._rows import TritonCrossEntropyRows
 
-            return TritonCrossEntropyRows(target, dz_dtype=call.prec.dz, **kwargs)
+            # the kernels add the bias as they read each block (rounded to the operand dtype,
+            # as F.linear under autocast rounds it); the head's GEMM leaves it out
+            b = t["b"]
+            bias = b.to(call.prec.operand) if b is not None else None
+            return TritonCrossEntropyRows(target, dz_dtype=call.prec.dz, bias=bias, **kwargs)
         return CrossEntropyRows(target, **kwargs)
     if call.math == "logprob":
         target = t["target"]
@@ -241,7 +245,7 @@ def build_math(call: Call, t: dict[str, Tensor | None]) -> RowMath:
 def _heads(call: Call, t: dict[str, Tensor | None]) -> list[E.Head]:
     x = t["x"]
     assert x is not None
-    heads = [E.Head(x, t["w"], t["b"], call.prec)]
+    heads = [E.Head(x, t["w"], t["b"], call.prec, bias_in_rows=call.rows == "triton")]
     if t["x2"] is not None:
         heads.append(E.Head(t["x2"], t["w2"], t["b2"], call.prec))
     return heads
@@ -343,15 +347,21 @@ def _rows_backward_impl(*args: Any) -> tuple[Tensor, ...]:
     return tuple(_flat(out, x))
 
 
-def _grads_fake(t: dict[str, Tensor | None], bits: int) -> tuple[Tensor, ...]:
+def _grads_fake(
+    t: dict[str, Tensor | None], bits: int, wide: torch.dtype | None = None
+) -> tuple[Tensor, ...]:
+    """Gradient outputs: each like its input; float16 ones in ``wide`` when given (the fused op
+    returns them unrounded, see ``_engines.fused``)."""
     x = t["x"]
     assert x is not None
     out = []
     for i, name in enumerate(SLOTS[:_HEAD_SLOTS]):
         src = t[name]
-        out.append(
-            src.new_empty(src.shape) if src is not None and bits >> i & 1 else x.new_empty(0)
-        )
+        if src is None or not bits >> i & 1:
+            out.append(x.new_empty(0))
+            continue
+        dtype = wide if wide is not None and src.dtype == torch.float16 else src.dtype
+        out.append(src.new_empty(src.shape, dtype=dtype))
     return tuple(out)
 
 
@@ -482,7 +492,8 @@ def _fused_fake(*args: Any) -> tuple[Tensor, ...]:
     x = t["x"]
     assert x is not None
     o0, o1, _ = _rows_fake(*args[: len(SLOTS)], args[-2])
-    return (x.new_empty((), dtype=call.prec.compute), o0, o1, *_grads_fake(t, bits))
+    wide = call.prec.compute if call.prec.dz == torch.float16 else None
+    return (x.new_empty((), dtype=call.prec.compute), o0, o1, *_grads_fake(t, bits, wide))
 
 
 _fused_op = torch.library.custom_op(
@@ -505,6 +516,20 @@ def _fused_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) 
     ctx.dtypes = [inputs[i].dtype if inputs[i] is not None else None for i in range(_HEAD_SLOTS)]
 
 
+def _keeps_graph() -> bool:
+    """Whether the running backward pass keeps the graph (``retain_graph=True``) or is traced;
+    True when that cannot be told."""
+    if torch.compiler.is_compiling():
+        return True
+    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if probe is None:
+        return True
+    try:
+        return bool(probe())
+    except RuntimeError:  # no backward pass running
+        return True
+
+
 def _fused_autograd(ctx: Any, g: Tensor | None, *_: Any) -> Any:
     if torch.is_grad_enabled():
         sharded = bool(decode(ctx.spec).group)
@@ -512,10 +537,16 @@ def _fused_autograd(ctx: Any, g: Tensor | None, *_: Any) -> Any:
     result: list[Any] = [None] * (len(SLOTS) + 4)
     if g is None:
         return tuple(result)
+    # The gradients were formed in the forward pass; scale them by g in their own storage (a
+    # (V, D) weight gradient is gigabytes), unless the graph is kept for another backward pass
+    # (retain_graph=True), which must find them unscaled.
+    in_place = not _keeps_graph()
     for i, grad in enumerate(ctx.saved_tensors):
         if ctx.needs_input_grad[i] and ctx.dtypes[i] is not None and grad.numel():
-            # out of place, so that retain_graph=True and repeated backward passes stay exact
-            result[i] = (grad * g.to(grad.dtype)).to(ctx.dtypes[i])
+            # a 0-dim g keeps grad's dtype and is multiplied unrounded (not cast to bf16 first)
+            scaled = grad.mul_(g) if in_place else grad * g
+            # float16 gradients arrive unrounded (fp32): rounded only now, after g (a loss scale)
+            result[i] = scaled.to(ctx.dtypes[i])
     return tuple(result)
 
 
