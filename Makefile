@@ -10,8 +10,8 @@ DEMO_STAMP := $(VENV)/.demo-stamp
 # the CI disk), so a new upstream release never changes what `make test` runs. `make lock`
 # regenerates the pins on purpose; `make test-latest` runs the suite without them (CONSTRAINTS=).
 CONSTRAINTS ?= constraints.txt
-PIP_UPGRADE ?=
-PIP_INSTALL = $(BIN)/python -m pip install -q $(PIP_UPGRADE) $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+UPGRADE_FLAGS ?=
+PIP_INSTALL = $(BIN)/python -m pip install -q $(UPGRADE_FLAGS) $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 LOCK_TORCH ?= 2.13.0
 PYTEST_ARGS ?=
 # Benchmarks `make bench` runs: the CPU ones here, all of them (GPU kernels too) on a CUDA machine.
@@ -51,7 +51,7 @@ test: lint typecheck pytest
 # The suite against the newest releases pip can install here (no pins; this machine's pip caps
 # torch at 2.14.1), in its own venv. Informative only: CI runs `make test`.
 test-latest:
-	$(MAKE) test VENV=.venv-latest CONSTRAINTS= PIP_UPGRADE="--upgrade --upgrade-strategy eager"
+	$(MAKE) test VENV=.venv-latest CONSTRAINTS= UPGRADE_FLAGS="--upgrade --upgrade-strategy eager"
 
 # Regenerate constraints.txt from the newest releases (a deliberate upgrade: commit it with the
 # fixes it needs). torch stays at LOCK_TORCH, whose CPU build lies on the CI disk.
