@@ -57,7 +57,7 @@ def models(mesh: DeviceMesh) -> dict[str, Any]:
     from torch.distributed.fsdp import fully_shard
 
     from crossentropy import hf
-    from crossentropy.torch._sharded import is_fsdp_module
+    from crossentropy.torch.parallel._dtensor import is_fsdp_module
 
     ids, labels = batch(mesh.get_local_rank())
     out: dict[str, Any] = {}

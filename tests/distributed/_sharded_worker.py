@@ -212,7 +212,7 @@ def fsdp2(mesh: DeviceMesh) -> dict[str, Any]:
 
 
 def record_blocks() -> tuple[list[tuple[int, ...]], Callable[[], None]]:
-    from crossentropy.torch._engines import Head
+    from crossentropy.torch.engine._chunked import Head
 
     shapes: list[tuple[int, ...]] = []
     real = Head.logits

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from _vp_cases import Case, class_dim, full_inputs, good_cases, shard, shard_sizes
 
 from crossentropy.torch import cross_entropy, linear_cross_entropy
-from crossentropy.torch._data_parallel import global_valid_count
-from crossentropy.torch._vocab_parallel import (
+from crossentropy.torch.parallel._data import global_valid_count
+from crossentropy.torch.parallel._vocab import (
     vocab_parallel_cross_entropy,
     vocab_parallel_linear_cross_entropy,
 )
@@ -186,7 +186,7 @@ def logits_blocks(group: Any) -> dict[str, Any]:
     w = torch.randn(v, d, generator=g)[off : off + size].requires_grad_()
     y = torch.randint(0, v, (n,), generator=g)
     shapes: list[tuple[int, ...]] = []
-    from crossentropy.torch._engines import Head
+    from crossentropy.torch.engine._chunked import Head
 
     real_logits = Head.logits
 

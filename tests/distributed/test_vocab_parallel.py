@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from _vp_cases import Case, class_dim, dp_batches, dp_model, full_inputs, good_cases
 
-from crossentropy.torch._data_parallel import global_valid_count
+from crossentropy.torch.parallel._data import global_valid_count
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
@@ -304,7 +304,7 @@ def test_global_count_makes_ddp_with_uneven_padding_match_one_big_batch(
 def test_count_all_reduce_runs_where_the_backend_can() -> None:
     # NCCL reduces CUDA tensors only: even a bad (non-tensor or CPU) target must not put this
     # rank's all-reduce on the CPU while the others wait on theirs.
-    from crossentropy.torch._data_parallel import _collective_device
+    from crossentropy.torch.parallel._data import _collective_device
 
     cpu_target = torch.zeros(3, dtype=torch.long)
     assert _collective_device(cpu_target, "gloo") == torch.device("cpu")

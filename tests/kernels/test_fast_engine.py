@@ -19,8 +19,8 @@ pytest.importorskip("triton")
 
 from crossentropy.torch import _functional as functional
 from crossentropy.torch import explain, linear_cross_entropy
-from crossentropy.torch._gemm import Precision
-from crossentropy.torch._rowmath import LOCAL, LogitMap
+from crossentropy.torch.engine._gemm import Precision
+from crossentropy.torch.engine._rowmath import LOCAL, LogitMap
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton")
 
@@ -266,7 +266,7 @@ def test_engine_frees_the_last_block_before_finishing(
     # logits buffer must be gone by then, or it adds to the peak (about 1 GiB at 256k classes)
     import gc
 
-    from crossentropy.torch import _engines
+    from crossentropy.torch.engine import _chunked as _engines
 
     n, v, chunk = 24, 97, 8
     seen: list[list[tuple[int, ...]]] = []

@@ -349,7 +349,7 @@ def test_impl_triton_falls_back_for_float64_with_one_warning(monkeypatch):
     import warnings
 
     from crossentropy.torch import _validation, linear_cross_entropy
-    from crossentropy.torch._vocab_parallel import _check_options
+    from crossentropy.torch.parallel._vocab import _check_options
 
     monkeypatch.setattr(_validation, "_FALLBACK_WARNED", set())
     x = torch.randn(6, 7, dtype=torch.float64)

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from crossentropy.torch import CrossEntropyLoss, cross_entropy, explain, linear_cross_entropy
-from crossentropy.torch import _dispatch as D
-from crossentropy.torch._gemm import resolve_precision
+from crossentropy.torch.engine import _dispatch as D
+from crossentropy.torch.engine._gemm import resolve_precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

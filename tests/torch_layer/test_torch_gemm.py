@@ -1,4 +1,4 @@
-"""GEMM helpers of the fused losses (``crossentropy.torch._gemm``): precision and fp32 accumulation."""
+"""GEMM helpers of the fused losses (``crossentropy.torch.engine._gemm``): precision and fp32 accumulation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from crossentropy.torch._gemm import resolve_precision
+from crossentropy.torch.engine._gemm import resolve_precision
 
 
 def test_precision_follows_inputs_autocast_and_device() -> None:
@@ -33,7 +33,7 @@ def test_in_place_fp32_gemm_probe_trusts_only_a_correct_op(monkeypatch: pytest.M
     # The low-memory kernel's backward adds each slab's dX into its fp32 accumulator with
     # addmm(..., out_dtype=float32, out=acc) only where a one-time probe saw that op add in place
     # correctly; otherwise (op missing, or aliasing that drops acc) it keeps a separate GEMM.
-    from crossentropy.torch import _gemm as L
+    from crossentropy.torch.engine import _gemm as L
 
     real_addmm = torch.addmm
 
@@ -72,7 +72,7 @@ def test_in_place_fp32_gemm_probe_trusts_only_a_correct_op(monkeypatch: pytest.M
 def test_rounding_into_the_accumulator_storage_is_exact(
     dtype: torch.dtype, shape: tuple[int, int], chunk: int
 ) -> None:
-    from crossentropy.torch._gemm import to_16bit_in_place
+    from crossentropy.torch.engine._gemm import to_16bit_in_place
 
     g = torch.Generator().manual_seed(11)
     acc = torch.randn(shape, generator=g) * 1000
@@ -86,7 +86,7 @@ def test_rounding_into_the_accumulator_storage_is_exact(
 
 
 def _fresh_probe(monkeypatch: pytest.MonkeyPatch) -> Any:
-    from crossentropy.torch import _gemm as L
+    from crossentropy.torch.engine import _gemm as L
 
     monkeypatch.setattr(L, "_MM_OUT_DTYPE", {})
     monkeypatch.setattr(L, "_MM_WARNED", set())
@@ -143,8 +143,8 @@ def test_fp32_output_probe_reraises_a_broken_device(
 
 
 def test_explain_shows_the_fp32_output_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from crossentropy.torch import _dispatch as D
-    from crossentropy.torch._gemm import resolve_precision
+    from crossentropy.torch.engine import _dispatch as D
+    from crossentropy.torch.engine._gemm import resolve_precision
 
     L = _fresh_probe(monkeypatch)
     cuda = torch.device("cuda")
@@ -175,7 +175,7 @@ def test_explain_shows_the_fp32_output_fallback(monkeypatch: pytest.MonkeyPatch)
 def test_first_block_writes_the_accumulator_without_reading_it() -> None:
     # d(weight) starts as torch.empty: the first block's GEMM overwrites it (beta = 0), so garbage
     # (here NaN) in the fresh buffer never reaches the result, and no zero-filling pass is needed.
-    from crossentropy.torch._gemm import add_mm_f32_
+    from crossentropy.torch.engine._gemm import add_mm_f32_
 
     g = torch.Generator().manual_seed(5)
     a, b = torch.randn(6, 4, generator=g), torch.randn(4, 9, generator=g)
@@ -187,7 +187,7 @@ def test_first_block_writes_the_accumulator_without_reading_it() -> None:
 
 
 def test_block_rows_use_the_budget_in_multiples_of_128() -> None:
-    from crossentropy.torch._engines import block_rows
+    from crossentropy.torch.engine._chunked import block_rows
 
     # 1 GiB of fp32 logits at V=151936 holds 1766 rows: 1664 (13 x 128), not 1024
     assert block_rows(8192, 151936, budget=1 << 30, blocks=1) == 1664

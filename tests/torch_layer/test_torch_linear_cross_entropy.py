@@ -312,7 +312,7 @@ def test_fused_gradients_are_freed_by_backward():
 
 
 def test_no_gradient_work_without_grad_mode(monkeypatch):
-    from crossentropy.torch._rowmath import CrossEntropyRows
+    from crossentropy.torch.engine._rowmath import CrossEntropyRows
 
     calls = []
     real = CrossEntropyRows._grad_

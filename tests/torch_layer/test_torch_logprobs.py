@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crossentropy.torch import LogProbs, _rowmath, explain, linear_logprobs
+from crossentropy.torch import LogProbs, explain, linear_logprobs
+from crossentropy.torch.engine import _rowmath
 
 
 def _data(n, d, v, *, seed, dtype=torch.float64, std=4.0):

@@ -257,7 +257,7 @@ def patch(
     label_smoothing, z_loss = float(label_smoothing), float(z_loss)
     impl = _check_impl(impl)
     chunk_size = _check_chunk_size(chunk_size)
-    from crossentropy.torch._dispatch import check_memory
+    from crossentropy.torch.engine._dispatch import check_memory
 
     memory = check_memory("crossentropy.hf.patch", memory)
     head = _check_supported(model)
@@ -597,7 +597,7 @@ def _fsdp_probe(head: nn.Module, probe: LogitsProbe) -> LogitsProbe:
     """FSDP2 hooks an unshard-before-backward onto a unit's outputs that need a gradient. The
     probe takes no part in autograd (the fused loss differentiates the hidden states and the
     head's parameters directly), so for such a head it says it needs none and FSDP2 leaves it be."""
-    from crossentropy.torch._sharded import is_fsdp_module
+    from crossentropy.torch.parallel._dtensor import is_fsdp_module
 
     if is_fsdp_module(head):
         probe._ce_trace = replace(probe._ce_trace, requires_grad=False)
@@ -609,7 +609,7 @@ def _fsdp_trace(state: _State, trace: Trace) -> Trace:
     weight is freed and the module holds the sharded DTensor again, which
     :func:`crossentropy.torch.linear_cross_entropy` gathers once per call (or splits the
     vocabulary over, when the ranks hold the same tokens); its gradient goes to that DTensor."""
-    from crossentropy.torch._sharded import is_fsdp_module
+    from crossentropy.torch.parallel._dtensor import is_fsdp_module
 
     if not is_fsdp_module(state.head):
         return trace

@@ -16,8 +16,6 @@ if _dist.is_available():
     # hold None. (2.8 ms, 8 small modules.)
     import torch.distributed.nn.functional  # noqa: F401
 
-from crossentropy.torch._data_parallel import global_valid_count
-from crossentropy.torch._dispatch import explain
 from crossentropy.torch._distill import linear_distillation_loss
 from crossentropy.torch._extras import bce_with_logits as binary_cross_entropy_with_logits
 from crossentropy.torch._extras import focal_loss
@@ -29,7 +27,9 @@ from crossentropy.torch._modules import (
     FocalLoss,
     LinearCrossEntropyLoss,
 )
-from crossentropy.torch._reduce import CrossEntropyAux
+from crossentropy.torch.engine._dispatch import explain
+from crossentropy.torch.engine._reduce import CrossEntropyAux
+from crossentropy.torch.parallel._data import global_valid_count
 
 __all__ = [
     "BCEWithLogitsLoss",

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crossentropy.torch import _dispatch as D
-from crossentropy.torch import _ops, _sharded
 from crossentropy.torch import _validation as V
-from crossentropy.torch._engines import block_rows
-from crossentropy.torch._gemm import resolve_precision
-from crossentropy.torch._rowmath import DIVERGENCES, distill_blocks
+from crossentropy.torch.engine import _dispatch as D
+from crossentropy.torch.engine import _ops
+from crossentropy.torch.engine._chunked import block_rows
+from crossentropy.torch.engine._gemm import resolve_precision
+from crossentropy.torch.engine._rowmath import DIVERGENCES, distill_blocks
+from crossentropy.torch.parallel import _dtensor as _sharded
 
 __all__ = [
     "DIVERGENCES",
@@ -480,7 +481,7 @@ def linear_distillation_loss(
 
 
 def _vocab_parallel(fn: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Tensor:
-    from crossentropy.torch import _vocab_parallel as VP
+    from crossentropy.torch.parallel import _vocab as VP
 
     fn = f"{fn}(process_group=...)"
 

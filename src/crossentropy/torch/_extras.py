@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from crossentropy.torch import _validation as V
-from crossentropy.torch._reduce import count_rows
+from crossentropy.torch.engine._reduce import count_rows
 
 __all__ = [
     "bce_with_logits",

@@ -15,16 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crossentropy.torch import _dispatch as D
-from crossentropy.torch import _ops, _sharded
 from crossentropy.torch import _validation as V
-from crossentropy.torch._gemm import Precision, autocast_dtype, resolve_precision
-from crossentropy.torch._reduce import (
+from crossentropy.torch.engine import _dispatch as D
+from crossentropy.torch.engine import _ops
+from crossentropy.torch.engine._gemm import Precision, autocast_dtype, resolve_precision
+from crossentropy.torch.engine._reduce import (
     CrossEntropyAux,
     count_rows,
     reduce_rows,
     row_coefficients,
 )
+from crossentropy.torch.parallel import _dtensor as _sharded
 
 __all__ = [
     "cross_entropy",
@@ -33,7 +34,7 @@ __all__ = [
 
 
 def _vocab_parallel() -> Any:
-    return importlib.import_module("crossentropy.torch._vocab_parallel")
+    return importlib.import_module("crossentropy.torch.parallel._vocab")
 
 
 @dataclass

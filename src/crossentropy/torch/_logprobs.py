@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crossentropy.torch import _dispatch as D
-from crossentropy.torch import _ops, _sharded
 from crossentropy.torch import _validation as V
-from crossentropy.torch._engines import block_rows
-from crossentropy.torch._gemm import Precision, exact_fp32, resolve_precision
-from crossentropy.torch._rowmath import logprob_blocks
+from crossentropy.torch.engine import _dispatch as D
+from crossentropy.torch.engine import _ops
+from crossentropy.torch.engine._chunked import block_rows
+from crossentropy.torch.engine._gemm import Precision, exact_fp32, resolve_precision
+from crossentropy.torch.engine._rowmath import logprob_blocks
+from crossentropy.torch.parallel import _dtensor as _sharded
 
 __all__ = [
     "LogProbs",
@@ -425,7 +426,7 @@ def linear_logprobs(
 def _vocab_parallel_logprobs(
     fn: str, hidden: Any, weight: Any, target: Any, group: Any, kwargs: dict[str, Any]
 ) -> Tensor | LogProbs:
-    from crossentropy.torch import _vocab_parallel as VP
+    from crossentropy.torch.parallel import _vocab as VP
 
     fn = f"{fn}(process_group=...)"
 

@@ -7,9 +7,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from crossentropy.torch import _validation as V
-from crossentropy.torch._dispatch import Plan, check_memory, explain
 from crossentropy.torch._extras import bce_with_logits, check_focal_args, focal_loss
 from crossentropy.torch._functional import cross_entropy, linear_cross_entropy
+from crossentropy.torch.engine._dispatch import Plan, check_memory, explain
 
 __all__ = [
     "BCEWithLogitsLoss",

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from crossentropy.torch._gemm import add_mm_f32_, to_16bit_in_place
+from crossentropy.torch.engine._gemm import add_mm_f32_, to_16bit_in_place
 from crossentropy.triton._config import linear_config
 from crossentropy.triton._softmax_ce import (
     _M_FLOOR,

@@ -7,7 +7,7 @@ it: in the GEMM operand dtype (bf16/fp16) into the first half of each fp32 row w
 GEMMs run on tensor cores (see ``softmax_ce_backward`` for why that aliasing is safe), in place in
 fp32 otherwise. So a block costs one fp32 (n, V) buffer, whatever the options.
 
-Same math as :class:`crossentropy.torch._rowmath.CrossEntropyRows` (its ``reference`` is inherited),
+Same math as :class:`crossentropy.torch.engine._rowmath.CrossEntropyRows` (its ``reference`` is inherited),
 single process only (no vocabulary shards), soft-capping inside the kernels.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from crossentropy.torch._rowmath import LOCAL, CrossEntropyRows, Merge, Upstream
+from crossentropy.torch.engine._rowmath import LOCAL, CrossEntropyRows, Merge, Upstream
 from crossentropy.triton._softmax_ce import prepare_target, softmax_ce_backward, softmax_ce_forward
 
 __all__ = [

@@ -545,7 +545,7 @@ def second_order(
 
     ``inputs`` is ``[logits]`` or ``[x, W]`` (logits ``x W^T + bias``); returns one gradient per
     input (and the bias' last, when given)."""
-    from crossentropy.torch._rowmath import CrossEntropyRows, LogitMap
+    from crossentropy.torch.engine._rowmath import CrossEntropyRows, LogitMap
 
     with torch.enable_grad():
         if len(inputs) == 1:

@@ -2,7 +2,7 @@
 
 This file holds the only chunk loops of the torch layer. A call has one or two :class:`Head` objects
 (the logits producers: ``x W^T + b`` with ``x`` (N, D) and ``W`` (V, D), or given logits), a row
-math object (``_rowmath``) and a :class:`~crossentropy.torch._rowmath.Merge` (the identity, or
+math object (``_rowmath``) and a :class:`~crossentropy.torch.engine._rowmath.Merge` (the identity, or
 all-reduces over a vocabulary-parallel group). Three entry points:
 
 * :func:`rows_forward` / :func:`rows_backward`: per-row outputs with any upstream gradient. The
@@ -44,8 +44,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from crossentropy.torch._gemm import Precision, add_mm_f32_, mm_f32
-from crossentropy.torch._rowmath import Merge, RowMath
+from crossentropy.torch.engine._gemm import Precision, add_mm_f32_, mm_f32
+from crossentropy.torch.engine._rowmath import Merge, RowMath
 
 __all__ = [
     "Grads",

@@ -44,7 +44,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from crossentropy.torch import _validation as V
-from crossentropy.torch._reduce import Counts, CrossEntropyAux, reduce_rows, row_coefficients
+from crossentropy.torch.engine._reduce import Counts, CrossEntropyAux, reduce_rows, row_coefficients
 
 __all__ = [
     "vocab_parallel_cross_entropy",
@@ -520,9 +520,9 @@ def _run_shards(
     chunk_size: int | None,
 ) -> Tensor | CrossEntropyAux:
     """One vocab-parallel cross-entropy call on the torch engine, all-reducing over ``group``."""
-    from crossentropy.torch import _dispatch as D
-    from crossentropy.torch import _ops
-    from crossentropy.torch._gemm import resolve_precision
+    from crossentropy.torch.engine import _dispatch as D
+    from crossentropy.torch.engine import _ops
+    from crossentropy.torch.engine._gemm import resolve_precision
 
     dtypes = [x.dtype, w.dtype if w is not None else None, b.dtype if b is not None else None]
     prec = resolve_precision(

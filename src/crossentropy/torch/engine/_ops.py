@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from crossentropy.torch import _engines as E
-from crossentropy.torch._gemm import Precision, exact_products
-from crossentropy.torch._rowmath import (
+from crossentropy.torch.engine import _chunked as E
+from crossentropy.torch.engine._gemm import Precision, exact_products
+from crossentropy.torch.engine._rowmath import (
     LOCAL,
     CrossEntropyRows,
     DistillRows,

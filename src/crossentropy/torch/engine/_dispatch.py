@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossentropy.torch._gemm import Precision
+from crossentropy.torch.engine._gemm import Precision
 
 __all__ = [
     "MEMORY_MODES",
@@ -178,7 +178,7 @@ def plan(
     reasons: list[str] = []
     mode = "fused" if scalar else "rows"
     if kind == "linear" and prec.tensor_cores and device.type == "cuda":
-        from crossentropy.torch import _gemm
+        from crossentropy.torch.engine import _gemm
 
         # probed once, at first use (a known result where no GPU can run the probe)
         key = (device.type, prec.operand)
@@ -198,7 +198,7 @@ def plan(
         if chunk_size is not None:
             reasons.append(f"chunk_size={chunk_size} rows per block, as asked")
             return max(1, min(chunk_size, max(rows, 1)))
-        from crossentropy.torch._engines import block_rows
+        from crossentropy.torch.engine._chunked import block_rows
 
         budget = budget_bytes(memory, device)
         elem = torch.finfo(prec.compute).bits // 8
