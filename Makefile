@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # Benchmarks `make bench` runs: the CPU ones here, all of them (GPU kernels too) on a CUDA machine.
 BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory ce_overhead rl_cpu sharded_cpu)
 
-.PHONY: demo test test-latest lock lint typecheck pytest bench docs clean
+.PHONY: demo test test-latest lock lint typecheck pytest bench docs clean gpu-bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,19 @@ DOCS_ENV := KERAS_BACKEND=torch NO_MKDOCS_2_WARNING=1
 docs: $(STAMP)
 	$(DOCS_ENV) $(BIN)/python docs/_scripts/gen_assets.py
 	$(DOCS_ENV) $(BIN)/mkdocs build --strict
+
+# The GPU check (README, "GPU check"): the wheels the GPU machine lacks, for CPython 3.12 on
+# manylinux x86_64 whatever Python runs this, pinned in scripts/gpu_bundle.txt. Carry the folder
+# with the device tool (`carry: [".gpu-bundle"]`). COMMIT names the checkout the results belong to
+# (the tool copies the working tree without .git), so it is rewritten whenever the target runs.
+GPU_BUNDLE ?= .gpu-bundle
+gpu-bundle: $(GPU_BUNDLE)/wheels/.stamp
+	git describe --always --dirty > $(GPU_BUNDLE)/COMMIT 2>/dev/null || echo unknown > $(GPU_BUNDLE)/COMMIT
+	$(PYTHON) -m benchmarks._gpu_bundle check $(GPU_BUNDLE)/wheels
+
+$(GPU_BUNDLE)/wheels/.stamp: scripts/gpu_bundle.txt benchmarks/_gpu_bundle.py
+	$(PYTHON) -m benchmarks._gpu_bundle download $(GPU_BUNDLE)/wheels
+	touch $@
 
 clean:
 	rm -rf $(VENV) .venv-latest .pytest_cache .mypy_cache .ruff_cache demo_out
