@@ -118,7 +118,7 @@ def _requirement_parser() -> type:
     try:
         from packaging.requirements import Requirement
     except ImportError:  # pip carries its own copy
-        from pip._vendor.packaging.requirements import Requirement  # type: ignore[no-redef]
+        from pip._vendor.packaging.requirements import Requirement  # type: ignore[no-redef,assignment]
     return Requirement
 
 
