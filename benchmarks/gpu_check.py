@@ -574,8 +574,11 @@ class _Recorder:
 def stage_tests(sec: report.Section, ctx: Ctx) -> Any:
     """``pytest -m cuda`` on every file with CUDA tests, in this process, row by row."""
     import pytest
+    import torch
 
     files = cuda_test_files()
+    if not torch.cuda.is_available():
+        sec.line("no CUDA: the tests are collected, and skip")
     sec.line(f"files: {', '.join(files)}")
     sec.line(f"`python -m pytest {' '.join(pytest_args(['...']))}`")
     sec.line()
