@@ -554,7 +554,7 @@ class _Recorder:
 
     def pytest_collectreport(self, report: Any) -> None:
         if report.failed:
-            lines = str(report.longrepr).strip().splitlines()
+            lines = str(report.longrepr).strip().splitlines() or [""]
             self._add(report.nodeid or "(collection)", "collection error", 0.0, lines[-1][:200])
 
     def pytest_runtest_logreport(self, report: Any) -> None:
@@ -563,8 +563,10 @@ class _Recorder:
                 reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
                 self._add(report.nodeid, "skipped", report.duration, str(reason)[:200])
             elif report.failed:
-                lines = str(report.longrepr).strip().splitlines()
-                msg = next((s for s in reversed(lines) if s.startswith("E ")), lines[-1])
+                lines = str(report.longrepr).strip().splitlines() or [""]
+                # the first "E" line is the headline (the exception, or the assertion's message)
+                msg = next((t for t in lines if t.startswith("E ")), lines[-1])
+                msg = " ".join(msg.removeprefix("E").split())
                 kind = "failed" if report.when == "call" else f"error ({report.when})"
                 self._add(report.nodeid, kind, report.duration, msg[:200])
             else:

@@ -251,6 +251,64 @@ def test_stage_limits_fit_the_device_call():
     assert len({s.name for s in gpu_check.STAGES}) == len(gpu_check.STAGES)
 
 
+def test_each_test_outcome_becomes_a_row(tmp_path):
+    """The test stage's pytest plugin, on a passing, a failing, a skipped and an erroring test and a
+    file that does not import; run in a fresh process, as the stage runs pytest."""
+    (tmp_path / "test_mix.py").write_text(
+        textwrap.dedent(
+            """
+            import pytest
+
+            @pytest.fixture
+            def broken():
+                raise RuntimeError("no device")
+
+            def test_ok():
+                pass
+
+            def test_bad():
+                assert 1 == 2, "one is not two"
+
+            @pytest.mark.skip(reason="needs a CUDA GPU")
+            def test_skipped():
+                pass
+
+            def test_setup_error(broken):
+                pass
+            """
+        )
+    )
+    (tmp_path / "test_broken.py").write_text("import a_module_that_is_not_there\n")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+
+        import pytest
+
+        from benchmarks import _gpu_report as report
+        from benchmarks.gpu_check import _Recorder
+
+        sec = report.Section(3, "tests", "T", results=Path({str(tmp_path / "r")!r}), out=None)
+        rec = _Recorder(sec)
+        args = ["-p", "no:cacheprovider", "-o", "addopts=", "-q", "--continue-on-collection-errors"]
+        pytest.main([*args, "--rootdir", {str(tmp_path)!r}, {str(tmp_path)!r}], plugins=[rec])
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "r" / "03_tests.json").read_text())["rows"]
+    got = {r["test"].split("::")[-1]: (r["outcome"], r["why"]) for r in rows}
+    assert got["test_ok"] == ("passed", "")
+    assert got["test_bad"][0] == "failed" and "one is not two" in got["test_bad"][1]
+    assert got["test_skipped"] == ("skipped", "Skipped: needs a CUDA GPU")
+    assert got["test_setup_error"][0] == "error (setup)"
+    assert got["test_broken.py"][0] == "collection error"
+    assert "a_module_that_is_not_there" in got["test_broken.py"][1]
+
+
 # -- what the profiler stage sums
 
 
