@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # Benchmarks `make bench` runs: the CPU ones here, all of them (GPU kernels too) on a CUDA machine.
 BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory ce_overhead rl_cpu sharded_cpu)
 
-.PHONY: demo test test-latest lock lint typecheck pytest bench docs clean
+.PHONY: demo test test-latest lock lint typecheck pytest bench docs clean gpu-bundle gpu-dry-run
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,31 @@ DOCS_ENV := KERAS_BACKEND=torch NO_MKDOCS_2_WARNING=1
 docs: $(STAMP)
 	$(DOCS_ENV) $(BIN)/python docs/_scripts/gen_assets.py
 	$(DOCS_ENV) $(BIN)/mkdocs build --strict
+
+# The GPU check (README, "GPU check"): the wheels the GPU machine lacks, for CPython 3.12 on
+# manylinux x86_64 whatever Python runs this, pinned in scripts/gpu_bundle.txt. Carry the folder
+# with the device tool (`carry: [".gpu-bundle"]`). COMMIT names the checkout the results belong to
+# (the tool copies the working tree without .git), so it is rewritten whenever the target runs.
+GPU_BUNDLE ?= .gpu-bundle
+gpu-bundle: $(GPU_BUNDLE)/wheels/.stamp
+	git describe --always --dirty > $(GPU_BUNDLE)/COMMIT 2>/dev/null || echo unknown > $(GPU_BUNDLE)/COMMIT
+	$(PYTHON) -m benchmarks._gpu_bundle check $(GPU_BUNDLE)/wheels
+
+$(GPU_BUNDLE)/wheels/.stamp: scripts/gpu_bundle.txt benchmarks/_gpu_bundle.py
+	$(PYTHON) -m benchmarks._gpu_bundle download $(GPU_BUNDLE)/wheels
+	touch $@
+
+# The whole check on this machine's CPU, in a Python 3.12 venv holding only what the GPU machine
+# has (torch, triton, numpy): every stage must start, say "no CUDA" and end, exit status 0.
+# Results and $OUT go to a temporary folder, never into benchmarks/results.
+GPU_DRY_PYTHON ?= python3.12
+GPU_DRY_DIR ?= $(or $(TMPDIR),/tmp)/crossentropy-gpu-dry-run
+gpu-dry-run: gpu-bundle
+	rm -rf $(GPU_DRY_DIR)
+	mkdir -p $(GPU_DRY_DIR)/out
+	CUDA_VISIBLE_DEVICES= PYTHON=$(GPU_DRY_PYTHON) OUT=$(GPU_DRY_DIR)/out \
+	  GPU_CHECK_RESULTS=$(GPU_DRY_DIR)/results GPU_CHECK_SITE=$(GPU_DRY_DIR)/site \
+	  bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-latest .pytest_cache .mypy_cache .ruff_cache demo_out
