@@ -93,8 +93,8 @@ class ScoreAccumulator:
         n_bins: number of equal-width confidence bins for the ECE (default 15).
         eps: clip probabilities to ``[eps, 1 - eps]`` before the log (default: no clipping).
         renormalize: divide each row by its sum instead of requiring sums of 1.
-        sum_tol: how far from 1 a row's sum may be; default: the rounding the data may carry,
-            judged per chunk.
+        sum_tol: how far from 1 a row's sum may be; default:
+            :func:`crossentropy.row_sum_tolerance` of the dtype each chunk comes in.
 
     Example:
         >>> from crossentropy.metrics import ScoreAccumulator
@@ -201,7 +201,7 @@ class ScoreAccumulator:
         """
         if np.size(y_true) == 0 and np.size(y_pred) == 0:
             return
-        p = float_probs(y_pred, "y_pred")
+        p, stored = float_probs(y_pred, "y_pred")
         index = self._encode(y_true)
         if index.shape[0] != p.shape[0]:
             raise ValueError(
@@ -217,7 +217,7 @@ class ScoreAccumulator:
         if self.renormalize:
             p2 = renormalize_rows(p2, "y_pred")
         elif p.ndim == 2 and p.shape[1] > 1:
-            check_rows_sum_to_one(p2, "y_pred", self.sum_tol)
+            check_rows_sum_to_one(p2, "y_pred", self.sum_tol, stored)
         w = check_sample_weight(sample_weight, p2.shape[0])
         self._add(index, p2, w)
 
