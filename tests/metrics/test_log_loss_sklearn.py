@@ -241,3 +241,32 @@ def test_public_api_is_pinned():
     ]
     for name in metrics.__all__:
         assert getattr(metrics, name).__doc__
+
+
+@pytest.mark.parametrize("k", [3, 4, 12])  # 12: the message lists the first ten labels
+def test_a_1d_y_pred_with_more_than_two_classes_says_it_is_1d_and_what_is_expected(k):
+    # Issue 23: log_loss([0, 1, 2], [0.2, 0.3, 0.5]) said "y_pred has 2 columns". A 1-D y_pred
+    # is one positive-class probability per sample; the probabilities of one sample are a row.
+    from crossentropy.metrics import ScoreAccumulator, calibration_error
+
+    y = list(range(k))
+    row = np.full(k, 1.0 / k)
+    for func, name in (
+        (log_loss, "y_pred"),
+        (brier_score, "y_prob"),
+        (calibration_error, "y_prob"),
+    ):
+        with pytest.raises(ValueError) as info:
+            func(y, row)
+        message = str(info.value)
+        for fragment in (f"{name} is 1-D (shape ({k},))", f"{k} classes", f"(n_samples, {k})"):
+            assert fragment in message, message
+        assert "2 columns" not in message, message
+        # the shape it asks for works
+        assert np.isfinite(float(log_loss(y, np.tile(row, (k, 1)))))
+    with pytest.raises(ValueError, match=r"y_pred is 1-D \(shape \(\d+,\)\).*the accumulator has"):
+        ScoreAccumulator(k).update(y, row)
+    # two classes: a 1-D y_pred is the positive class's probability, as in sklearn
+    assert log_loss([0, 1, 1], [0.2, 0.7, 0.9]) == pytest.approx(
+        skm.log_loss([0, 1, 1], [0.2, 0.7, 0.9]), rel=1e-12
+    )

@@ -28,6 +28,7 @@ from crossentropy.metrics._validation import (
     check_rows_sum_to_one,
     check_sample_weight,
     float_probs,
+    one_dimensional_error,
     renormalize_rows,
     to_numpy,
     two_columns,
@@ -202,6 +203,10 @@ class ScoreAccumulator:
         if np.size(y_true) == 0 and np.size(y_pred) == 0:
             return
         p, stored = float_probs(y_pred, "y_pred")
+        if p.ndim == 1 and self.n_classes > 2:
+            raise one_dimensional_error(
+                p, "y_pred", "the accumulator has", self.labels, "its classes"
+            )
         index = self._encode(y_true)
         if index.shape[0] != p.shape[0]:
             raise ValueError(

@@ -210,6 +210,21 @@ def check_renormalize(renormalize: bool) -> None:
         raise TypeError(f"renormalize must be True or False; got {renormalize!r}")
 
 
+def one_dimensional_error(
+    p: FloatArray, name: str, source: str, classes: np.ndarray, order: str = "the sorted labels"
+) -> ValueError:
+    """The error for a 1-D ``p`` where there are more than two classes: a 1-D array is one
+    probability per sample (of the positive class), not one row of probabilities."""
+    k = int(classes.shape[0])
+    shown = str(classes.tolist()) if k <= 10 else str(classes[:10].tolist())[:-1] + ", ...]"
+    return ValueError(
+        f"{name} is 1-D (shape {p.shape}), which holds one probability per sample, of the "
+        f"positive class of two; {source} {k} classes {shown}, so pass {name} of shape "
+        f"(n_samples, {k}), one column per class in the order of {order} (the probabilities "
+        f"of a single sample are one row: shape (1, {k}))"
+    )
+
+
 def two_columns(p: FloatArray) -> FloatArray:
     """Binary probabilities of the positive class, shape (n,) or (n, 1), as (n, 2) columns."""
     if p.ndim == 1:
@@ -234,6 +249,9 @@ def prepare(
     check_sum_tol(sum_tol)
     p, stored = float_probs(y_pred, pred_name)
     index, classes, _ = encode_labels(y_true, labels)
+    where = "labels" if labels is not None else "y_true"
+    if p.ndim == 1 and classes.shape[0] > 2:
+        raise one_dimensional_error(p, pred_name, f"{where} gives", classes)
     if index.shape[0] != p.shape[0]:
         raise ValueError(
             f"y_true and {pred_name} have different numbers of samples: {index.shape[0]} and "
@@ -242,7 +260,6 @@ def prepare(
     check_prob_range(p, pred_name)
     p2 = two_columns(p)
     if p2.shape[1] != classes.shape[0]:
-        where = "labels" if labels is not None else "y_true"
         raise ValueError(
             f"{pred_name} has {p2.shape[1]} columns but {where} gives {classes.shape[0]} classes "
             f"{classes.tolist()}; pass all class labels through labels="
