@@ -150,7 +150,7 @@ def _options(func: str, renormalize: bool, sum_tol: float | None, normalize: boo
 def _prepare(func: str, pairs: tuple[tuple[Any, str], ...]) -> tuple[Any, list[Any], list[Any]]:
     """Arrays of one namespace, floating dtype and (broadcast) shape, and the dtype each came
     in (the one whose rounding its values carry)."""
-    xp, arrays = as_arrays(*pairs)
+    xp, arrays = as_arrays(*pairs, func=func)
     arrays = [as_float(xp, a, name) for a, (_, name) in zip(arrays, pairs)]
     stored = [a.dtype for a in arrays]
     if len(arrays) == 2:
