@@ -68,7 +68,9 @@ def test_example_file_scores_and_matches_sklearn(capsys):
     assert report["log_loss_nats"] == pytest.approx(skm.log_loss(rank[y], p[:, order]), rel=1e-12)
     assert report["log_loss_bits"] == pytest.approx(report["log_loss_nats"] / math.log(2))
     assert report["perplexity"] == pytest.approx(math.exp(report["log_loss_nats"]))
-    assert report["brier"] == pytest.approx(skm.brier_score_loss(rank[y], p[:, order]), rel=1e-12)
+    assert report["brier_score"] == pytest.approx(
+        skm.brier_score_loss(rank[y], p[:, order]), rel=1e-12
+    )
     assert report["accuracy"] == pytest.approx(np.mean(p.argmax(axis=1) == y))
     for c, row in enumerate(report["per_class"]):
         assert row["label"] == names[c]
@@ -82,7 +84,7 @@ def test_chunked_scoring_equals_whole_and_chunks_are_bounded(tmp_path, capsys):
     path = write_csv(tmp_path / "pred.csv", p, y)
     whole = score_json([path, "--label-column", "y", "--chunk-rows", 100000], capsys)
     chunked = score_json([path, "--label-column", "y", "--chunk-rows", 7], capsys)
-    for key in ("n", "log_loss_nats", "accuracy", "brier", "ece"):
+    for key in ("n", "log_loss_nats", "accuracy", "brier_score", "ece"):
         assert chunked[key] == pytest.approx(whole[key], rel=1e-12, abs=1e-15), key
     for a, b in zip(chunked["per_class"], whole["per_class"]):
         assert a["count"] == b["count"]
@@ -140,7 +142,9 @@ def test_npy_fortran_order_float32_and_binary(tmp_path, capsys):
     np.save(tmp_path / "t.npy", t)
     binary = score_json([tmp_path / "b.npy", "--true", tmp_path / "t.npy"], capsys)
     assert binary["log_loss_nats"] == pytest.approx(skm.log_loss(t, q.astype(np.float64)), rel=1e-7)
-    assert binary["brier"] == pytest.approx(skm.brier_score_loss(t, q.astype(np.float64)), rel=1e-6)
+    assert binary["brier_score"] == pytest.approx(
+        skm.brier_score_loss(t, q.astype(np.float64)), rel=1e-6
+    )
 
 
 def test_parquet_matches_csv(tmp_path, capsys):
@@ -383,7 +387,7 @@ def test_normalize_does_not_overflow_on_huge_finite_scores(tmp_path, capsys):
     small = tmp_path / "small.csv"
     small.write_text("a,b,y\n0.5,0.5,b\n0.75,0.25,a\n")
     plain = score_json([small, "--label-column", "y"], capsys)
-    assert report["brier"] == pytest.approx(plain["brier"], rel=1e-12)
+    assert report["brier_score"] == pytest.approx(plain["brier_score"], rel=1e-12)
     assert report["n_zero_prob"] == 0
 
 
@@ -703,3 +707,17 @@ def test_each_text_row_gets_the_decimals_it_was_written_with(tmp_path, capsys):
     path.write_text("cat,dog,eel,fox,label\n0.25,0.25,0.25,0.24,cat\n")
     status, _, err = score([path], capsys)
     assert status == 2 and "tolerance 1.1e-05 for 4 classes)" in err, err
+
+
+def test_the_json_report_and_scores_use_the_name_brier_score(tmp_path, capsys):
+    from crossentropy.metrics import ScoreAccumulator, brier_score
+
+    p, y = random_predictions(50, seed=5)
+    report = score_json([write_csv(tmp_path / "p.csv", p, y)], capsys)
+    assert "brier" not in report
+    assert report["brier_score"] == pytest.approx(brier_score(y, p, labels=range(4)), rel=1e-12)
+    acc = ScoreAccumulator(4)
+    acc.update(y, p)
+    scores = acc.compute()
+    assert scores.brier_score == pytest.approx(report["brier_score"], rel=1e-12)
+    assert not hasattr(scores, "brier")

@@ -25,7 +25,7 @@ def data(seed, n, k):
 
 def assert_same(a, b):
     assert a.n == b.n and a.n_zero_prob == b.n_zero_prob
-    for name in ("weight", "log_loss", "accuracy", "brier", "ece"):
+    for name in ("weight", "log_loss", "accuracy", "brier_score", "ece"):
         assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-12, abs=1e-13), name
     assert a.calibration.counts.tolist() == b.calibration.counts.tolist()
     assert a.per_class.counts.tolist() == b.per_class.counts.tolist()
@@ -66,7 +66,7 @@ def test_accumulator_matches_batch_functions(seed, n, k):
         acc.update(y[start : start + 7], p[start : start + 7], w[start : start + 7])
     s = acc.compute()
     assert s.log_loss == pytest.approx(log_loss(y, p, sample_weight=w), rel=1e-12)
-    assert s.brier == pytest.approx(brier_score(y, p, sample_weight=w), rel=1e-12)
+    assert s.brier_score == pytest.approx(brier_score(y, p, sample_weight=w), rel=1e-12)
     cal = calibration_error(y, p, sample_weight=w, n_bins=10)
     assert s.ece == pytest.approx(cal.ece, rel=1e-12, abs=1e-14)
     pc = per_class_scores(y, p, sample_weight=w)

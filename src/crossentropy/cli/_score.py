@@ -908,7 +908,7 @@ def report_dict(path: str, scores: Any, base: float | None) -> dict[str, Any]:
         "log_loss": _finite(scores.log_loss / unit),
         "perplexity": _finite(scores.perplexity),
         "accuracy": _finite(scores.accuracy),
-        "brier": _finite(scores.brier),
+        "brier_score": _finite(scores.brier_score),
         "ece": _finite(cal.ece),
         "mce": _finite(cal.mce),
         "n_bins": int(cal.counts.shape[0]),
@@ -972,7 +972,7 @@ def print_report(report: dict[str, Any]) -> None:
         summary.add_row(f"log loss ({unit})", _fmt(report["log_loss"]) if ll is not None else "inf")
     summary.add_row("perplexity", _fmt(report["perplexity"]) if ll is not None else "inf")
     summary.add_row("accuracy", _fmt(report["accuracy"]))
-    summary.add_row("Brier score", _fmt(report["brier"]))
+    summary.add_row("Brier score", _fmt(report["brier_score"]))
     summary.add_row(f"ECE ({report['n_bins']} bins)", _fmt(report["ece"]))
     if report["n_zero_prob"]:
         summary.add_row("rows with p(true) = 0", f"{report['n_zero_prob']:,} (pass --eps to clip)")

@@ -52,7 +52,7 @@ class Scores:
     """Mean ``-log p(true class)`` in nats (``inf`` if a true class had probability 0)."""
     accuracy: np.float64
     """Fraction of samples whose most probable class is the true one."""
-    brier: np.float64
+    brier_score: np.float64
     """Brier score (halved for two classes, as :func:`brier_score` with ``scale_by_half="auto"``)."""
     n_zero_prob: int
     """Number of samples whose true class had probability 0 (each makes the log loss infinite)."""
@@ -296,7 +296,7 @@ class ScoreAccumulator:
             weight=np.float64(self.weight),
             log_loss=np.float64(self.nll_sum / self.weight),
             accuracy=np.float64(self.correct_sum / self.weight),
-            brier=np.float64(scale * self.brier_sum / self.weight),
+            brier_score=np.float64(scale * self.brier_sum / self.weight),
             n_zero_prob=self.n_zero_prob,
             calibration=finish_calibration(
                 self.edges.copy(),
