@@ -68,7 +68,9 @@ def test_example_file_scores_and_matches_sklearn(capsys):
     assert report["log_loss_nats"] == pytest.approx(skm.log_loss(rank[y], p[:, order]), rel=1e-12)
     assert report["log_loss_bits"] == pytest.approx(report["log_loss_nats"] / math.log(2))
     assert report["perplexity"] == pytest.approx(math.exp(report["log_loss_nats"]))
-    assert report["brier"] == pytest.approx(skm.brier_score_loss(rank[y], p[:, order]), rel=1e-12)
+    assert report["brier_score"] == pytest.approx(
+        skm.brier_score_loss(rank[y], p[:, order]), rel=1e-12
+    )
     assert report["accuracy"] == pytest.approx(np.mean(p.argmax(axis=1) == y))
     for c, row in enumerate(report["per_class"]):
         assert row["label"] == names[c]
@@ -82,7 +84,7 @@ def test_chunked_scoring_equals_whole_and_chunks_are_bounded(tmp_path, capsys):
     path = write_csv(tmp_path / "pred.csv", p, y)
     whole = score_json([path, "--label-column", "y", "--chunk-rows", 100000], capsys)
     chunked = score_json([path, "--label-column", "y", "--chunk-rows", 7], capsys)
-    for key in ("n", "log_loss_nats", "accuracy", "brier", "ece"):
+    for key in ("n", "log_loss_nats", "accuracy", "brier_score", "ece"):
         assert chunked[key] == pytest.approx(whole[key], rel=1e-12, abs=1e-15), key
     for a, b in zip(chunked["per_class"], whole["per_class"]):
         assert a["count"] == b["count"]
@@ -140,7 +142,9 @@ def test_npy_fortran_order_float32_and_binary(tmp_path, capsys):
     np.save(tmp_path / "t.npy", t)
     binary = score_json([tmp_path / "b.npy", "--true", tmp_path / "t.npy"], capsys)
     assert binary["log_loss_nats"] == pytest.approx(skm.log_loss(t, q.astype(np.float64)), rel=1e-7)
-    assert binary["brier"] == pytest.approx(skm.brier_score_loss(t, q.astype(np.float64)), rel=1e-6)
+    assert binary["brier_score"] == pytest.approx(
+        skm.brier_score_loss(t, q.astype(np.float64)), rel=1e-6
+    )
 
 
 def test_parquet_matches_csv(tmp_path, capsys):
@@ -383,7 +387,7 @@ def test_normalize_does_not_overflow_on_huge_finite_scores(tmp_path, capsys):
     small = tmp_path / "small.csv"
     small.write_text("a,b,y\n0.5,0.5,b\n0.75,0.25,a\n")
     plain = score_json([small, "--label-column", "y"], capsys)
-    assert report["brier"] == pytest.approx(plain["brier"], rel=1e-12)
+    assert report["brier_score"] == pytest.approx(plain["brier_score"], rel=1e-12)
     assert report["n_zero_prob"] == 0
 
 
@@ -544,14 +548,16 @@ def test_a_csv_written_with_few_decimals_is_scored_as_written(tmp_path, capsys, 
         assert clipped["log_loss_nats"] == pytest.approx(ref, rel=1e-12)
     # a row that sums to 0.99 in the same file is still a mistake
     lines = path.read_text().splitlines()
-    lines[120] = ",".join([f"{0.5:.{decimals}f}", f"{0.49:.{decimals}f}", "0", "0", CLASSES[0]])
+    # (its last digit is not 0: a row whose numbers all end in 0 reads as fewer decimals)
+    near = 0.49 + 10.0**-decimals
+    lines[120] = ",".join([f"{0.5:.{decimals}f}", f"{near:.{decimals}f}", "0", "0", CLASSES[0]])
     path.write_text("\n".join(lines) + "\n")
     status, _, err = score([path, "--label-column", "label"], capsys)
     assert status == 2 and err.count("\n") == 1, err
     for fragment in (
         "line 121",
         "sum to 0.99",
-        f"rounded to {decimals} decimals",
+        f"written with {decimals} decimals",
         "--renormalize",
         "--tol",
     ):
@@ -611,3 +617,107 @@ def test_score_piped_into_head_exits_0(tmp_path, as_json):
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 2
     assert "Error" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 23, item 1: the tolerance is that of the file's dtype, and for text that of the decimals
+# each row was written with; never a format read off the values.
+
+
+def test_a_text_row_of_bfloat16_lookalikes_is_refused(tmp_path, capsys):
+    # 0.4921875 is a bfloat16 number; written in a CSV it is a number with 7 decimals, whose
+    # rounding (5e-8 each) does not make up 0.0078.
+    path = tmp_path / "bf.csv"
+    path.write_text("a,b,label\n0.5,0.5,a\n0.5,0.4921875,b\n")
+    status, out, err = score([path], capsys)
+    err = err.replace(str(tmp_path), "")  # the test's name is in the path
+    assert status == 2 and out == "" and "Traceback" not in err, err
+    error = err.splitlines()[-1]  # the first line announces the label column
+    assert "line 3: probabilities sum to 0.9921875, not 1" in error, error
+    assert "tolerance 1.08e-05 for 2 classes written with 7 decimals" in error, error
+    assert "bfloat16" not in err and "holding" not in err, err
+    # in a float64 .npy the same numbers are float64 data; in a float16 one, float16's
+    rows = np.array([[0.5, 0.5], [0.5, 0.4921875]])
+    np.save(tmp_path / "y.npy", np.array([0, 1]))
+    for dtype, tolerance in ((np.float64, "1.07e-05"), (np.float32, "1.08e-05")):
+        np.save(tmp_path / "p.npy", rows.astype(dtype))
+        status, _, err = score([tmp_path / "p.npy", "--true", tmp_path / "y.npy"], capsys)
+        err = err.replace(str(tmp_path), "")
+        assert status == 2 and err.count("\n") == 1, err
+        assert f"row 2: probabilities sum to 0.9921875, not 1 (tolerance {tolerance}" in err
+        assert f"of dtype {np.dtype(dtype)})" in err and "bfloat16" not in err, err
+
+
+def test_real_low_precision_files_and_wide_copies_of_softmax_outputs_pass(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(23)
+    logits = torch.from_numpy(rng.normal(size=(400, 50)) * 2)  # no float16 underflow to 0
+    y = rng.integers(0, 50, size=400)
+    np.save(tmp_path / "y.npy", y)
+    # float32 softmax stored as float64: off by float32 sums, within the arithmetic allowance
+    wide = torch.softmax(logits.float(), -1).double().numpy()
+    assert np.abs(wide.sum(axis=1) - 1).max() > 1e-9
+    half = torch.softmax(logits.half(), -1).numpy()  # a float16 file keeps float16's epsilon
+    assert np.abs(half.astype(np.float64).sum(axis=1) - 1).max() > 1e-4
+    for name, p in (("wide", wide), ("half", half)):
+        np.save(tmp_path / f"{name}.npy", p)
+        report = score_json([tmp_path / f"{name}.npy", "--true", tmp_path / "y.npy"], capsys)
+        ref = skm.log_loss(y, p.astype(np.float64) / p.astype(np.float64).sum(1, keepdims=True))
+        assert report["log_loss_nats"] == pytest.approx(ref, rel=1e-3 if name == "half" else 1e-7)
+    # the float16 numbers copied into a float64 file are float64 data
+    np.save(tmp_path / "copy.npy", half.astype(np.float64))
+    status, _, err = score([tmp_path / "copy.npy", "--true", tmp_path / "y.npy"], capsys)
+    err = err.replace(str(tmp_path), "")
+    assert status == 2 and "of dtype float64)" in err and "float16" not in err, err
+
+
+def test_each_text_row_gets_the_decimals_it_was_written_with(tmp_path, capsys):
+    # %.4f rows and full-precision rows in one file: each row is judged by its own decimals.
+    p, y = random_predictions(60, seed=23)
+    lines = ["cat,dog,eel,fox,label"]
+    for i, (row, t) in enumerate(zip(p, y)):
+        text = [f"{v:.4f}" if i % 2 else repr(float(v)) for v in row]
+        lines.append(",".join([*text, CLASSES[t]]))
+    path = tmp_path / "mixed.csv"
+    path.write_text("\n".join(lines) + "\n")
+    assert score_json([path], capsys)["n"] == 60
+    # 1e-4 short of 1 is a rounding at 4 decimals, and more than the rounding of a row written
+    # with 6: the same row is refused when written with more decimals
+    for row, ok in (
+        ("0.2500,0.2500,0.2500,0.2499", True),
+        ("0.250000,0.250000,0.250000,0.249900", True),
+        ("0.250001,0.250000,0.250000,0.249899", False),
+    ):
+        path.write_text(f"cat,dog,eel,fox,label\n{row},cat\n")
+        status, _, err = score([path, "--json"], capsys)
+        assert (status == 0) == ok, (row, err)
+    # above 1 a written 0 was not rounded up: three classes written as 0 take back their share
+    for row, ok in (
+        ("0.5001,0.5000,0.0000,0.0000", True),
+        ("0.5002,0.5001,0.0000,0.0000", False),
+        ("0.4999,0.4999,0.0000,0.0000", True),
+        ("0.4998,0.4999,0.0000,0.0000", False),
+    ):
+        path.write_text(f"cat,dog,eel,fox,label\n{row},cat\n")
+        status, _, err = score([path, "--json"], capsys)
+        assert (status == 0) == ok, (row, err)
+        if not ok:
+            assert "written with 4 decimals" in err, err
+    # one or two decimals are taken at face value
+    path.write_text("cat,dog,eel,fox,label\n0.25,0.25,0.25,0.24,cat\n")
+    status, _, err = score([path], capsys)
+    assert status == 2 and "tolerance 1.1e-05 for 4 classes)" in err, err
+
+
+def test_the_json_report_and_scores_use_the_name_brier_score(tmp_path, capsys):
+    from crossentropy.metrics import ScoreAccumulator, brier_score
+
+    p, y = random_predictions(50, seed=5)
+    report = score_json([write_csv(tmp_path / "p.csv", p, y)], capsys)
+    assert "brier" not in report
+    assert report["brier_score"] == pytest.approx(brier_score(y, p, labels=range(4)), rel=1e-12)
+    acc = ScoreAccumulator(4)
+    acc.update(y, p)
+    scores = acc.compute()
+    assert scores.brier_score == pytest.approx(report["brier_score"], rel=1e-12)
+    assert not hasattr(scores, "brier")

@@ -23,6 +23,9 @@ from ._softmax import (
     logsumexp,
     softmax,
 )
+from ._tolerance import (
+    row_sum_tolerance,
+)
 
 __version__ = "0.1.0"
 
@@ -36,6 +39,7 @@ __all__ = [
     "kl_divergence",
     "log_softmax",
     "logsumexp",
+    "row_sum_tolerance",
     "sigmoid_cross_entropy",
     "softmax",
     "softmax_cross_entropy",

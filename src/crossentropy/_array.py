@@ -6,6 +6,7 @@ Every core function accepts NumPy arrays, Python sequences, or any array-API arr
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Sequence
@@ -79,13 +80,43 @@ def as_array(x: Any, name: str) -> Any:
         raise TypeError(f"{name} must be an array or a sequence of numbers: {exc}") from None
 
 
-def namespace(*arrays: Any) -> Any:
-    """The array-API namespace shared by ``arrays`` (``None`` entries are ignored)."""
-    present = [a for a in arrays if a is not None]
+def namespace(*arrays: Any, names: Sequence[str] = (), func: str = "") -> Any:
+    """The array-API namespace shared by ``arrays`` (``None`` entries are ignored).
+
+    Arrays of two libraries (a NumPy array and a torch tensor) raise ``TypeError`` saying which
+    argument is which and how to convert one side; ``names`` names the arrays (positionally) and
+    ``func`` the function, for that message."""
+    present = [(a, n) for a, n in itertools.zip_longest(arrays, names) if a is not None]
     try:
-        return array_api_compat.array_namespace(*present)
-    except TypeError as exc:
-        raise TypeError(f"arrays from different libraries cannot be mixed: {exc}") from None
+        return array_api_compat.array_namespace(*(a for a, _ in present))
+    except TypeError:
+        raise TypeError(_mixed_message(present, func)) from None
+
+
+def _library(x: Any) -> str:
+    return type(x).__module__.split(".")[0]
+
+
+def _mixed_message(present: list[tuple[Any, str | None]], func: str) -> str:
+    """Which arguments come from which library, and how to bring them to one."""
+    first, first_name = present[0]
+    other, other_name = next(
+        ((a, n) for a, n in present if _library(a) != _library(first)), present[-1]
+    )
+    libraries = {_library(first), _library(other)}
+    if libraries == {"numpy", "torch"}:
+        how = (
+            "torch.as_tensor(array) makes a tensor of a NumPy array, and "
+            "tensor.detach().cpu().numpy() a NumPy array of a tensor"
+        )
+    else:
+        how = "with np.asarray, or the asarray of the other library"
+    where = f"{func}: " if func else ""
+    return (
+        f"{where}{first_name or 'one array'} is a {_library(first)}.{type(first).__name__} and "
+        f"{other_name or 'another'} a {_library(other)}.{type(other).__name__}: arrays from "
+        f"different libraries cannot be mixed; convert one side to the other's library ({how})"
+    )
 
 
 def check_reduction(reduction: str, allowed: tuple[str, ...] = REDUCTIONS) -> str:
@@ -152,18 +183,22 @@ def first_true(xp: Any, mask: Any) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(pos, tuple(mask.shape)))
 
 
-def as_arrays(*pairs: tuple[Any, str]) -> tuple[Any, list[Any]]:
+def as_arrays(*pairs: tuple[Any, str], func: str = "") -> tuple[Any, list[Any]]:
     """Convert ``(value, name)`` pairs to arrays of one namespace; returns ``(xp, arrays)``.
 
     ``None`` values stay ``None``. Python sequences and scalars join the namespace of the array
     arguments (so a list of class weights works next to a torch tensor); alone they become NumPy.
+    Arrays of two libraries raise ``TypeError`` naming the arguments (``func`` names the caller).
     """
-    given = [v for v, _ in pairs if v is not None and array_api_compat.is_array_api_obj(v)]
+    given = [
+        (v, name) for v, name in pairs if v is not None and array_api_compat.is_array_api_obj(v)
+    ]
     if not given:
         converted = [None if v is None else as_array(v, name) for v, name in pairs]
         return namespace(*converted), converted
-    xp = namespace(*given)
-    device = array_api_compat.device(given[0])
+    xp = namespace(*(v for v, _ in given), names=[name for _, name in given], func=func)
+    given_arrays = [v for v, _ in given]
+    device = array_api_compat.device(given_arrays[0])
     arrays: list[Any] = []
     for value, name in pairs:
         if value is None or array_api_compat.is_array_api_obj(value):

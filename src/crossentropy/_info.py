@@ -4,8 +4,8 @@ All functions reduce along ``axis`` (default ``-1``, the last axis: one distribu
 follow the conventions ``0 log 0 = 0`` and ``p log(p/0) = inf`` for ``p > 0``. Inputs are checked,
 never silently renormalised: a negative, NaN or infinite entry raises ``ValueError``, and so does a
 slice whose total differs from 1 by more than the rounding the data may carry (the rule of
-:func:`crossentropy._tolerance.sum_tolerance`: about 1e-5, more for many classes, float16 values or
-values rounded to a few decimals) or than ``sum_tol`` when given. With ``renormalize=True`` each
+:func:`crossentropy.row_sum_tolerance` for the dtype each array came in: about 1e-5, more for many
+classes and for float16 and bfloat16 arrays) or than ``sum_tol`` when given. With ``renormalize=True`` each
 slice is divided by its total instead. A slice accepted within the tolerance is used as given.
 """
 
@@ -27,11 +27,16 @@ from ._array import (
     as_float,
     first_true,
     log_base_divisor,
-    namespace,
     normalize_axis,
     result,
 )
-from ._tolerance import check_row_sums, check_sum_tol, sum_tolerance
+from ._tolerance import (
+    check_row_sums,
+    check_sum_tol,
+    dtype_eps,
+    rounded_tolerance,
+    sum_tolerance,
+)
 
 __all__ = ["cross_entropy", "entropy", "js_divergence", "kl_divergence"]
 
@@ -41,10 +46,21 @@ def _value(x: Any, index: tuple[int, ...]) -> float:
 
 
 def _distribution(
-    xp: Any, p: Any, name: str, func: str, axis: int, renormalize: bool, sum_tol: float | None
+    xp: Any,
+    p: Any,
+    name: str,
+    func: str,
+    axis: int,
+    renormalize: bool,
+    sum_tol: float | None,
+    stored: Any = None,
 ) -> tuple[Any, int]:
-    """Check that ``p`` holds distributions along ``axis``; return it (renormalised if asked)."""
+    """Check that ``p`` holds distributions along ``axis``; return it (renormalised if asked).
+
+    ``stored`` is the dtype ``p`` came in before it was promoted to a common dtype with another
+    operand (default: ``p``'s own): its rounding is the one the values carry."""
     p = as_float(xp, p, name)
+    stored = p.dtype if stored is None else stored
     if p.ndim == 0:
         raise ValueError(
             f"{func}: {name} must have at least one dimension (the {axis=} axis); got a scalar"
@@ -82,18 +98,35 @@ def _distribution(
                 "sums to 0"
             )
         return p / xp.astype(total, p.dtype), ax
-    sums = check_row_sums(xp, p, total, ax, sum_tol=sum_tol)
+    eps = dtype_eps(stored)
+    sums = check_row_sums(xp, p, total, ax, sum_tol=sum_tol, eps=eps)
     if bool(xp.any(sums.off)):
         off = xp.squeeze(sums.off, axis=ax)
         index = first_true(xp, off)
         got = _value(xp.squeeze(total, axis=ax), index)
         where = (*index[:ax], 0, *index[ax:])
-        raise ValueError(
-            f"{func}: {name} must sum to 1 along {axis=} ({sums.describe(where, str(p.dtype))}); "
+        dtype = _dtype_name(stored)
+        message = (
+            f"{func}: {name} must sum to 1 along {axis=} ({sums.describe(where, dtype)}); "
             f"the slice at index {index} sums to {got!r}. Pass renormalize=True to divide each "
             "slice by its total, or sum_tol= to set the tolerance."
         )
+        k = int(p.shape[ax])
+        rounded = None if sum_tol is not None else rounded_tolerance(xp, p, got - 1, k, eps)
+        if rounded is not None:
+            d = rounded[0]
+            message += (
+                f" Its values are all multiples of 1e-{d:02d}: if they were rounded to {d} "
+                f"decimals, sum_tol=crossentropy.row_sum_tolerance({dtype!r}, {k}, decimals={d}) "
+                "allows that rounding."
+            )
+        raise ValueError(message)
     return p, ax
+
+
+def _dtype_name(dtype: Any) -> str:
+    """``float64`` for NumPy's and array-API dtypes, ``torch.bfloat16`` for torch's."""
+    return str(getattr(dtype, "name", None) or dtype)
 
 
 def _options(func: str, renormalize: bool, sum_tol: float | None, normalize: bool | None) -> bool:
@@ -114,10 +147,12 @@ def _options(func: str, renormalize: bool, sum_tol: float | None, normalize: boo
     return bool(renormalize)
 
 
-def _prepare(func: str, pairs: tuple[tuple[Any, str], ...]) -> tuple[Any, list[Any]]:
-    """Arrays of one namespace, floating dtype and (broadcast) shape."""
-    xp, arrays = as_arrays(*pairs)
+def _prepare(func: str, pairs: tuple[tuple[Any, str], ...]) -> tuple[Any, list[Any], list[Any]]:
+    """Arrays of one namespace, floating dtype and (broadcast) shape, and the dtype each came
+    in (the one whose rounding its values carry)."""
+    xp, arrays = as_arrays(*pairs, func=func)
     arrays = [as_float(xp, a, name) for a, (_, name) in zip(arrays, pairs)]
+    stored = [a.dtype for a in arrays]
     if len(arrays) == 2:
         p, q = arrays
         if p.dtype != q.dtype:
@@ -132,7 +167,7 @@ def _prepare(func: str, pairs: tuple[tuple[Any, str], ...]) -> tuple[Any, list[A
                     f"q {tuple(q.shape)}"
                 ) from exc
         arrays = [p, q]
-    return xp, arrays
+    return xp, arrays, stored
 
 
 # Rows per block on the NumPy path are chosen so one block of one operand is about this many
@@ -152,14 +187,14 @@ def _apply(
 ) -> Any:
     """Validate the distributions in ``pairs`` and reduce them with ``kernel(xp, *arrays, axis)``."""
     div = log_base_divisor(base)
-    xp, arrays = _prepare(func, pairs)
+    xp, arrays, stored = _prepare(func, pairs)
     names = [name for _, name in pairs]
     with np.errstate(all="ignore"):
-        out = _numpy_blocks(kernel, arrays, axis, renormalize, sum_tol)
+        out = _numpy_blocks(kernel, arrays, stored, axis, renormalize, sum_tol)
         if out is None:
             checked = [
-                _distribution(xp, a, n, func, axis, renormalize, sum_tol)
-                for a, n in zip(arrays, names)
+                _distribution(xp, a, n, func, axis, renormalize, sum_tol, dtype)
+                for a, n, dtype in zip(arrays, names, stored)
             ]
             out = kernel(xp, *(a for a, _ in checked), checked[0][1])
     return result(out / div if div != 1.0 else out)
@@ -168,16 +203,16 @@ def _apply(
 def _numpy_blocks(
     kernel: Any,
     arrays: list[Any],
+    stored: list[Any],
     axis: int,
     renormalize: bool,
     sum_tol: float | None,
 ) -> Any | None:
     """Blocked evaluation for large C-ordered NumPy inputs reduced over the last axis, else None.
 
-    Each block is checked as :func:`_distribution` would check it. A block whose totals fail the
-    plain tolerance makes its whole array face the whole rule once (the precision and decimals of
-    the data are properties of the array, not of a block). On a failure this returns None, so that
-    the generic path raises its error, naming the offending entry or slice.
+    Each block is checked as :func:`_distribution` would check it, with the tolerance of the
+    dtype each array came in (``stored``). On a failure this returns None, so that the generic
+    path raises its error, naming the offending entry or slice.
     """
     first = arrays[0]
     if not all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
@@ -190,11 +225,12 @@ def _numpy_blocks(
     flat = [a.reshape(-1, n_classes) for a in arrays]
     rows = flat[0].shape[0]
     step = max(1, _BLOCK_ELEMENTS // n_classes)
-    eps = float(np.finfo(first.dtype).eps)
-    tol = sum_tolerance(n_classes, eps=eps) if sum_tol is None else sum_tol
+    tols = [
+        sum_tolerance(n_classes, eps=dtype_eps(dtype)) if sum_tol is None else sum_tol
+        for dtype in stored
+    ]
     wide = np.float32 if first.dtype.itemsize < 4 else first.dtype  # as in _distribution
     out = np.empty(rows, dtype=first.dtype)
-    whole_rule_passed = [False] * len(flat)
     for start in range(0, rows, step):
         blocks = [f[start : start + step] for f in flat]
         for k, block in enumerate(blocks):
@@ -203,14 +239,8 @@ def _numpy_blocks(
             if ok and renormalize:
                 ok = bool((total > 0).all())
                 blocks[k] = block / total.astype(block.dtype)
-            elif ok and not whole_rule_passed[k]:
-                ok = bool(np.abs(total - 1).max() <= tol)
-                if not ok and sum_tol is None:
-                    # entries of later blocks are still checked for sign and finiteness above
-                    f = flat[k]
-                    totals = np.add.reduce(f, axis=1, keepdims=True, dtype=wide)
-                    ok = not bool(np.any(check_row_sums(namespace(f), f, totals, 1).off))
-                    whole_rule_passed[k] = ok
+            elif ok:
+                ok = bool(np.abs(total - 1).max() <= tols[k])
             if not ok:
                 # The generic path raises the error, naming the offending entry or slice.
                 return None
@@ -312,8 +342,9 @@ def entropy(
         axis: the class axis (default ``-1``; scipy's ``entropy`` defaults to ``axis=0``).
         base: logarithm base: ``None`` for nats, ``2`` for bits.
         renormalize: divide each slice by its total first instead of requiring it to sum to 1.
-        sum_tol: how far from 1 a slice's total may be; default: the rounding the data may carry
-            (about 1e-5; more for many classes, float16, or values rounded to a few decimals).
+        sum_tol: how far from 1 a slice's total may be; default:
+            :func:`~crossentropy.row_sum_tolerance` of the dtype the array came in (about 1e-5;
+            more for many classes, float16 and bfloat16).
         normalize: deprecated name of ``renormalize``.
 
     Returns:
@@ -399,7 +430,8 @@ def cross_entropy(
         axis: the class axis (default ``-1``).
         base: ``None`` for nats, ``2`` for bits.
         renormalize: divide each slice of ``p`` and ``q`` by its total first.
-        sum_tol: how far from 1 a slice's total may be (default: the rounding the data may carry).
+        sum_tol: how far from 1 a slice's total may be (default:
+            :func:`~crossentropy.row_sum_tolerance` of the dtype each array came in).
         normalize: deprecated name of ``renormalize``.
 
     Returns:
@@ -479,7 +511,8 @@ def kl_divergence(
         axis: the class axis (default ``-1``).
         base: ``None`` for nats, ``2`` for bits.
         renormalize: divide each slice of ``p`` and ``q`` by its total first.
-        sum_tol: how far from 1 a slice's total may be (default: the rounding the data may carry).
+        sum_tol: how far from 1 a slice's total may be (default:
+            :func:`~crossentropy.row_sum_tolerance` of the dtype each array came in).
         normalize: deprecated name of ``renormalize``.
 
     Returns:
@@ -561,7 +594,8 @@ def js_divergence(
         axis: the class axis (default ``-1``).
         base: ``None`` for nats, ``2`` for bits.
         renormalize: divide each slice of ``p`` and ``q`` by its total first.
-        sum_tol: how far from 1 a slice's total may be (default: the rounding the data may carry).
+        sum_tol: how far from 1 a slice's total may be (default:
+            :func:`~crossentropy.row_sum_tolerance` of the dtype each array came in).
         normalize: deprecated name of ``renormalize``.
 
     Returns:

@@ -176,7 +176,7 @@ def _labels(
 def _prepare_logits(
     logits: Any, target: Any, axis: int, func: str, extra: tuple[tuple[Any, str], ...] = ()
 ) -> tuple[Any, Any, Any, list[Any]]:
-    xp, arrays = as_arrays((logits, "logits"), (target, "target"), *extra)
+    xp, arrays = as_arrays((logits, "logits"), (target, "target"), *extra, func=func)
     logits, target, rest = arrays[0], arrays[1], arrays[2:]
     if logits.ndim == 0:
         raise ValueError(f"{func}: logits must have a class axis; got a scalar")
@@ -444,7 +444,11 @@ def sigmoid_cross_entropy(
     check_reduction(reduction)
     div = log_base_divisor(base)
     xp, (x, y, w, pw) = as_arrays(
-        (logits, "logits"), (target, "target"), (weight, "weight"), (pos_weight, "pos_weight")
+        (logits, "logits"),
+        (target, "target"),
+        (weight, "weight"),
+        (pos_weight, "pos_weight"),
+        func=func,
     )
     if not is_floating(xp, x):
         raise TypeError(f"{func}: logits must have a real floating dtype; got dtype {x.dtype}")
@@ -543,7 +547,7 @@ def binary_cross_entropy(
     func = "binary_cross_entropy"
     check_reduction(reduction)
     div = log_base_divisor(base)
-    xp, (q, y, w) = as_arrays((probs, "probs"), (target, "target"), (weight, "weight"))
+    xp, (q, y, w) = as_arrays((probs, "probs"), (target, "target"), (weight, "weight"), func=func)
     q = as_float(xp, q, "probs")
     if _shape(y) != _shape(q):
         raise ValueError(

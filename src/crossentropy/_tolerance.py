@@ -2,21 +2,30 @@
 
 The core (``entropy``, ``cross_entropy``, ...), the metrics (``log_loss``, ...) and the command line
 (``crossentropy score``) accept a row of ``k`` non-negative values as a distribution when its total
-is within :func:`sum_tolerance` of 1, which is the rounding the values may carry:
+is within :func:`row_sum_tolerance` of 1. The tolerance is the rounding the values can carry, and it
+is made only of what is known about them:
 
 * arithmetic: probabilities are computed in float32 or wider, and a softmax normaliser sums ``k``
   terms, so ``1e-5 + 4 sqrt(k) eps32`` is always allowed (a float32 softmax stored as float64
   passes);
 * storage: each value is within half a unit in the last place of itself in its dtype, so the total
-  may be off by the dtype's ``eps``. This matters for float16 and bfloat16, also when such values
-  arrive in a wider dtype: if every value is exactly a float16 (or bfloat16) number, that is the
-  precision they were computed in;
-* decimals: when every value is a multiple of ``10**-d`` for some ``3 <= d <= 8`` (``np.round(p,
-  4)``, a CSV written with ``%.4f``), each one may be ``u = 0.5 * 10**-d`` away from the value it
-  was rounded from, so the total may be ``u`` per value below 1, and ``u`` per non-zero value above
-  1 (a written 0 was rounded down, never up). The row is then accepted exactly when some
-  distribution rounds to it. One or two decimals are taken at face value: ``[0.5, 0.4]`` is a
-  mistake far more often than the rounding of ``[0.54, 0.46]``.
+  may be off by the epsilon of the array's own dtype (``2**-7`` for bfloat16, ``2**-10`` for
+  float16). The dtype is all an array says about its storage: a float64 array is float64 data,
+  also when every value is a bfloat16 number or a multiple of ``1e-4``. A histogram of 256 (or
+  1000) counts that lost one count is such an array, and reading a format or a number of decimals
+  off its values would accept it;
+* decimals, for text only: a number written with ``d`` decimals (``%.4f``) is within
+  ``u = 0.5 * 10**-d`` of the value it was rounded from, so a row written with ``d`` decimals may
+  total ``u`` per value below 1, and ``u`` per non-zero value above 1 (a written 0 was rounded
+  down, never up). A row's ``d`` is the most decimals among its numbers. The numbers parsed from
+  the text are those decimal numbers, so their decimals are read from them after parsing; zeros
+  at the end of a number (``0.5000``) are not seen, which only makes the rule stricter. One or two
+  decimals are taken at face value: ``0.5,0.4`` is a mistake far more often than the rounding of
+  ``0.54,0.46``.
+
+An array has no decimals: values rounded to ``d`` decimals and kept in an array pass with
+``sum_tol=row_sum_tolerance(dtype, k, decimals=d)``, which the refusal suggests when the values do
+lie on such a grid and that rounding would explain the total.
 
 A row accepted within the tolerance is used as given (as sklearn's ``log_loss`` uses it). A row
 outside it raises, naming the option that divides each row by its total (``renormalize``) and the
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any
 
 import numpy as np
@@ -35,46 +45,154 @@ __all__ = [
     "RowSums",
     "check_row_sums",
     "check_sum_tol",
+    "dtype_eps",
+    "rounded_tolerance",
     "rounding_decimals",
-    "stored_precision",
+    "row_sum_tolerance",
     "sum_tolerance",
+    "text_decimals",
 ]
 
 FLOOR = 1e-5
 EPS32 = float(np.finfo(np.float32).eps)
+EPS64 = float(np.finfo(np.float64).eps)
 MIN_DECIMALS = 3
 MAX_DECIMALS = 8
+# Floating formats NumPy lacks, by name (torch, JAX and ml_dtypes spell them so).
+_EPS_BY_NAME = {
+    "bfloat16": 2.0**-7,
+    "float8_e4m3fn": 2.0**-3,
+    "float8_e4m3fnuz": 2.0**-3,
+    "float8_e5m2": 2.0**-2,
+    "float8_e5m2fnuz": 2.0**-2,
+}
 
 
 def sum_tolerance(n_classes: int, *, eps: float = 0.0, decimals: int | None = None) -> float:
-    r"""How far from 1 the total of a row of ``n_classes`` probabilities may be.
+    r"""The tolerance of :func:`row_sum_tolerance`, from a machine epsilon instead of a dtype.
 
     .. math::
 
-        \tau = 10^{-5} + 4\sqrt{k}\,\epsilon_{32} + \epsilon + k u ,\qquad u = \tfrac12 10^{-d},
+        \tau = 10^{-5} + 4\sqrt{k}\,\epsilon_{32} + \epsilon + k u ,\qquad u = \tfrac12 10^{-d}
 
-    where ``eps`` is the machine epsilon of the dtype the values are stored in and ``d`` the number
-    of decimals they were rounded to (no ``k u`` term when ``None``). Above 1, a row's written zeros
-    do not count in ``k u``: they were rounded down (see :func:`check_row_sums`).
-
-    Args:
-        n_classes: ``k``, the number of values in the row.
-        eps: machine epsilon of the values' dtype (0 for exact values).
-        decimals: ``d``, the decimals the values were rounded to, or ``None``.
-
-    Returns:
-        The tolerance, a Python float.
+    (no ``k u`` term when ``decimals`` is ``None``).
 
     Example:
         >>> round(sum_tolerance(2, eps=2.0**-52), 7)  # float64: the arithmetic allowance
         1.07e-05
-        >>> round(sum_tolerance(2, eps=2.0**-52, decimals=4), 7)  # written with 4 decimals
-        0.0001107
     """
     tol = FLOOR + 4.0 * math.sqrt(n_classes) * EPS32 + eps
     if decimals is not None:
         tol += n_classes * 0.5 * 10.0**-decimals
     return tol
+
+
+def dtype_eps(dtype: Any) -> float:
+    """Machine epsilon of ``dtype``; 0 for integer and boolean dtypes (their values are exact).
+
+    ``dtype`` is a NumPy dtype or scalar type, another array library's dtype (``torch.bfloat16``,
+    an ``array_api_strict`` dtype), or a name (``"float16"``, ``"bfloat16"``,
+    ``"torch.bfloat16"``). Raises ``TypeError`` for anything else.
+    """
+    if isinstance(dtype, str):
+        dtype = dtype.rsplit(".", 1)[-1]
+        if dtype in _EPS_BY_NAME:
+            return _EPS_BY_NAME[dtype]
+    try:
+        numpy_dtype: np.dtype[Any] | None = np.dtype(dtype)
+    except TypeError:
+        numpy_dtype = None
+    if numpy_dtype is None:
+        eps = _library_eps(dtype)
+    elif numpy_dtype.kind == "f":
+        eps = float(np.finfo(numpy_dtype).eps)
+    elif numpy_dtype.kind in "biu":
+        eps = 0.0
+    else:  # ml_dtypes' bfloat16 and float8 types register with NumPy as kind "V"
+        eps = _EPS_BY_NAME.get(numpy_dtype.name)
+    if eps is None:
+        raise TypeError(
+            f"dtype must be a real numeric dtype (such as numpy.float64, torch.bfloat16 or "
+            f"'float16'); got {dtype!r}"
+        )
+    return eps
+
+
+def _library_eps(dtype: Any) -> float | None:
+    """Epsilon of a dtype NumPy does not know, from its own library's ``finfo``/``iinfo``
+    (``torch.finfo(torch.bfloat16)``); the library is already imported, since it made the dtype."""
+    library = sys.modules.get(type(dtype).__module__.split(".")[0])
+    if getattr(dtype, "is_complex", False):  # torch.finfo knows complex dtypes too
+        return None
+    try:
+        return float(library.finfo(dtype).eps)  # type: ignore[union-attr]
+    except (AttributeError, TypeError, ValueError):
+        pass
+    try:
+        library.iinfo(dtype)  # type: ignore[union-attr]
+        return 0.0
+    except (AttributeError, TypeError, ValueError):
+        pass
+    if dtype == getattr(library, "bool", None):
+        return 0.0
+    return _EPS_BY_NAME.get(str(dtype).rsplit(".", 1)[-1])
+
+
+def row_sum_tolerance(dtype: Any, n_classes: int, decimals: int | None = None) -> float:
+    r"""How far from 1 the total of a probability row may be: the library's one row-sum rule.
+
+    .. math::
+
+        \tau = 10^{-5} + 4\sqrt{k}\,\epsilon_{32} + \epsilon_{\mathrm{dtype}} + k u ,
+        \qquad u = \tfrac12 10^{-d} .
+
+    The first two terms allow for the arithmetic that made the probabilities (float32 or wider;
+    a softmax sums ``k`` terms), so a float32 softmax stored as float64 passes. The third is the
+    rounding of storing each value in ``dtype``, the dtype the values really have: a float64 array
+    gets float64's epsilon whatever its values look like. The last is for values rounded to ``d``
+    decimals, as text written with ``%.4f`` is; an array has no decimals, so pass them only when
+    you know how the values were rounded (``None``, the default, adds nothing).
+
+    The core functions, the metrics and ``crossentropy score`` accept a row within this tolerance
+    and use it as given; ``sum_tol=row_sum_tolerance(...)`` states the rule explicitly, for example
+    for an array of values rounded to 4 decimals.
+
+    Args:
+        dtype: the dtype the probabilities are stored in: a NumPy dtype or type, another array
+            library's dtype (``torch.bfloat16``), or its name (``"bfloat16"``). Integer and
+            boolean dtypes hold exact values (no storage term).
+        n_classes: ``k``, the number of values in the row (at least 1).
+        decimals: ``d``, the decimals every value was rounded to, or ``None``.
+
+    Returns:
+        The tolerance on ``|sum(row) - 1|``, a Python float.
+
+    Raises:
+        TypeError: ``dtype`` is not a real numeric dtype; ``n_classes`` or ``decimals`` is not an
+            integer.
+        ValueError: ``n_classes < 1`` or ``decimals < 0``.
+
+    Example:
+        >>> import numpy as np
+        >>> from crossentropy import row_sum_tolerance
+        >>> round(row_sum_tolerance(np.float64, 2), 7)  # the arithmetic allowance
+        1.07e-05
+        >>> round(row_sum_tolerance("bfloat16", 2), 5)  # plus bfloat16's epsilon, 2**-7
+        0.00783
+        >>> round(row_sum_tolerance(np.float64, 5, decimals=4), 7)  # five values written as %.4f
+        0.0002611
+    """
+    if isinstance(n_classes, (bool, np.bool_)) or not isinstance(n_classes, numbers.Integral):
+        raise TypeError(f"n_classes must be an int; got {n_classes!r}")
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be at least 1; got {n_classes}")
+    if decimals is not None:
+        if isinstance(decimals, (bool, np.bool_)) or not isinstance(decimals, numbers.Integral):
+            raise TypeError(f"decimals must be an int or None; got {decimals!r}")
+        if decimals < 0:
+            raise ValueError(f"decimals must be a non-negative int or None; got {decimals}")
+        decimals = int(decimals)
+    return sum_tolerance(int(n_classes), eps=dtype_eps(dtype), decimals=decimals)
 
 
 def check_sum_tol(sum_tol: float | None, func: str = "") -> float | None:
@@ -92,8 +210,6 @@ def check_sum_tol(sum_tol: float | None, func: str = "") -> float | None:
     return float(sum_tol)
 
 
-# Formats narrower than float32 whose numbers a wider array may hold exactly, coarsest first.
-_NARROW = (("bfloat16", 2.0**-7), ("float16", 2.0**-10))
 # Values examined at a time on the NumPy path, so that the temporaries stay in the CPU cache.
 _BLOCK = 1 << 16
 # Values examined first: a property this prefix lacks, the whole array lacks too.
@@ -106,53 +222,9 @@ def _numpy_blocks_all(x: np.ndarray, test: Any) -> bool:
     return all(test(flat[i : i + _BLOCK]) for i in range(0, flat.size, _BLOCK))
 
 
-def _holds_exactly(xp: Any, x: Any, name: str) -> bool:
-    """Whether every value of ``x`` is a number of the format ``name`` (float16 or bfloat16)."""
-    dtype = getattr(xp, name, None)
-
-    def numpy_test(block: np.ndarray) -> bool:
-        if name == "float16":
-            return np.array_equal(block.astype(np.float16).astype(block.dtype), block)
-        # NumPy has no bfloat16: a bfloat16 number is a float32 whose 16 low bits are 0
-        f32 = block.astype(np.float32)
-        if not np.array_equal(f32, block):
-            return False
-        return not bool(np.any(f32.view(np.uint32) & np.uint32(0xFFFF)))
-
-    def test(a: Any) -> bool:
-        if not isinstance(a, np.ndarray) and dtype is None:
-            # a namespace without the format (the array API has no float16): look with NumPy,
-            # which works for arrays in host memory
-            try:
-                a = np.from_dlpack(a)
-            except (TypeError, ValueError, RuntimeError, BufferError, AttributeError):
-                return False
-        if isinstance(a, np.ndarray):
-            return _numpy_blocks_all(a, numpy_test)
-        return bool(xp.all(xp.astype(xp.astype(a, dtype), a.dtype) == a))
-
-    try:
-        flat = xp.reshape(x, (-1,))
-        return test(flat[: min(_PREFIX, flat.shape[0])]) and test(flat)
-    except (TypeError, ValueError, RuntimeError, OverflowError):
-        return False
-
-
-def stored_precision(xp: Any, x: Any) -> tuple[float, str | None]:
-    """``(eps, name)`` of the coarsest of bfloat16 and float16 that holds every value of ``x``
-    exactly, when it is coarser than ``x``'s own dtype; else ``(eps of x's dtype, None)``."""
-    own = float(xp.finfo(x.dtype).eps)
-    if math.prod(tuple(x.shape)) == 0:
-        return own, None
-    for name, eps in _NARROW:
-        if eps > own and _holds_exactly(xp, x, name):
-            return eps, name
-    return own, None
-
-
 def _max_decimals(eps: float) -> int:
-    # A grid of 10**-d is only evidence of rounding when it is far coarser than the dtype's own
-    # spacing: float32 values are tested up to 4 decimals, float64 up to 8, float16 not at all.
+    # A grid of 10**-d can only be seen when it is far coarser than the dtype's own spacing:
+    # float32 values are tested up to 4 decimals, float64 up to 8, float16 not at all.
     if eps <= 0:
         return MAX_DECIMALS
     return max(0, min(MAX_DECIMALS, math.floor(-math.log10(100.0 * eps))))
@@ -174,11 +246,12 @@ def _on_grid(xp: Any, x: Any, d: int, slack: float) -> bool:
 
 
 def rounding_decimals(xp: Any, x: Any, eps: float | None = None) -> int | None:
-    """The decimals ``d`` (3 to 8) that every entry of ``x`` was rounded to, or ``None``.
+    """The fewest decimals ``d`` (3 to 8) at which every entry of ``x`` is a multiple of
+    ``10**-d``, up to the rounding of the dtype (``eps``, default that of ``x``); ``None`` when
+    there is none up to 8 (4 for float32) or it is below 3.
 
-    ``d`` is the smallest number of decimals at which every value is a multiple of ``10**-d``, up
-    to the rounding of the dtype (``eps``, default that of ``x``); ``None`` when there is none up
-    to 8 (4 for float32) or the smallest is below 3 (one or two decimals are taken as exact).
+    This describes the values; it is never taken as the way they were written (an array carries
+    no decimals). Refusals use it to say which ``sum_tol`` would accept data rounded so.
     """
     if eps is None:
         eps = float(xp.finfo(x.dtype).eps)
@@ -196,8 +269,7 @@ def rounding_decimals(xp: Any, x: Any, eps: float | None = None) -> int | None:
         return 2.0 * eps * biggest * 10.0**d + 1e-9
 
     try:
-        # The smallest grid holding a prefix is a lower bound for the whole array's; full-precision
-        # data is refused there, and rounded data usually needs one full pass after it.
+        # The smallest grid holding a prefix is a lower bound for the whole array's.
         prefix = flat[: min(_PREFIX, flat.shape[0])]
         d = next((d for d in range(top + 1) if _on_grid(xp, prefix, d, slack(d))), None)
         if d is None:
@@ -209,6 +281,51 @@ def rounding_decimals(xp: Any, x: Any, eps: float | None = None) -> int | None:
     return d if MIN_DECIMALS <= d <= top else None
 
 
+def rounded_tolerance(
+    xp: Any, x: Any, deviation: float, n_classes: int, eps: float
+) -> tuple[int, float] | None:
+    """``(d, tolerance)`` when every value of ``x`` is a multiple of ``10**-d`` (3 <= d <= 8) and
+    :func:`row_sum_tolerance` with ``decimals=d`` allows ``deviation``; else ``None``.
+
+    Only the message of a refusal uses this: it says which ``sum_tol`` accepts the data if the
+    caller knows they were rounded to ``d`` decimals.
+    """
+    d = rounding_decimals(xp, x, eps)
+    if d is None:
+        return None
+    tol = sum_tolerance(n_classes, eps=eps, decimals=d)
+    return (d, tol) if abs(deviation) <= tol else None
+
+
+def text_decimals(rows: np.ndarray) -> np.ndarray:
+    """The decimals each row of ``rows`` (2-D, float64 numbers parsed from decimal text) was
+    written with: the most decimals among its numbers, as an int64 array of shape ``(n,)``; -1
+    where that is below 3 (taken at face value) or above 8 (rounding below the arithmetic floor
+    for any row of fewer than 20000 values, and beyond what float64 shows reliably).
+
+    A number parsed from text is the decimal number written, up to float64's rounding, so a value
+    that is a multiple of ``10**-d`` was written with at most ``d`` decimals after dropping zeros
+    at its end (``0.5000`` reads as one decimal).
+    """
+    n = rows.shape[0]
+    out = np.full(n, -1, dtype=np.int64)
+    if n == 0 or rows.shape[1] == 0:
+        return out
+    biggest = np.abs(rows).max(axis=1)
+    left = np.ones(n, dtype=bool)
+    for d in range(MAX_DECIMALS + 1):
+        scaled = rows[left] * 10.0**d
+        slack = 2.0 * EPS64 * biggest[left] * 10.0**d + 1e-9
+        on = (np.abs(scaled - np.rint(scaled)) <= slack[:, None]).all(axis=1)
+        where = np.flatnonzero(left)[on]
+        out[where] = d
+        left[where] = False
+        if not left.any():
+            break
+    out[out < MIN_DECIMALS] = -1
+    return out
+
+
 class RowSums:
     """The outcome of :func:`check_row_sums`: which rows are off, and each row's tolerance."""
 
@@ -217,9 +334,8 @@ class RowSums:
         off: Any,
         tol: Any,
         n_classes: int,
-        decimals: int | None = None,
+        decimals: Any = None,
         given: bool = False,
-        precision: str | None = None,
     ) -> None:
         self.off = off
         """Boolean array, True where a row's total is outside its tolerance."""
@@ -227,11 +343,9 @@ class RowSums:
         """The tolerance: a float, or an array with one per row (on the side of 1 it lies)."""
         self.n_classes = n_classes
         self.decimals = decimals
-        """The decimals the values were found rounded to, or None."""
+        """For text: the decimals each row was written with (-1: none counted), else None."""
         self.given = given
         """Whether the caller chose the tolerance (``sum_tol``)."""
-        self.precision = precision
-        """The narrower format the values were found to be numbers of (float16, bfloat16)."""
 
     def tolerance_at(self, index: Any) -> float:
         """The tolerance of the row at ``index`` (an index into ``off``)."""
@@ -246,10 +360,10 @@ class RowSums:
         if self.given:
             return f"tolerance {tol:.3g}, as given"
         stored = f" of dtype {dtype}" if dtype else ""
-        if self.precision is not None:
-            stored += f" holding {self.precision} numbers"
-        rounded = f" rounded to {self.decimals} decimals" if self.decimals is not None else ""
-        return f"tolerance {tol:.3g} for {self.n_classes} classes{stored}{rounded}"
+        written = ""
+        if self.decimals is not None and int(self.decimals[index]) >= 0:
+            written = f" written with {int(self.decimals[index])} decimals"
+        return f"tolerance {tol:.3g} for {self.n_classes} classes{stored}{written}"
 
 
 def check_row_sums(
@@ -260,6 +374,7 @@ def check_row_sums(
     *,
     sum_tol: float | None = None,
     eps: float | None = None,
+    from_text: bool = False,
 ) -> RowSums:
     """Compare the row totals of ``x`` (along ``axis``, kept as a length-1 axis) with 1.
 
@@ -268,9 +383,12 @@ def check_row_sums(
         x: non-negative finite values, the rows along ``axis``.
         total: ``sum(x, axis=axis, keepdims=True)``.
         axis: the class axis (non-negative).
-        sum_tol: a tolerance chosen by the caller; ``None`` applies :func:`sum_tolerance`.
-        eps: machine epsilon of the dtype the values were stored in before any conversion
+        sum_tol: a tolerance chosen by the caller; ``None`` applies :func:`row_sum_tolerance`.
+        eps: machine epsilon of the dtype the values really have, when ``x`` was converted
             (default: that of ``x``).
+        from_text: ``x`` holds numbers parsed from decimal text (a 2-D NumPy array, rows along
+            axis 1): rows outside the plain tolerance get that of the decimals they were written
+            with (:func:`text_decimals`).
 
     Returns:
         A :class:`RowSums` whose ``off`` has the shape of ``total``.
@@ -280,28 +398,23 @@ def check_row_sums(
     if sum_tol is not None:
         return RowSums(xp.abs(dev) > sum_tol, float(sum_tol), k, given=True)
     if eps is None:
-        eps = float(xp.finfo(x.dtype).eps)
+        eps = dtype_eps(x.dtype)
     base = sum_tolerance(k, eps=eps)
     off = xp.abs(dev) > base
-    if not bool(xp.any(off)):
+    if not from_text or not bool(xp.any(off)):
         return RowSums(off, base, k)
-    # Only data that fails the plain rule pays for finding the precision and the decimals it
-    # was written with.
-    narrow_eps, precision = stored_precision(xp, x)
-    if narrow_eps > eps:
-        eps = narrow_eps
-        base = sum_tolerance(k, eps=eps)
-        off = xp.abs(dev) > base
-        if not bool(xp.any(off)):
-            return RowSums(off, base, k, precision=precision)
-    decimals = rounding_decimals(xp, x, eps)
-    if decimals is None:
-        return RowSums(off, base, k, precision=precision)
-    below = sum_tolerance(k, eps=eps, decimals=decimals)
-    # Above 1, a written 0 cannot have been rounded up: it takes back its share of k u.
-    zeros = xp.astype(xp.count_nonzero(x == 0, axis=axis, keepdims=True), xp.float64)
-    above = below - 0.5 * 10.0**-decimals * zeros
-    dev = xp.astype(dev, xp.float64)
+    if not (isinstance(x, np.ndarray) and x.ndim == 2 and axis == 1):
+        raise ValueError("from_text needs a 2-D NumPy array with its rows along axis 1")
+    # Only rows that fail the plain rule pay for reading their decimals.
+    rows = np.flatnonzero(off[:, 0])
+    decimals = np.full(x.shape[0], -1, dtype=np.int64)
+    decimals[rows] = text_decimals(x[rows])
+    unit = np.where(decimals >= 0, 0.5 * 10.0 ** -np.maximum(decimals, 0), 0.0)[:, None]
+    zeros = np.count_nonzero(x == 0, axis=1, keepdims=True)
+    below = base + k * unit
+    # Above 1, a written 0 cannot have been rounded up: it takes back its share.
+    above = below - zeros * unit
+    dev = np.asarray(dev, dtype=np.float64)
     off = (dev > above) | (-dev > below)
-    tol = xp.where(dev > 0, above, xp.full_like(above, below))
-    return RowSums(off, tol, k, decimals, precision=precision)
+    tol = np.where(dev > 0, above, below)
+    return RowSums(off, tol, k, decimals[:, None])

@@ -13,6 +13,7 @@ CORE = {
     "kl_divergence",
     "log_softmax",
     "logsumexp",
+    "row_sum_tolerance",
     "sigmoid_cross_entropy",
     "softmax",
     "softmax_cross_entropy",

@@ -83,7 +83,15 @@ def test_metrics_return_numpy_float64_scalars() -> None:
     acc = metrics.ScoreAccumulator(2)
     acc.update(np.array(y), np.array(p))
     s = acc.compute()
-    values += [s.log_loss, s.accuracy, s.brier, s.weight, s.ece, s.log_loss_bits, s.perplexity]
+    values += [
+        s.log_loss,
+        s.accuracy,
+        s.brier_score,
+        s.weight,
+        s.ece,
+        s.log_loss_bits,
+        s.perplexity,
+    ]
     for v in values:
         assert type(v) is np.float64, type(v)
 

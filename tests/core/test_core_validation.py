@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,87 @@ def test_logits_without_classes_are_named(target: np.ndarray) -> None:
         ce.softmax_cross_entropy(np.zeros((2, 0)), target)
     with pytest.raises(ValueError, match="logits have no classes"):
         ce.focal_loss(np.zeros((2, 0)), target)
+
+
+def test_mixing_numpy_and_torch_says_which_argument_is_which_and_how_to_convert() -> None:
+    # Issue 23: the message listed array_api_compat's module paths.
+    torch = pytest.importorskip("torch")
+    a, t = np.array([0.5, 0.5]), torch.tensor([0.25, 0.75], dtype=torch.float64)
+    logits, labels = torch.zeros(2, 3, dtype=torch.float64), np.array([0, 2])
+    calls = [
+        (
+            "kl_divergence",
+            lambda: ce.kl_divergence(a, t),
+            "p",
+            "numpy.ndarray",
+            "q",
+            "torch.Tensor",
+        ),
+        (
+            "cross_entropy",
+            lambda: ce.cross_entropy(t, a),
+            "p",
+            "torch.Tensor",
+            "q",
+            "numpy.ndarray",
+        ),
+        (
+            "js_divergence",
+            lambda: ce.js_divergence(a, t),
+            "p",
+            "numpy.ndarray",
+            "q",
+            "torch.Tensor",
+        ),
+        (
+            "softmax_cross_entropy",
+            lambda: ce.softmax_cross_entropy(logits, labels),
+            "logits",
+            "torch.Tensor",
+            "target",
+            "numpy.ndarray",
+        ),
+        (
+            "softmax_cross_entropy",
+            lambda: ce.softmax_cross_entropy(logits, torch.tensor([0, 2]), weight=np.ones(3)),
+            "logits",
+            "torch.Tensor",
+            "weight",
+            "numpy.ndarray",
+        ),
+        (
+            "focal_loss",
+            lambda: ce.focal_loss(logits, labels),
+            "logits",
+            "torch.Tensor",
+            "target",
+            "numpy.ndarray",
+        ),
+        (
+            "binary_cross_entropy",
+            lambda: ce.binary_cross_entropy(t, a),
+            "probs",
+            "torch.Tensor",
+            "target",
+            "numpy.ndarray",
+        ),
+        (
+            "sigmoid_cross_entropy",
+            lambda: ce.sigmoid_cross_entropy(t, a),
+            "logits",
+            "torch.Tensor",
+            "target",
+            "numpy.ndarray",
+        ),
+    ]
+    for func, run, first, first_type, second, second_type in calls:
+        with pytest.raises(TypeError) as info:
+            run()
+        message = str(info.value)
+        assert message.startswith(f"{func}: {first} is a {first_type} and {second} a {second_type}")
+        assert "convert one side" in message and "torch.as_tensor" in message, message
+        assert "array_api_compat" not in message and "/" not in message, message
+    # a Python list joins the tensor's library, as before
+    assert float(ce.kl_divergence(t, [0.5, 0.5])) == pytest.approx(
+        0.25 * math.log(0.5) + 0.75 * math.log(1.5), rel=1e-12
+    )

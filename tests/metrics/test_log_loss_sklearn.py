@@ -8,6 +8,7 @@ import sklearn.metrics as skm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crossentropy import row_sum_tolerance
 from crossentropy.metrics import brier_score, log_loss
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -123,28 +124,33 @@ def test_rows_not_summing_to_one_raise_unless_renormalized():
 
 @pytest.mark.parametrize("k", [3, 10, 100])
 def test_probabilities_rounded_to_4_decimals_agree_with_sklearn(k):
-    # sklearn warns that the rows do not sum to one and scores them as given; so do we, without
-    # the warning, because the rows are a distribution up to their 4-decimal rounding
+    # sklearn warns that the rows do not sum to one and scores them as given. An array carries no
+    # decimals, so we refuse them as float64 data, saying which sum_tol declares their rounding;
+    # declared, they are scored as given, without a warning, and agree with sklearn.
     rng = np.random.default_rng(k)
     p = rng.dirichlet(np.ones(k), size=400)
     y = rng.integers(0, k, size=400)
     rounded = np.round(p, 4)
     assert np.abs(rounded.sum(axis=1) - 1).max() > 1e-5
+    with pytest.raises(ValueError, match=r"multiples of 1e-04.*row_sum_tolerance\('float64'"):
+        log_loss(y, rounded, labels=range(k))
+    tol = row_sum_tolerance(np.float64, k, decimals=4)
     with pytest.warns(UserWarning, match="do not sum to one"):
         ref = skm.log_loss(y, rounded, labels=range(k))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         # sklearn clips at the dtype's epsilon (a rounded 0 on the true class), so the same here
-        ours = log_loss(y, rounded, labels=range(k), eps=float(np.finfo(np.float64).eps))
+        eps = float(np.finfo(np.float64).eps)
+        ours = log_loss(y, rounded, labels=range(k), eps=eps, sum_tol=tol)
     assert ours == pytest.approx(ref, rel=1e-13)
     if not np.any(rounded[np.arange(400), y] == 0):
-        assert log_loss(y, rounded, labels=range(k)) == pytest.approx(ref, rel=1e-13)
+        assert log_loss(y, rounded, labels=range(k), sum_tol=tol) == pytest.approx(ref, rel=1e-13)
     # a row summing to 0.99 is still refused, naming both ways out
     off = rounded.copy()
     off[7] = 0.0
     off[7, :2] = (0.5, 0.49)
     with pytest.raises(ValueError, match=r"row 7 sums to 0\.99.*renormalize=True.*sum_tol="):
-        log_loss(y, off, labels=range(k))
+        log_loss(y, off, labels=range(k), sum_tol=tol)
 
 
 def test_a_float32_softmax_stored_as_float64_is_scored_as_given():
@@ -235,3 +241,32 @@ def test_public_api_is_pinned():
     ]
     for name in metrics.__all__:
         assert getattr(metrics, name).__doc__
+
+
+@pytest.mark.parametrize("k", [3, 4, 12])  # 12: the message lists the first ten labels
+def test_a_1d_y_pred_with_more_than_two_classes_says_it_is_1d_and_what_is_expected(k):
+    # Issue 23: log_loss([0, 1, 2], [0.2, 0.3, 0.5]) said "y_pred has 2 columns". A 1-D y_pred
+    # is one positive-class probability per sample; the probabilities of one sample are a row.
+    from crossentropy.metrics import ScoreAccumulator, calibration_error
+
+    y = list(range(k))
+    row = np.full(k, 1.0 / k)
+    for func, name in (
+        (log_loss, "y_pred"),
+        (brier_score, "y_prob"),
+        (calibration_error, "y_prob"),
+    ):
+        with pytest.raises(ValueError) as info:
+            func(y, row)
+        message = str(info.value)
+        for fragment in (f"{name} is 1-D (shape ({k},))", f"{k} classes", f"(n_samples, {k})"):
+            assert fragment in message, message
+        assert "2 columns" not in message, message
+        # the shape it asks for works
+        assert np.isfinite(float(log_loss(y, np.tile(row, (k, 1)))))
+    with pytest.raises(ValueError, match=r"y_pred is 1-D \(shape \(\d+,\)\).*the accumulator has"):
+        ScoreAccumulator(k).update(y, row)
+    # two classes: a 1-D y_pred is the positive class's probability, as in sklearn
+    assert log_loss([0, 1, 1], [0.2, 0.7, 0.9]) == pytest.approx(
+        skm.log_loss([0, 1, 1], [0.2, 0.7, 0.9]), rel=1e-12
+    )

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crossentropy import row_sum_tolerance
 from crossentropy.metrics import (
     ScoreAccumulator,
     brier_score,
@@ -24,7 +25,7 @@ def data(seed, n, k):
 
 def assert_same(a, b):
     assert a.n == b.n and a.n_zero_prob == b.n_zero_prob
-    for name in ("weight", "log_loss", "accuracy", "brier", "ece"):
+    for name in ("weight", "log_loss", "accuracy", "brier_score", "ece"):
         assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-12, abs=1e-13), name
     assert a.calibration.counts.tolist() == b.calibration.counts.tolist()
     assert a.per_class.counts.tolist() == b.per_class.counts.tolist()
@@ -65,7 +66,7 @@ def test_accumulator_matches_batch_functions(seed, n, k):
         acc.update(y[start : start + 7], p[start : start + 7], w[start : start + 7])
     s = acc.compute()
     assert s.log_loss == pytest.approx(log_loss(y, p, sample_weight=w), rel=1e-12)
-    assert s.brier == pytest.approx(brier_score(y, p, sample_weight=w), rel=1e-12)
+    assert s.brier_score == pytest.approx(brier_score(y, p, sample_weight=w), rel=1e-12)
     cal = calibration_error(y, p, sample_weight=w, n_bins=10)
     assert s.ece == pytest.approx(cal.ece, rel=1e-12, abs=1e-14)
     pc = per_class_scores(y, p, sample_weight=w)
@@ -135,10 +136,18 @@ def test_empty_chunks_add_nothing():
 def test_chunks_follow_the_one_tolerance_rule():
     p, y, _ = data(12, 200, 5)
     rounded = np.round(p, 4)
+    # each chunk is judged by its dtype: a float32 chunk passes where the float64 rule refuses
+    single = p.astype(np.float32)
     acc = ScoreAccumulator(5)
-    acc.update(y[:100], rounded[:100])  # each chunk's own decimals set its tolerance
-    acc.update(y[100:], rounded[100:].astype(np.float32))
-    assert acc.compute().log_loss == pytest.approx(log_loss(y, rounded, labels=range(5)), rel=1e-6)
+    acc.update(y[:100], single[:100])
+    assert np.abs(single[:100].astype(np.float64).sum(axis=1) - 1).max() > 1e-12
+    with pytest.raises(ValueError, match=r"of dtype float64\)"):
+        acc.update(y[100:], rounded[100:])  # an array of rounded values is float64 data
+    declared = ScoreAccumulator(5, sum_tol=row_sum_tolerance(np.float64, 5, decimals=4))
+    declared.update(y[:100], rounded[:100])
+    declared.update(y[100:], rounded[100:].astype(np.float32))
+    ref = log_loss(y, rounded, labels=range(5), sum_tol=row_sum_tolerance(np.float64, 5, 4))
+    assert declared.compute().log_loss == pytest.approx(ref, rel=1e-6)
     off = rounded[:3].copy()
     off[1] = (0.5, 0.49, 0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match=r"row 1 sums to 0\.99.*renormalize=True.*sum_tol="):

@@ -22,7 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from crossentropy._array import namespace
-from crossentropy._tolerance import check_row_sums
+from crossentropy._tolerance import check_row_sums, rounded_tolerance
 from crossentropy.cli._main import CLIError, _silence_stdout
 
 DEFAULT_CHUNK_ROWS = 65536
@@ -30,7 +30,7 @@ MAX_BINS = 100_000
 FORMATS = ("csv", "npy", "parquet")
 # header names taken as the true label when no --label-column or --true is given
 LABEL_NAMES = ("label", "y", "target")
-# values parsed from text are float64; their written decimals are found from the values
+# values parsed from text are float64; each row's written decimals are read from them
 TEXT_EPS = float(np.finfo(np.float64).eps)
 _SUFFIXES = {".csv": "csv", ".txt": "csv", ".npy": "npy", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -96,9 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="how far from 1 a row's sum may be (default: the rounding the values may carry: "
-        "1e-5 + 4 sqrt(k) float32 epsilons for k classes, plus the epsilon of a .npy's dtype, "
-        "plus up to half a unit in the last decimal per value when the values are written with "
-        "3 to 8 decimals, e.g. %%.4f)",
+        "1e-5 + 4 sqrt(k) float32 epsilons for k classes, plus the epsilon of a .npy's or "
+        "Parquet column's dtype; for CSV, plus half a unit in the last decimal per value when "
+        "the row is written with 3 to 8 decimals, e.g. %%.4f)",
     )
     parser.add_argument(
         "--bins", type=int, default=15, help="confidence bins for the ECE (default 15)"
@@ -772,8 +772,9 @@ def _check_chunk(
     path: str, chunk: Chunk, classes: Classes, renormalize: bool, tol: float | None
 ) -> np.ndarray:
     """Validate a chunk's probabilities; return them (divided by their row sums with
-    --renormalize). Row sums follow the library's rule (:mod:`crossentropy._tolerance`), with the
-    decimals the values were written with found per chunk, or ``tol`` when given."""
+    --renormalize). Row sums follow the library's rule (:mod:`crossentropy._tolerance`): the
+    epsilon of a binary file's dtype, and for text the decimals each row was written with; or
+    ``tol`` when given."""
     p = chunk.probs
     nan = np.isnan(p)
     if nan.any():
@@ -801,14 +802,25 @@ def _check_chunk(
         q = p / top[:, None]
         return q / q.sum(axis=1)[:, None]
     sums = p.sum(axis=1, keepdims=True)
-    check = check_row_sums(namespace(p), p, sums, 1, sum_tol=tol, eps=chunk.eps)
+    text = chunk.unit == "line"
+    check = check_row_sums(namespace(p), p, sums, 1, sum_tol=tol, eps=chunk.eps, from_text=text)
     off = np.flatnonzero(check.off[:, 0])
     if off.size:
         i = int(off[0])
+        # a binary file has no decimals; say which --tol fits if its values are rounded ones
+        rounded = None
+        if not text and tol is None:
+            rounded = rounded_tolerance(np, p, float(sums[i, 0]) - 1, p.shape[1], chunk.eps)
+        hint = ""
+        if rounded is not None:
+            hint = (
+                f" (its values are all multiples of 1e-{rounded[0]:02d}: if they were rounded to "
+                f"{rounded[0]} decimals, --tol {rounded[1]:.3g} allows that rounding)"
+            )
         raise CLIError(
             f"{path}: {chunk.where(i)}: probabilities sum to {float(sums[i, 0]):.10g}, not 1 "
             f"({check.describe((i, 0), chunk.stored)}); pass --renormalize to divide each row by "
-            "its sum, or --tol to set the tolerance"
+            f"its sum, or --tol to set the tolerance{hint}"
         )
     return p
 
@@ -896,7 +908,7 @@ def report_dict(path: str, scores: Any, base: float | None) -> dict[str, Any]:
         "log_loss": _finite(scores.log_loss / unit),
         "perplexity": _finite(scores.perplexity),
         "accuracy": _finite(scores.accuracy),
-        "brier": _finite(scores.brier),
+        "brier_score": _finite(scores.brier_score),
         "ece": _finite(cal.ece),
         "mce": _finite(cal.mce),
         "n_bins": int(cal.counts.shape[0]),
@@ -960,7 +972,7 @@ def print_report(report: dict[str, Any]) -> None:
         summary.add_row(f"log loss ({unit})", _fmt(report["log_loss"]) if ll is not None else "inf")
     summary.add_row("perplexity", _fmt(report["perplexity"]) if ll is not None else "inf")
     summary.add_row("accuracy", _fmt(report["accuracy"]))
-    summary.add_row("Brier score", _fmt(report["brier"]))
+    summary.add_row("Brier score", _fmt(report["brier_score"]))
     summary.add_row(f"ECE ({report['n_bins']} bins)", _fmt(report["ece"]))
     if report["n_zero_prob"]:
         summary.add_row("rows with p(true) = 0", f"{report['n_zero_prob']:,} (pass --eps to clip)")

@@ -145,7 +145,8 @@ def calibration_error(
         n_bins: number of bins (default 15, as in Guo et al.).
         strategy: ``"uniform"`` or ``"quantile"`` bin edges.
         renormalize: divide each row by its sum instead of requiring sums of 1.
-        sum_tol: how far from 1 a row's sum may be; default: the rounding the data may carry.
+        sum_tol: how far from 1 a row's sum may be; default:
+            :func:`crossentropy.row_sum_tolerance` of ``y_pred``'s dtype.
 
     Returns:
         A :class:`Calibration` named tuple ``(ece, mce, bin_edges, counts, confidence,
@@ -241,7 +242,8 @@ def per_class_scores(
         sample_weight: non-negative weights, shape ``(n,)``.
         eps: clip probabilities to ``[eps, 1 - eps]`` before the log (default: no clipping).
         renormalize: divide each row by its sum instead of requiring sums of 1.
-        sum_tol: how far from 1 a row's sum may be; default: the rounding the data may carry.
+        sum_tol: how far from 1 a row's sum may be; default:
+            :func:`crossentropy.row_sum_tolerance` of ``y_pred``'s dtype.
 
     Returns:
         A :class:`PerClassScores` named tuple ``(labels, counts, cross_entropy, accuracy)``.

@@ -69,9 +69,10 @@ def log_loss(
     Unlike sklearn, nothing is clipped silently: a zero probability on the true class gives
     ``inf`` unless ``eps`` is passed (then probabilities are clipped to ``[eps, 1 - eps]``), and
     rows that do not sum to 1 raise instead of warning. "Sum to 1" follows the library's one rule
-    (:func:`crossentropy._tolerance.sum_tolerance`): rows off by no more than their rounding
-    (the dtype's, or that of values rounded to 3 to 8 decimals, such as ``np.round(p, 4)``) are
-    accepted and used as given, as sklearn uses them, so the results agree.
+    (:func:`crossentropy.row_sum_tolerance`): rows off by no more than the rounding of
+    ``y_pred``'s dtype are accepted and used as given, as sklearn uses them, so the results agree.
+    An array carries no decimals: for values rounded to 4 decimals (``np.round(p, 4)``), pass
+    ``sum_tol=row_sum_tolerance(p.dtype, k, decimals=4)``.
 
     Args:
         y_true: labels, shape ``(n,)``; numbers, strings or booleans; or a one-hot indicator
@@ -85,7 +86,8 @@ def log_loss(
         eps: clip probabilities to ``[eps, 1 - eps]`` before the log; None (default) clips nothing.
         renormalize: divide each row of ``y_pred`` by its sum instead of requiring sums of 1
             (``normalize`` keeps sklearn's meaning: mean or sum).
-        sum_tol: how far from 1 a row's sum may be; default: the rounding the data may carry.
+        sum_tol: how far from 1 a row's sum may be; default:
+            :func:`crossentropy.row_sum_tolerance` of ``y_pred``'s dtype.
 
     Returns:
         The log loss as a NumPy float64 scalar (``inf`` when a true class has probability 0).
@@ -154,7 +156,8 @@ def brier_score(
         sample_weight: non-negative weights, shape ``(n,)``.
         scale_by_half: multiply by 1/2 (True), not (False), or for two classes only ("auto").
         renormalize: divide each row by its sum instead of requiring sums of 1.
-        sum_tol: how far from 1 a row's sum may be; default: the rounding the data may carry.
+        sum_tol: how far from 1 a row's sum may be; default:
+            :func:`crossentropy.row_sum_tolerance` of ``y_pred``'s dtype.
 
     Returns:
         The Brier score as a NumPy float64 scalar, in [0, 1] for two classes and [0, 2] otherwise.

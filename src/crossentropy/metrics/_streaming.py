@@ -28,6 +28,7 @@ from crossentropy.metrics._validation import (
     check_rows_sum_to_one,
     check_sample_weight,
     float_probs,
+    one_dimensional_error,
     renormalize_rows,
     to_numpy,
     two_columns,
@@ -51,7 +52,7 @@ class Scores:
     """Mean ``-log p(true class)`` in nats (``inf`` if a true class had probability 0)."""
     accuracy: np.float64
     """Fraction of samples whose most probable class is the true one."""
-    brier: np.float64
+    brier_score: np.float64
     """Brier score (halved for two classes, as :func:`brier_score` with ``scale_by_half="auto"``)."""
     n_zero_prob: int
     """Number of samples whose true class had probability 0 (each makes the log loss infinite)."""
@@ -93,8 +94,8 @@ class ScoreAccumulator:
         n_bins: number of equal-width confidence bins for the ECE (default 15).
         eps: clip probabilities to ``[eps, 1 - eps]`` before the log (default: no clipping).
         renormalize: divide each row by its sum instead of requiring sums of 1.
-        sum_tol: how far from 1 a row's sum may be; default: the rounding the data may carry,
-            judged per chunk.
+        sum_tol: how far from 1 a row's sum may be; default:
+            :func:`crossentropy.row_sum_tolerance` of the dtype each chunk comes in.
 
     Example:
         >>> from crossentropy.metrics import ScoreAccumulator
@@ -201,7 +202,11 @@ class ScoreAccumulator:
         """
         if np.size(y_true) == 0 and np.size(y_pred) == 0:
             return
-        p = float_probs(y_pred, "y_pred")
+        p, stored = float_probs(y_pred, "y_pred")
+        if p.ndim == 1 and self.n_classes > 2:
+            raise one_dimensional_error(
+                p, "y_pred", "the accumulator has", self.labels, "its classes"
+            )
         index = self._encode(y_true)
         if index.shape[0] != p.shape[0]:
             raise ValueError(
@@ -217,7 +222,7 @@ class ScoreAccumulator:
         if self.renormalize:
             p2 = renormalize_rows(p2, "y_pred")
         elif p.ndim == 2 and p.shape[1] > 1:
-            check_rows_sum_to_one(p2, "y_pred", self.sum_tol)
+            check_rows_sum_to_one(p2, "y_pred", self.sum_tol, stored)
         w = check_sample_weight(sample_weight, p2.shape[0])
         self._add(index, p2, w)
 
@@ -291,7 +296,7 @@ class ScoreAccumulator:
             weight=np.float64(self.weight),
             log_loss=np.float64(self.nll_sum / self.weight),
             accuracy=np.float64(self.correct_sum / self.weight),
-            brier=np.float64(scale * self.brier_sum / self.weight),
+            brier_score=np.float64(scale * self.brier_sum / self.weight),
             n_zero_prob=self.n_zero_prob,
             calibration=finish_calibration(
                 self.edges.copy(),

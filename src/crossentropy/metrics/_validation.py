@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from crossentropy._array import as_array, namespace
-from crossentropy._tolerance import check_row_sums, check_sum_tol
+from crossentropy._tolerance import check_row_sums, check_sum_tol, dtype_eps, rounded_tolerance
 
 FloatArray = npt.NDArray[np.floating[Any]]
 IntArray = npt.NDArray[np.intp]
@@ -27,7 +27,11 @@ def to_numpy(x: Any, name: str) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     if array_api_compat.is_torch_array(x):
-        return np.asarray(x.detach().cpu().numpy())
+        x = x.detach().cpu()
+        if x.is_floating_point() and dtype_eps(x.dtype) > dtype_eps("float16"):
+            # bfloat16 and float8, which NumPy lacks: their values are float32 numbers
+            x = x.float()
+        return np.asarray(x.numpy())
     try:
         return np.asarray(x)
     except (TypeError, ValueError, RuntimeError):
@@ -39,8 +43,12 @@ def to_numpy(x: Any, name: str) -> np.ndarray:
             ) from None
 
 
-def float_probs(y_pred: Any, name: str) -> FloatArray:
-    """``y_pred`` as a floating array of rank 1 or 2 (integers and booleans become float64)."""
+def float_probs(y_pred: Any, name: str) -> tuple[FloatArray, Any]:
+    """``y_pred`` as a floating NumPy array of rank 1 or 2 (integers and booleans become
+    float64, bfloat16 tensors float32), and the dtype it came in: the rounding its values carry
+    is that dtype's (:func:`crossentropy.row_sum_tolerance`)."""
+    y_pred = as_array(y_pred, name)
+    stored = y_pred.dtype
     p = to_numpy(y_pred, name)
     if p.dtype.kind in "biu":
         p = p.astype(np.float64)
@@ -52,7 +60,7 @@ def float_probs(y_pred: Any, name: str) -> FloatArray:
         )
     if p.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {p.shape}); need at least one sample")
-    return p
+    return p, stored
 
 
 def check_prob_range(p: FloatArray, name: str) -> None:
@@ -71,19 +79,37 @@ def check_prob_range(p: FloatArray, name: str) -> None:
         )
 
 
-def check_rows_sum_to_one(p: FloatArray, name: str, sum_tol: float | None) -> None:
+def check_rows_sum_to_one(
+    p: FloatArray, name: str, sum_tol: float | None, stored: Any = None
+) -> None:
     """Raise unless each row of the 2-D ``p`` sums to 1 within the library's tolerance rule
-    (:func:`crossentropy._tolerance.sum_tolerance`) or within ``sum_tol`` when given."""
+    (:func:`crossentropy.row_sum_tolerance` of ``stored``, the dtype the values came in, default
+    ``p``'s) or within ``sum_tol`` when given."""
     xp = namespace(p)
+    stored = p.dtype if stored is None else stored
+    eps = dtype_eps(stored)
     total: FloatArray = np.sum(p, axis=1, keepdims=True, dtype=np.float64)
-    sums = check_row_sums(xp, p, total, 1, sum_tol=sum_tol)
+    sums = check_row_sums(xp, p, total, 1, sum_tol=sum_tol, eps=eps)
     if np.any(sums.off):
         i = int(np.argmax(sums.off[:, 0]))
-        raise ValueError(
+        dtype = str(getattr(stored, "name", None) or stored)
+        message = (
             f"{name}: row {i} sums to {float(total[i, 0])!r}, not 1 "
-            f"({sums.describe((i, 0), str(p.dtype))}); pass probabilities, renormalize=True to "
+            f"({sums.describe((i, 0), dtype)}); pass probabilities, renormalize=True to "
             "divide each row by its sum, or sum_tol= to set the tolerance"
         )
+        k = int(p.shape[1])
+        rounded = None
+        if sum_tol is None:
+            rounded = rounded_tolerance(xp, p, float(total[i, 0]) - 1, k, eps)
+        if rounded is not None:
+            d = rounded[0]
+            message += (
+                f". Its values are all multiples of 1e-{d:02d}: if they were rounded to {d} "
+                f"decimals, sum_tol=crossentropy.row_sum_tolerance({dtype!r}, {k}, decimals={d}) "
+                "allows that rounding"
+            )
+        raise ValueError(message)
 
 
 def renormalize_rows(p: FloatArray, name: str) -> FloatArray:
@@ -184,6 +210,21 @@ def check_renormalize(renormalize: bool) -> None:
         raise TypeError(f"renormalize must be True or False; got {renormalize!r}")
 
 
+def one_dimensional_error(
+    p: FloatArray, name: str, source: str, classes: np.ndarray, order: str = "the sorted labels"
+) -> ValueError:
+    """The error for a 1-D ``p`` where there are more than two classes: a 1-D array is one
+    probability per sample (of the positive class), not one row of probabilities."""
+    k = int(classes.shape[0])
+    shown = str(classes.tolist()) if k <= 10 else str(classes[:10].tolist())[:-1] + ", ...]"
+    return ValueError(
+        f"{name} is 1-D (shape {p.shape}), which holds one probability per sample, of the "
+        f"positive class of two; {source} {k} classes {shown}, so pass {name} of shape "
+        f"(n_samples, {k}), one column per class in the order of {order} (the probabilities "
+        f"of a single sample are one row: shape (1, {k}))"
+    )
+
+
 def two_columns(p: FloatArray) -> FloatArray:
     """Binary probabilities of the positive class, shape (n,) or (n, 1), as (n, 2) columns."""
     if p.ndim == 1:
@@ -206,8 +247,11 @@ def prepare(
     """Validate a (labels, probabilities) pair; return (index, 2-D probs, weights, classes)."""
     check_renormalize(renormalize)
     check_sum_tol(sum_tol)
-    p = float_probs(y_pred, pred_name)
+    p, stored = float_probs(y_pred, pred_name)
     index, classes, _ = encode_labels(y_true, labels)
+    where = "labels" if labels is not None else "y_true"
+    if p.ndim == 1 and classes.shape[0] > 2:
+        raise one_dimensional_error(p, pred_name, f"{where} gives", classes)
     if index.shape[0] != p.shape[0]:
         raise ValueError(
             f"y_true and {pred_name} have different numbers of samples: {index.shape[0]} and "
@@ -216,7 +260,6 @@ def prepare(
     check_prob_range(p, pred_name)
     p2 = two_columns(p)
     if p2.shape[1] != classes.shape[0]:
-        where = "labels" if labels is not None else "y_true"
         raise ValueError(
             f"{pred_name} has {p2.shape[1]} columns but {where} gives {classes.shape[0]} classes "
             f"{classes.tolist()}; pass all class labels through labels="
@@ -224,6 +267,6 @@ def prepare(
     if renormalize:
         p2 = renormalize_rows(p2, pred_name)
     elif p.ndim == 2 and p.shape[1] > 1:
-        check_rows_sum_to_one(p2, pred_name, sum_tol)
+        check_rows_sum_to_one(p2, pred_name, sum_tol, stored)
     w = check_sample_weight(sample_weight, p2.shape[0])
     return index, p2, w, classes
