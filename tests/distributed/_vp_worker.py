@@ -17,10 +17,6 @@ from _vp_cases import Case, class_dim, full_inputs, good_cases, shard, shard_siz
 
 from crossentropy.torch import cross_entropy, linear_cross_entropy
 from crossentropy.torch.parallel._data import global_valid_count
-from crossentropy.torch.parallel._vocab import (
-    vocab_parallel_cross_entropy,
-    vocab_parallel_linear_cross_entropy,
-)
 
 
 def run_case(case: Case, seed: int, group: Any) -> dict[str, Any]:
@@ -87,48 +83,46 @@ def bad_cases(group: Any) -> dict[str, Any]:
     last = world - 1
     calls: dict[str, Any] = {
         # One rank's linear_weight has a different D than its input: a local error there.
-        "D-local-mismatch": lambda: vocab_parallel_linear_cross_entropy(
+        "D-local-mismatch": lambda: linear_cross_entropy(
             x, torch.randn(size, d + (rank == last), dtype=torch.float64), y, process_group=group
         ),
         # One rank is consistent with itself but uses another D than the others.
-        "D-differs-across-ranks": lambda: vocab_parallel_linear_cross_entropy(
+        "D-differs-across-ranks": lambda: linear_cross_entropy(
             torch.randn(n, d + (rank == last), dtype=torch.float64),
             torch.randn(size, d + (rank == last), dtype=torch.float64),
             y,
             process_group=group,
         ),
-        "target-outside-vocab": lambda: vocab_parallel_cross_entropy(
+        "target-outside-vocab": lambda: cross_entropy(
             logits, torch.tensor([0, v, 1, 2]), process_group=group
         ),
-        "negative-target": lambda: vocab_parallel_linear_cross_entropy(
+        "negative-target": lambda: linear_cross_entropy(
             x, W, torch.tensor([0, -3, 1, 2]), process_group=group
         ),
-        "targets-differ": lambda: vocab_parallel_cross_entropy(
+        "targets-differ": lambda: cross_entropy(
             logits, torch.tensor([0, 1, 2, rank]), process_group=group
         ),
-        "smoothing-differs": lambda: vocab_parallel_cross_entropy(
+        "smoothing-differs": lambda: cross_entropy(
             logits, y, label_smoothing=0.1 * (rank == last), process_group=group
         ),
-        "reduction-bad-on-one-rank": lambda: vocab_parallel_cross_entropy(
+        "reduction-bad-on-one-rank": lambda: cross_entropy(
             logits, y, reduction="mean" if rank != last else "avg", process_group=group
         ),
-        "global-weight-vector": lambda: vocab_parallel_cross_entropy(
+        "global-weight-vector": lambda: cross_entropy(
             logits, y, weight=torch.ones(v, dtype=torch.float64), process_group=group
         ),
-        "dtype-differs": lambda: vocab_parallel_cross_entropy(
+        "dtype-differs": lambda: cross_entropy(
             logits.float() if rank == last else logits, y, process_group=group
         ),
-        "rows-differ": lambda: vocab_parallel_cross_entropy(
+        "rows-differ": lambda: cross_entropy(
             logits[: n - (rank == last)], y[: n - (rank == last)], process_group=group
         ),
         "different-functions": lambda: (
-            vocab_parallel_cross_entropy(logits, y, process_group=group)
+            cross_entropy(logits, y, process_group=group)
             if rank != last
-            else vocab_parallel_linear_cross_entropy(x, W, y, process_group=group)
+            else linear_cross_entropy(x, W, y, process_group=group)
         ),
-        "float-class-ids": lambda: vocab_parallel_cross_entropy(
-            logits, y.double(), process_group=group
-        ),
+        "float-class-ids": lambda: cross_entropy(logits, y.double(), process_group=group),
         # global_valid_count with float targets on one rank only: the others must not hang
         "count-float-target-one-rank": lambda: global_valid_count(
             y.double() if rank == last else y, process_group=group
@@ -145,7 +139,7 @@ def bad_cases(group: Any) -> dict[str, Any]:
         except Exception as exc:
             out[name] = (type(exc).__name__, str(exc))
     # The group must still be in step: a good call after all the bad ones.
-    loss = vocab_parallel_cross_entropy(logits, y, process_group=group)
+    loss = cross_entropy(logits, y, process_group=group)
     out["after"] = (float(loss), float(F.cross_entropy(full_logits, y)))
     return out
 
@@ -198,9 +192,7 @@ def logits_blocks(group: Any) -> dict[str, Any]:
     Head.logits = recording_logits  # type: ignore[method-assign]
     try:
         # reduction="none": the recomputing path, so the backward builds its blocks too
-        loss = vocab_parallel_linear_cross_entropy(
-            x, w, y, chunk_size=n, reduction="none", process_group=group
-        )
+        loss = linear_cross_entropy(x, w, y, chunk_size=n, reduction="none", process_group=group)
         loss.backward(torch.ones_like(loss))
     finally:
         Head.logits = real_logits  # type: ignore[method-assign]

@@ -348,10 +348,11 @@ def test_impl_triton_falls_back_for_float64_with_one_warning(monkeypatch):
     """What the kernels cannot run goes to the torch path, with one warning, never silently."""
     import warnings
 
-    from crossentropy.torch import _validation, linear_cross_entropy
-    from crossentropy.torch.parallel._vocab import _check_options
+    from crossentropy.torch import linear_cross_entropy
+    from crossentropy.torch._functional import _prepare_cross_entropy
+    from crossentropy.torch.engine import _checks
 
-    monkeypatch.setattr(_validation, "_FALLBACK_WARNED", set())
+    monkeypatch.setattr(_checks, "_FALLBACK_WARNED", set())
     x = torch.randn(6, 7, dtype=torch.float64)
     y = torch.tensor([0, 6, 2, -100, 3, 1])
     h, w = torch.randn(6, 4, dtype=torch.float64), torch.randn(7, 4, dtype=torch.float64)
@@ -371,15 +372,17 @@ def test_impl_triton_falls_back_for_float64_with_one_warning(monkeypatch):
         torch.testing.assert_close(first, ref, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(second, ref, rtol=1e-12, atol=1e-12)
     with pytest.warns(UserWarning, match="cannot handle process_group"):
-        _check_options("vocab_parallel_cross_entropy", -100, "mean", 0.0, 0.0, None, "triton")
+        # a group's call is checked on each rank before the ranks agree
+        _prepare_cross_entropy("cross_entropy", x, y, impl="triton", group=object())
 
 
 def test_impl_triton_falls_back_for_mixed_dtypes_and_float64_class_weights(monkeypatch):
     # The torch path computes in float64 when anything is float64 and takes mixed dtypes; the
     # kernels take one fp32/bf16/fp16 dtype. Those calls go to the torch path, with a warning.
-    from crossentropy.torch import _validation, linear_cross_entropy
+    from crossentropy.torch import linear_cross_entropy
+    from crossentropy.torch.engine import _checks
 
-    monkeypatch.setattr(_validation, "_FALLBACK_WARNED", set())
+    monkeypatch.setattr(_checks, "_FALLBACK_WARNED", set())
     g = torch.Generator().manual_seed(0)
     y = torch.tensor([0, 6, 2, -100, 3, 1])
     h = torch.randn(6, 4, generator=g)

@@ -1,6 +1,19 @@
 """PyTorch layer: torch-exact cross-entropy, fused linear cross-entropy, losses as nn.Modules.
 
 Import this package only when torch is installed (``pip install 'crossentropy[torch]'``).
+
+Three wings, imports running one way (public -> parallel -> engine). One pass per call::
+
+    linear_cross_entropy(input, linear_weight, target, ...)        _functional (public)
+      -> _dtensor.dtensor_call when an argument is a DTensor       parallel
+      -> _pass.execute:
+           prepare: the checks, once, into one PreparedCall         _functional, _validation
+           [process_group: parallel._vocab.agree]                  parallel
+           engine._dispatch.plan_call -> Plan                      engine
+           engine._run.run (or parallel._vocab.run) -> Result      engine
+           engine._run.reduce -> the loss                          engine
+
+``cross_entropy``, ``linear_logprobs`` and ``linear_distillation_loss`` take the same pass.
 """
 
 import torch.distributed as _dist
@@ -20,7 +33,7 @@ from crossentropy.torch._distill import linear_distillation_loss
 from crossentropy.torch._extras import bce_with_logits as binary_cross_entropy_with_logits
 from crossentropy.torch._extras import focal_loss
 from crossentropy.torch._functional import cross_entropy, linear_cross_entropy
-from crossentropy.torch._logprobs import LogProbs, linear_logprobs
+from crossentropy.torch._logprobs import linear_logprobs
 from crossentropy.torch._modules import (
     BCEWithLogitsLoss,
     CrossEntropyLoss,
@@ -28,7 +41,7 @@ from crossentropy.torch._modules import (
     LinearCrossEntropyLoss,
 )
 from crossentropy.torch.engine._dispatch import explain
-from crossentropy.torch.engine._reduce import CrossEntropyAux
+from crossentropy.torch.engine._reduce import CrossEntropyAux, LogProbs
 from crossentropy.torch.parallel._data import global_valid_count
 
 __all__ = [

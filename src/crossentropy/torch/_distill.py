@@ -8,7 +8,6 @@ divergence (and, for ``mean``/``sum``/``batchmean``, its gradients), and drops t
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -16,13 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from crossentropy.torch import _pass
 from crossentropy.torch import _validation as V
 from crossentropy.torch.engine import _dispatch as D
-from crossentropy.torch.engine import _ops
-from crossentropy.torch.engine._chunked import block_rows
 from crossentropy.torch.engine._gemm import resolve_precision
 from crossentropy.torch.engine._rowmath import DIVERGENCES, distill_blocks
-from crossentropy.torch.parallel import _dtensor as _sharded
+from crossentropy.torch.engine._run import PreparedCall
+from crossentropy.torch.parallel import _dtensor
 
 __all__ = [
     "DIVERGENCES",
@@ -77,22 +76,12 @@ def _head(
     return h, w, b
 
 
-class _Prepared:
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
-
-    plan: D.Plan
-    params: dict[str, Any]
-    slots: dict[str, Tensor | None]
-    shape: tuple[int, ...]
-    reduction: str
-    valid: Tensor | None
-    n_rows: int
-    batch: int
-
-
-def _prepare(fn: str, args: tuple[Any, ...], kw: dict[str, Any]) -> _Prepared:
+def _prepare(fn: str, args: tuple[Any, ...], kw: dict[str, Any], group: Any) -> PreparedCall:
     s_hidden, s_weight, t_hidden, t_weight = args
+    if group is not None and kw["vocab_size"] is not None:
+        raise ValueError(
+            f"{fn}: vocab_size is not supported with process_group (shard the heads instead)"
+        )
     divergence = kw["divergence"]
     if divergence not in DIVERGENCES:
         raise ValueError(
@@ -213,93 +202,45 @@ def _prepare(fn: str, args: tuple[Any, ...], kw: dict[str, Any]) -> _Prepared:
         "target": t_flat,
         "mask": m_flat,
     }
-    blocks = distill_blocks(divergence, beta, teacher_grad)
-    plan = D.plan(
-        fn,
-        kind="linear",
-        device=xs.device,
-        prec=prec,
-        dtypes_ok=None if prec.compute == torch.float32 else f"{prec.compute} inputs",
-        impl=kw["impl"],
-        memory=mem,
-        scalar=reduction != "none",
-        composable=V.composable_reason(xs, ws, bs, xt, wt, bt),
-        process_group=kw["process_group"],
-        native_ok=None,
-        triton_rows_ok="no Triton row kernel for distillation: torch row math",
-        rows=xs.shape[0],
-        vocab=vocab,
-        blocks=blocks,
-        chunk_size=chunk,
-    )
     valid = None
     if t_flat is not None:
         valid = t_flat != ignore
     if m_flat is not None:
         valid = m_flat if valid is None else valid & m_flat
-    return _Prepared(
-        plan=plan,
-        params=params,
+    return PreparedCall(
+        fn=fn,
+        math="distill",
+        kind="linear",
         slots=slots,
-        shape=shape,
+        params=params,
+        prec=prec,
         reduction=reduction,
+        out_shape=shape,
+        vocab=vocab,
+        blocks=distill_blocks(divergence, beta, teacher_grad),
+        impl=kw["impl"],
+        memory=mem,
+        chunk_size=chunk,
+        dtypes_ok=None if prec.compute == torch.float32 else f"{prec.compute} inputs",
+        triton_rows_ok="no Triton row kernel for distillation: torch row math",
+        composable=V.composable_reason(xs, ws, bs, xt, wt, bt),
+        id_range=vocab if t_flat is not None and hard > 0.0 else None,
         valid=valid,
-        n_rows=xs.shape[0],
         batch=shape[0] if shape else 1,
     )
 
 
-def _coefficients(prep: _Prepared, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Per-row weights of the scalar loss: sum, mean over counted rows, or / batch size."""
-    n = prep.n_rows
-    if prep.reduction == "sum":
-        return torch.ones(1, n, dtype=dtype, device=device)
-    if prep.reduction == "batchmean":
-        return torch.full((1, n), 1.0 / max(prep.batch, 1), dtype=dtype, device=device)
-    if prep.valid is None:
-        return torch.full((1, n), 1.0 / max(n, 1), dtype=dtype, device=device)
-    count = prep.valid.sum().to(dtype)
-    return (1.0 / torch.where(count > 0, count, 1.0)).expand(1, n)
-
-
-def _run(prep: _Prepared, group_name: str = "") -> Tensor:
-    plan = prep.plan
-    assert plan.precision is not None
-    target = prep.slots["target"]
-    w = prep.slots["w"]
-    assert w is not None
-    if target is not None and not group_name:
-        ids_ok = prep.params["hard_weight"] > 0.0
-        if ids_ok:
-            V.check_target_values(
-                "linear_distillation_loss", target, w.shape[0], prep.params["ignore_index"]
-            )
-    call = _ops.Call(
-        "distill",
-        tuple(sorted(prep.params.items())),
-        plan.precision,
-        plan.chunk or 1,
-        group=group_name,
-    )
-    if plan.engine == "plain":
-        (rows,) = _ops.reference_outputs(call, {**dict.fromkeys(_ops.SLOTS), **prep.slots})
-    elif prep.reduction == "none":
-        (rows,) = _ops.call_rows(call, prep.slots)
-    else:
-        x = prep.slots["x"]
-        assert x is not None
-        lin = _coefficients(prep, plan.precision.compute, x.device)
-        loss, _ = _ops.call_fused(call, prep.slots, lin, None)
-        return loss
-    if prep.reduction == "none":
-        return rows.reshape(prep.shape)
-    lin = _coefficients(prep, rows.dtype, rows.device)[0]
-    return (rows * lin).sum()
-
-
 @D.register_planner("linear_distillation_loss")
 def _plan(*args: Any, **kwargs: Any) -> D.Plan:
-    return _prepare("linear_distillation_loss", args, {**_DEFAULTS, **kwargs}).plan
+    kw = {**_DEFAULTS, **kwargs}
+    if kw["process_group"] is not None:
+        return D.Plan(
+            "linear_distillation_loss",
+            "vocab-parallel",
+            "fused" if kw["reduction"] != "none" else "rows",
+            reasons=("process_group given: vocab parallel over the torch engine",),
+        )
+    return D.plan_call(_prepare("linear_distillation_loss", args, kw, None))
 
 
 _DEFAULTS: dict[str, Any] = dict(
@@ -464,10 +405,10 @@ def linear_distillation_loss(
         chunk_size=chunk_size,
     )
     heads = (student_hidden, student_weight, teacher_hidden, teacher_weight)
-    if _sharded.any_dtensor((*heads, student_bias, teacher_bias, target, mask)):
-        return _sharded.dtensor_call(  # type: ignore[no-any-return]  # FSDP2 / tensor parallel
+    if _dtensor.any_dtensor((*heads, student_bias, teacher_bias, target, mask)):
+        return _dtensor.dtensor_call(  # type: ignore[no-any-return]  # FSDP2 / tensor parallel
             linear_distillation_loss,
-            _sharded.LINEAR_DISTILLATION,
+            _dtensor.LINEAR_DISTILLATION,
             dict(
                 zip(
                     ("student_hidden", "student_weight", "teacher_hidden", "teacher_weight"), heads
@@ -475,49 +416,8 @@ def linear_distillation_loss(
                 **kw,
             ),
         )
-    if process_group is None:
-        return _run(_prepare(fn, heads, kw))
-    return _vocab_parallel(fn, heads, kw)
-
-
-def _vocab_parallel(fn: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Tensor:
-    from crossentropy.torch.parallel import _vocab as VP
-
-    fn = f"{fn}(process_group=...)"
-
-    def prepare() -> tuple[_Prepared, dict[str, int]]:
-        if kw["vocab_size"] is not None:
-            raise ValueError(
-                f"{fn}: vocab_size is not supported with process_group (shard the heads instead)"
-            )
-        prep = _prepare(fn, args, kw)
-        ws, wt = prep.slots["w"], prep.slots["w2"]
-        x = prep.slots["x"]
-        assert ws is not None and wt is not None and x is not None
-        opts = VP.options_hash(*(v for _, v in sorted(prep.params.items())), prep.reduction)
-        fields = VP.shard_fields(
-            v_local=ws.shape[0],
-            x=x,
-            batch_shape=prep.shape,
-            target=prep.slots["target"],
-            ignore_index=int(prep.params["ignore_index"]),
-            grad_tensors=[x, ws, prep.slots["b"], prep.slots["x2"], wt],
-            options=opts,
-        )
-        return prep, fields
-
-    first = args[0] if isinstance(args[0], Tensor) else None
-    group, prep, layout = VP.agree_shards(
-        fn, kw["process_group"], "linear_distillation_loss", prepare, first
+    if process_group is not None:
+        fn = f"{fn}(process_group=...)"
+    return _pass.execute(  # type: ignore[no-any-return]
+        fn, lambda group: _prepare(fn, heads, kw, group), process_group
     )
-    prep.params["offset"] = layout.offset
-    if kw["chunk_size"] is None:
-        x = prep.slots["x"]
-        assert x is not None
-        budget = D.budget_bytes(D.check_memory(fn, kw["memory"]), x.device)
-        blocks = distill_blocks(
-            kw["divergence"], float(kw["beta"]), bool(kw["teacher_requires_grad"])
-        )
-        chunk = block_rows(x.shape[0], layout.v_max, budget=budget * blocks, blocks=blocks)
-        prep.plan = dataclasses.replace(prep.plan, chunk=chunk)
-    return _run(prep, group_name=group.group_name)

@@ -1,85 +1,32 @@
 """Public functional API: ``cross_entropy`` and ``linear_cross_entropy``.
 
-Each function checks its arguments, picks the row math, asks ``_dispatch.plan`` for an engine and
-runs it; none holds a chunk loop (those live in ``_engines``).
+Each function checks its arguments once, into one ``PreparedCall`` (its ``_prepare_*`` here), and
+hands it to ``_pass.execute``: plan, run, reduce. None holds a chunk loop (those live in
+``engine._chunked``).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crossentropy.torch import _pass
 from crossentropy.torch import _validation as V
 from crossentropy.torch.engine import _dispatch as D
-from crossentropy.torch.engine import _ops
-from crossentropy.torch.engine._gemm import Precision, autocast_dtype, resolve_precision
-from crossentropy.torch.engine._reduce import (
-    CrossEntropyAux,
-    count_rows,
-    reduce_rows,
-    row_coefficients,
-)
-from crossentropy.torch.parallel import _dtensor as _sharded
+from crossentropy.torch.engine._gemm import autocast_dtype, resolve_precision
+from crossentropy.torch.engine._reduce import CrossEntropyAux
+from crossentropy.torch.engine._run import PreparedCall
+from crossentropy.torch.parallel import _dtensor
+from crossentropy.torch.parallel import _vocab as VP
 
 __all__ = [
     "cross_entropy",
     "linear_cross_entropy",
 ]
-
-
-def _vocab_parallel() -> Any:
-    return importlib.import_module("crossentropy.torch.parallel._vocab")
-
-
-@dataclass
-class _Prepared:
-    """A checked call: its rows, options and plan."""
-
-    plan: D.Plan
-    x: Tensor
-    rows: V.Rows
-    weight: Tensor | None
-    ignore_index: int
-    eps: float
-    z_loss: float
-    softcap: float | None
-    reduction: str
-    return_aux: bool
-    w: Tensor | None = None
-    b: Tensor | None = None
-
-
-def _ce_params(
-    prep: _Prepared, num_classes: int, prec: Precision, **extra: Any
-) -> tuple[tuple[str, Any], ...]:
-    params: dict[str, Any] = {
-        "ignore_index": prep.ignore_index,
-        "label_smoothing": prep.eps,
-        "num_classes": num_classes,
-        "softcap": prep.softcap,
-    }
-    params.update(extra)
-    return tuple(sorted(params.items()))
-
-
-def _reduce(prep: _Prepared, ce: Tensor, lse: Tensor) -> Tensor | CrossEntropyAux:
-    return reduce_rows(
-        ce,
-        lse,
-        prep.rows.target,
-        weight=prep.weight,
-        ignore_index=prep.ignore_index,
-        reduction=prep.reduction,
-        z_loss=prep.z_loss,
-        return_aux=prep.return_aux,
-        out_shape=prep.rows.out_shape,
-    )
 
 
 def _check_common(
@@ -90,9 +37,12 @@ def _check_common(
     label_smoothing: object,
     z_loss: object,
     softcap: object,
+    group: Any,
 ) -> tuple[int, float, float, float | None]:
     V.check_reduction(fn, reduction)
     V.check_impl(fn, impl)
+    if group is not None and impl == "triton":
+        V.kernel_fallback(fn, "process_group (vocab parallel)")
     return V.check_options(
         fn,
         ignore_index=ignore_index,
@@ -102,8 +52,13 @@ def _check_common(
     )
 
 
-# ------------------------------------------------------------------------------------------------
-# cross_entropy
+def _ce_params(ignore: int, eps: float, num_classes: int, cap: float | None) -> dict[str, Any]:
+    return {
+        "ignore_index": ignore,
+        "label_smoothing": eps,
+        "num_classes": num_classes,
+        "softcap": cap,
+    }
 
 
 def _native_problem(
@@ -130,6 +85,7 @@ def _native_problem(
 
 
 def _prepare_cross_entropy(
+    fn: str,
     input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
@@ -140,81 +96,62 @@ def _prepare_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     return_aux: bool = False,
-    process_group: Any = None,
     impl: str = "auto",
-) -> _Prepared:
-    fn = "cross_entropy"
+    group: Any = None,
+) -> PreparedCall:
     ignore, eps, zl, cap = _check_common(
-        fn, reduction, impl, ignore_index, label_smoothing, z_loss, softcap
+        fn, reduction, impl, ignore_index, label_smoothing, z_loss, softcap, group
     )
     logits, rows = V.flatten_logits(fn, input, target)
-    V.check_weight(fn, weight, logits.shape[1])
-    if rows.is_prob:
-        V.check_prob_ignore_index(fn, ignore)
+    num_classes = logits.shape[1]
+    if group is not None:
+        weight = VP.check_shard(fn, rows, num_classes, ignore, weight, {"input": input})
+    else:
+        V.check_weight(fn, weight, num_classes)
+        if rows.is_prob:
+            V.check_prob_ignore_index(fn, ignore)
+    target_rows = rows.target if rows.is_prob else rows.target.long()
     prec = resolve_precision(
         logits.device, logits.dtype, weight.dtype if weight is not None else None, autocast=False
     )
-    native = _native_problem(logits, weight, rows.is_prob, zl, cap, return_aux)
-    plan = D.plan(
-        fn,
+    return PreparedCall(
+        fn=fn,
+        math="ce",
         kind="logits",
-        device=logits.device,
+        slots={"x": logits, "target": target_rows, "cweight": weight},
+        params=_ce_params(ignore, eps, num_classes, cap),
         prec=prec,
-        dtypes_ok=V.kernel_dtype_problem({"logits": logits}, weight),
-        impl=impl,
-        memory="auto",
-        scalar=False,
-        composable=V.composable_reason(logits, weight, target=rows.target),
-        process_group=process_group,
-        native_ok=native,
-        triton_rows_ok=None,
-        rows=logits.shape[0],
-        vocab=logits.shape[1],
+        reduction=reduction,
+        out_shape=rows.out_shape,
+        vocab=num_classes,
         blocks=2 if cap is not None else 1,
-        chunk_size=None,
+        impl=impl,
+        dtypes_ok=V.kernel_dtype_problem({"logits": logits}, weight),
+        native_ok=_native_problem(logits, weight, rows.is_prob, zl, cap, return_aux),
+        composable=V.composable_reason(logits, weight, target=rows.target),
+        id_range=None if rows.is_prob else num_classes,
+        weight=weight,
+        z_loss=zl,
+        return_aux=return_aux,
+        native=(input, target),
     )
-    return _Prepared(plan, logits, rows, weight, ignore, eps, zl, cap, reduction, return_aux)
+
+
+def _vocab_parallel_plan(fn: str) -> D.Plan:
+    # explain() runs no collectives: the agreement, and so the shard layout, needs every rank
+    return D.Plan(
+        fn,
+        "vocab-parallel",
+        "rows",
+        reasons=("process_group given: vocab parallel over the torch engine",),
+    )
 
 
 @D.register_planner("cross_entropy")
-def _plan_cross_entropy(*args: Any, **kwargs: Any) -> D.Plan:
-    if kwargs.get("process_group") is not None:
-        return D.Plan(
-            "cross_entropy",
-            "vocab-parallel",
-            "rows",
-            reasons=("process_group given: vocab parallel over the torch engine",),
-        )
-    return _prepare_cross_entropy(*args, **kwargs).plan
-
-
-def _native_cross_entropy(
-    input: Tensor, target: Tensor, prep: _Prepared, num_classes: int
-) -> Tensor:
-    """``F.cross_entropy`` itself, with one difference: an all-ignored (or zero-weight) ``mean``
-    gives 0, with zero gradients, instead of NaN."""
-    mean_of_ids = prep.reduction == "mean" and not prep.rows.is_prob
-    reduction = "sum" if mean_of_ids else prep.reduction
-    try:
-        loss = F.cross_entropy(
-            input,
-            target,
-            weight=prep.weight,
-            ignore_index=prep.ignore_index,
-            reduction=reduction,
-            label_smoothing=prep.eps,
-        )
-    except (IndexError, RuntimeError):
-        if not prep.rows.is_prob:
-            # name the bad class id as the other paths do (torch's message varies by device)
-            V.check_target_values("cross_entropy", prep.rows.target, num_classes, prep.ignore_index)
-        raise
-    if not mean_of_ids:
-        return loss
-    counts = count_rows(
-        prep.rows.target, weight=prep.weight, ignore_index=prep.ignore_index, dtype=loss.dtype
-    )
-    return loss / counts.denom
+def _plan_cross_entropy(*args: Any, process_group: Any = None, **kwargs: Any) -> D.Plan:
+    if process_group is not None:
+        return _vocab_parallel_plan("cross_entropy")
+    return D.plan_call(_prepare_cross_entropy("cross_entropy", *args, **kwargs))
 
 
 _NATIVE_DTYPES = (torch.float32, torch.float64)
@@ -379,10 +316,10 @@ def cross_entropy(
         and input.shape[0] > 0
     ):
         return _fast_cross_entropy(input, target, ignore_index, reduction, float(label_smoothing))
-    if _sharded.any_dtensor((input, target, weight)):  # FSDP2 / tensor parallel (_sharded)
-        return _sharded.dtensor_call(
+    if _dtensor.any_dtensor((input, target, weight)):  # FSDP2 / tensor parallel
+        return _dtensor.dtensor_call(
             cross_entropy,
-            _sharded.CROSS_ENTROPY,
+            _dtensor.CROSS_ENTROPY,
             dict(
                 input=input,
                 target=target,
@@ -397,53 +334,25 @@ def cross_entropy(
                 impl=impl,
             ),
         )
-    if process_group is not None:
-        return _vocab_parallel().vocab_parallel_cross_entropy(  # type: ignore[no-any-return]
+    fn = "cross_entropy" if process_group is None else "cross_entropy(process_group=...)"
+    return _pass.execute(  # type: ignore[no-any-return]
+        fn,
+        lambda group: _prepare_cross_entropy(
+            fn,
             input,
             target,
-            weight=weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
+            weight,
+            ignore_index,
+            reduction,
+            label_smoothing,
             z_loss=z_loss,
             softcap=softcap,
             return_aux=return_aux,
-            process_group=process_group,
             impl=impl,
-        )
-    prep = _prepare_cross_entropy(
-        input,
-        target,
-        weight,
-        ignore_index,
-        reduction,
-        label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        return_aux=return_aux,
-        impl=impl,
+            group=group,
+        ),
+        process_group,
     )
-    logits, rows, plan = prep.x, prep.rows, prep.plan
-    num_classes = logits.shape[1]
-    if plan.engine == "native":
-        return _native_cross_entropy(input, target, prep, num_classes)
-    if not rows.is_prob:
-        V.check_target_values("cross_entropy", rows.target, num_classes, prep.ignore_index)
-    prec = plan.precision
-    assert prec is not None
-    if plan.engine == "plain":
-        call = _ops.Call("ce", _ce_params(prep, num_classes, prec), prec, 1)
-        slots = {"x": logits, "target": rows.target, "cweight": prep.weight}
-        ce, lse = _ops.reference_outputs(call, {**dict.fromkeys(_ops.SLOTS), **slots})
-        return _reduce(prep, ce, lse)
-    if plan.engine == "triton-softmax":
-        call = _ops.Call("ce", _ce_params(prep, num_classes, prec), prec, 1, rows="triton")
-        ce, lse = _ops.call_triton_ce(call, logits, None, None, rows.target, prep.weight)
-        return _reduce(prep, ce, lse)
-    assert plan.chunk is not None
-    call = _ops.Call("ce", _ce_params(prep, num_classes, prec), prec, plan.chunk)
-    ce, lse = _ops.call_rows(call, {"x": logits, "target": rows.target, "cweight": prep.weight})
-    return _reduce(prep, ce, lse)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -451,6 +360,7 @@ def cross_entropy(
 
 
 def _prepare_linear(
+    fn: str,
     input: Tensor,
     linear_weight: Tensor,
     target: Tensor,
@@ -463,22 +373,25 @@ def _prepare_linear(
     z_loss: float = 0.0,
     softcap: float | None = None,
     return_aux: bool = False,
-    process_group: Any = None,
     impl: str = "auto",
     chunk_size: int | None = None,
     memory: str | int = "auto",
-) -> _Prepared:
-    fn = "linear_cross_entropy"
+    group: Any = None,
+) -> PreparedCall:
     ignore, eps, zl, cap = _check_common(
-        fn, reduction, impl, ignore_index, label_smoothing, z_loss, softcap
+        fn, reduction, impl, ignore_index, label_smoothing, z_loss, softcap, group
     )
     chunk = V.check_chunk_size(fn, chunk_size)
     mem = D.check_memory(fn, memory)
     x, rows = V.flatten_linear(fn, input, linear_weight, target, linear_bias)
     vocab = linear_weight.shape[0]
-    V.check_weight(fn, weight, vocab)
-    if rows.is_prob:
-        V.check_prob_ignore_index(fn, ignore)
+    if group is not None:
+        tensors = {"input": input, "linear_weight": linear_weight, "linear_bias": linear_bias}
+        weight = VP.check_shard(fn, rows, vocab, ignore, weight, tensors)
+    else:
+        V.check_weight(fn, weight, vocab)
+        if rows.is_prob:
+            V.check_prob_ignore_index(fn, ignore)
     prec = resolve_precision(
         x.device,
         x.dtype,
@@ -496,98 +409,41 @@ def _prepare_linear(
         )
     else:
         dtypes_ok = V.kernel_dtype_problem({}, weight)
-    scalar = reduction != "none" and not return_aux
-    plan = D.plan(
-        fn,
+    target_rows = rows.target if rows.is_prob else rows.target.long()
+    return PreparedCall(
+        fn=fn,
+        math="ce",
         kind="linear",
-        device=x.device,
+        slots={
+            "x": x,
+            "w": linear_weight,
+            "b": linear_bias,
+            "target": target_rows,
+            "cweight": weight,
+        },
+        params=_ce_params(ignore, eps, vocab, cap),
         prec=prec,
-        dtypes_ok=dtypes_ok,
-        impl=impl,
-        memory=mem,
-        scalar=scalar,
-        composable=V.composable_reason(x, linear_weight, linear_bias, weight, target=rows.target),
-        process_group=process_group,
-        native_ok=None,
-        triton_rows_ok=None,
-        rows=x.shape[0],
+        reduction=reduction,
+        out_shape=rows.out_shape,
         vocab=vocab,
         blocks=2 if cap is not None else 1,
+        impl=impl,
+        memory=mem,
         chunk_size=chunk,
-    )
-    return _Prepared(
-        plan,
-        x,
-        rows,
-        weight,
-        ignore,
-        eps,
-        zl,
-        cap,
-        reduction,
-        return_aux,
-        linear_weight,
-        linear_bias,
+        dtypes_ok=dtypes_ok,
+        composable=V.composable_reason(x, linear_weight, linear_bias, weight, target=rows.target),
+        id_range=None if rows.is_prob else vocab,
+        weight=weight,
+        z_loss=zl,
+        return_aux=return_aux,
     )
 
 
 @D.register_planner("linear_cross_entropy")
-def _plan_linear(*args: Any, **kwargs: Any) -> D.Plan:
-    if kwargs.get("process_group") is not None:
-        return D.Plan(
-            "linear_cross_entropy",
-            "vocab-parallel",
-            "rows",
-            reasons=("process_group given: vocab parallel over the torch engine",),
-        )
-    return _prepare_linear(*args, **kwargs).plan
-
-
-def _run_linear_ce(prep: _Prepared) -> Tensor | CrossEntropyAux:
-    """Run a prepared linear cross-entropy call on its engine (also used by ``hf``)."""
-    plan, x, rows, w, b = prep.plan, prep.x, prep.rows, prep.w, prep.b
-    assert w is not None
-    vocab = w.shape[0]
-    if not rows.is_prob:
-        V.check_target_values("linear_cross_entropy", rows.target, vocab, prep.ignore_index)
-    prec = plan.precision
-    assert prec is not None
-    slots: dict[str, Tensor | None] = {
-        "x": x,
-        "w": w,
-        "b": b,
-        "target": rows.target,
-        "cweight": prep.weight,
-    }
-    if plan.engine == "plain":
-        call = _ops.Call("ce", _ce_params(prep, vocab, prec), prec, 1)
-        ce, lse = _ops.reference_outputs(call, {**dict.fromkeys(_ops.SLOTS), **slots})
-        return _reduce(prep, ce, lse)
-    if plan.engine == "triton-lowmem":
-        call = _ops.Call("ce", _ce_params(prep, vocab, prec), prec, 1, rows="triton")
-        op = prec.operand
-        # under autocast the kernel reads the operands cast to the autocast dtype (as F.linear);
-        # the casts are ordinary autograd ops, so each gradient returns in its input's dtype
-        xo, wo = x.to(op), w.to(op)
-        bo = b.to(op) if b is not None else None
-        ce, lse = _ops.call_triton_ce(call, xo, wo, bo, rows.target, prep.weight)
-        return _reduce(prep, ce, lse)
-    assert plan.chunk is not None
-    call = _ops.Call("ce", _ce_params(prep, vocab, prec), prec, plan.chunk, rows=plan.rows)
-    if plan.mode == "rows":
-        ce, lse = _ops.call_rows(call, slots)
-        return _reduce(prep, ce, lse)
-    counts = count_rows(
-        rows.target, weight=prep.weight, ignore_index=prep.ignore_index, dtype=prec.compute
-    )
-    coef, zcoef = row_coefficients(
-        counts, reduction=prep.reduction, z_loss=prep.z_loss, dtype=prec.compute
-    )
-    zeros = torch.zeros_like(coef)
-    lin = torch.stack([coef, zeros])
-    quad = torch.stack([zeros, zcoef]) if zcoef is not None else None
-    loss, _ = _ops.call_fused(call, slots, lin, quad)
-    return loss
+def _plan_linear(*args: Any, process_group: Any = None, **kwargs: Any) -> D.Plan:
+    if process_group is not None:
+        return _vocab_parallel_plan("linear_cross_entropy")
+    return D.plan_call(_prepare_linear("linear_cross_entropy", *args, **kwargs))
 
 
 @overload
@@ -710,10 +566,10 @@ def linear_cross_entropy(
         >>> bool(torch.allclose(ours, ref))
         True
     """
-    if _sharded.any_dtensor((input, linear_weight, target, linear_bias, weight)):
-        return _sharded.dtensor_call(  # FSDP2 / tensor parallel (_sharded)
+    if _dtensor.any_dtensor((input, linear_weight, target, linear_bias, weight)):
+        return _dtensor.dtensor_call(  # FSDP2 / tensor parallel
             linear_cross_entropy,
-            _sharded.LINEAR_CROSS_ENTROPY,
+            _dtensor.LINEAR_CROSS_ENTROPY,
             dict(
                 input=input,
                 linear_weight=linear_weight,
@@ -732,8 +588,13 @@ def linear_cross_entropy(
                 memory=memory,
             ),
         )
+    fn = "linear_cross_entropy"
     if process_group is not None:
-        return _vocab_parallel().vocab_parallel_linear_cross_entropy(  # type: ignore[no-any-return]
+        fn = "linear_cross_entropy(process_group=...)"
+    return _pass.execute(  # type: ignore[no-any-return]
+        fn,
+        lambda group: _prepare_linear(
+            fn,
             input,
             linear_weight,
             target,
@@ -745,24 +606,10 @@ def linear_cross_entropy(
             z_loss=z_loss,
             softcap=softcap,
             return_aux=return_aux,
-            process_group=process_group,
             impl=impl,
             chunk_size=chunk_size,
-        )
-    prep = _prepare_linear(
-        input,
-        linear_weight,
-        target,
-        linear_bias=linear_bias,
-        weight=weight,
-        reduction=reduction,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        return_aux=return_aux,
-        impl=impl,
-        chunk_size=chunk_size,
-        memory=memory,
+            memory=memory,
+            group=group,
+        ),
+        process_group,
     )
-    return _run_linear_ce(prep)

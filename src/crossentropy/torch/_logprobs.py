@@ -7,38 +7,26 @@ sampled tokens under the policy, and often the per-token entropy. Built on the s
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from crossentropy.torch import _pass
 from crossentropy.torch import _validation as V
 from crossentropy.torch.engine import _dispatch as D
-from crossentropy.torch.engine import _ops
-from crossentropy.torch.engine._chunked import block_rows
 from crossentropy.torch.engine._gemm import Precision, exact_fp32, resolve_precision
+from crossentropy.torch.engine._reduce import LogProbs
 from crossentropy.torch.engine._rowmath import logprob_blocks
-from crossentropy.torch.parallel import _dtensor as _sharded
+from crossentropy.torch.engine._run import PreparedCall
+from crossentropy.torch.parallel import _dtensor
 
 __all__ = [
     "LogProbs",
     "linear_logprobs",
 ]
-
-
-class LogProbs(NamedTuple):
-    """Returned by :func:`linear_logprobs` with ``return_entropy=True``.
-
-    Attributes:
-        logprobs: log p(target) per position, float32 (float64 for float64 inputs), <= 0.
-        entropy: the entropy of each position's distribution, in nats, >= 0.
-    """
-
-    logprobs: Tensor
-    entropy: Tensor
 
 
 def _positive_float(fn: str, name: str, value: object) -> float:
@@ -69,14 +57,6 @@ def _check_values(fn: str, name: str, ok: Tensor, what: str) -> None:
         torch._assert_async(ok.all(), f"{fn}: {name} must be {what}")
 
 
-class _Prepared(NamedTuple):
-    plan: D.Plan
-    call_params: tuple[tuple[str, Any], ...]
-    slots: dict[str, Tensor | None]
-    shape: tuple[int, ...]
-    entropy: bool
-
-
 def _prepare(
     fn: str,
     hidden: object,
@@ -96,8 +76,8 @@ def _prepare(
     impl: object,
     memory: object,
     chunk_size: object,
-    process_group: Any,
-) -> _Prepared:
+    group: Any,
+) -> PreparedCall:
     V.check_impl(fn, impl)
     ignore, _, _, cap = V.check_options(
         fn, ignore_index=ignore_index, label_smoothing=0.0, z_loss=0.0, softcap=softcap
@@ -164,7 +144,7 @@ def _prepare(
     kept = any(slots.get(k) is not None for k in ("top_k", "top_p", "allowed")) or any(
         params.get(k) is not None for k in ("top_k", "top_p")
     )
-    if process_group is not None and kept:
+    if group is not None and kept:
         raise ValueError(
             f"{fn}: top_k, top_p and allowed need whole vocabulary rows (a global sort); they "
             "are not supported with process_group"
@@ -175,32 +155,40 @@ def _prepare(
         prec = exact_fp32(x.device, x.dtype, w.dtype, b.dtype if b is not None else None)
     else:
         prec = resolve_precision(x.device, x.dtype, w.dtype, b.dtype if b is not None else None)
-    blocks = logprob_blocks(bool(return_entropy), cap is not None, kept)
-    plan = D.plan(
-        fn,
+    return PreparedCall(
+        fn=fn,
+        math="logprob",
         kind="linear",
-        device=x.device,
+        slots=slots,
+        params=params,
         prec=prec,
-        dtypes_ok=None if prec.compute == torch.float32 else f"{prec.compute} inputs",
+        reduction="none",
+        out_shape=shape,
+        vocab=vocab,
+        blocks=logprob_blocks(bool(return_entropy), cap is not None, kept),
         impl=str(impl),
         memory=mem,
-        scalar=False,
-        composable=V.composable_reason(x, w, b, target=rows.target),
-        process_group=process_group,
-        native_ok=None,
-        triton_rows_ok="no Triton row kernel for log-probabilities: torch row math",
-        rows=x.shape[0],
-        vocab=vocab,
-        blocks=blocks,
         chunk_size=chunk,
+        dtypes_ok=None if prec.compute == torch.float32 else f"{prec.compute} inputs",
+        triton_rows_ok="no Triton row kernel for log-probabilities: torch row math",
+        composable=V.composable_reason(x, w, b, target=rows.target),
+        id_range=vocab,
+        entropy=bool(return_entropy),
     )
-    return _Prepared(plan, tuple(sorted(params.items())), slots, shape, bool(return_entropy))
 
 
 @D.register_planner("linear_logprobs")
 def _plan(*args: Any, **kwargs: Any) -> D.Plan:
     kw = {**_DEFAULTS, **kwargs}
-    return _prepare("linear_logprobs", *args, **kw).plan
+    group = kw.pop("process_group")
+    if group is not None:
+        return D.Plan(
+            "linear_logprobs",
+            "vocab-parallel",
+            "rows",
+            reasons=("process_group given: vocab parallel over the torch engine",),
+        )
+    return D.plan_call(_prepare("linear_logprobs", *args, group=None, **kw))
 
 
 _DEFAULTS: dict[str, Any] = dict(
@@ -219,26 +207,6 @@ _DEFAULTS: dict[str, Any] = dict(
     chunk_size=None,
     process_group=None,
 )
-
-
-def _run(prep: _Prepared, group_name: str = "") -> Tensor | LogProbs:
-    plan, slots = prep.plan, prep.slots
-    target = slots["target"]
-    w = slots["w"]
-    assert target is not None and w is not None and plan.precision is not None
-    if not group_name:
-        V.check_target_values(
-            "linear_logprobs", target, w.shape[0], dict(prep.call_params)["ignore_index"]
-        )
-    call = _ops.Call("logprob", prep.call_params, plan.precision, plan.chunk or 1, group=group_name)
-    if plan.engine == "plain":
-        outs = _ops.reference_outputs(call, {**dict.fromkeys(_ops.SLOTS), **slots})
-    else:
-        outs = _ops.call_rows(call, slots)
-    outs = [o.reshape(prep.shape) for o in outs]
-    if prep.entropy:
-        return LogProbs(outs[0], outs[1])
-    return outs[0]
 
 
 @overload
@@ -410,61 +378,18 @@ def linear_logprobs(
         memory=memory,
         chunk_size=chunk_size,
     )
-    if _sharded.any_dtensor((hidden, weight, target, bias, temperature, top_k, top_p, allowed)):
-        return _sharded.dtensor_call(  # type: ignore[no-any-return]  # FSDP2 / tensor parallel
+    if _dtensor.any_dtensor((hidden, weight, target, bias, temperature, top_k, top_p, allowed)):
+        return _dtensor.dtensor_call(  # type: ignore[no-any-return]  # FSDP2 / tensor parallel
             linear_logprobs,
-            _sharded.LINEAR_LOGPROBS,
+            _dtensor.LINEAR_LOGPROBS,
             dict(
                 hidden=hidden, weight=weight, target=target, process_group=process_group, **kwargs
             ),
         )
     if process_group is not None:
-        return _vocab_parallel_logprobs(fn, hidden, weight, target, process_group, kwargs)
-    return _run(_prepare(fn, hidden, weight, target, process_group=None, **kwargs))
-
-
-def _vocab_parallel_logprobs(
-    fn: str, hidden: Any, weight: Any, target: Any, group: Any, kwargs: dict[str, Any]
-) -> Tensor | LogProbs:
-    from crossentropy.torch.parallel import _vocab as VP
-
-    fn = f"{fn}(process_group=...)"
-
-    def prepare() -> tuple[_Prepared, dict[str, int]]:
-        prep = _prepare(fn, hidden, weight, target, process_group=group, **kwargs)
-        x = prep.slots["x"]
-        w = prep.slots["w"]
-        assert x is not None and w is not None
-        opts = VP.options_hash(*(v for _, v in prep.call_params), bool(kwargs["fp32_head"]))
-        fields = VP.shard_fields(
-            v_local=w.shape[0],
-            x=x,
-            batch_shape=prep.shape,
-            target=prep.slots["target"],
-            ignore_index=int(dict(prep.call_params)["ignore_index"]),
-            grad_tensors=[x, w, prep.slots["b"]],
-            options=opts,
-        )
-        return prep, fields
-
-    g, prep, layout = VP.agree_shards(
-        fn, group, "linear_logprobs", prepare, hidden if isinstance(hidden, Tensor) else None
+        fn = f"{fn}(process_group=...)"
+    return _pass.execute(  # type: ignore[no-any-return]
+        fn,
+        lambda group: _prepare(fn, hidden, weight, target, group=group, **kwargs),
+        process_group,
     )
-    # this rank's classes start at layout.offset; every rank runs the same number of blocks (each
-    # block all-reduces its row statistics), so blocks are sized by the largest shard
-    params = dict(prep.call_params)
-    params["offset"] = layout.offset
-    chunk = prep.plan.chunk
-    if kwargs["chunk_size"] is None:
-        x = prep.slots["x"]
-        assert x is not None and prep.plan.precision is not None
-        budget = D.budget_bytes(D.check_memory(fn, kwargs["memory"]), x.device)
-        blocks = logprob_blocks(
-            bool(kwargs["return_entropy"]), kwargs["softcap"] is not None, False
-        )
-        chunk = block_rows(x.shape[0], layout.v_max, budget=budget * blocks, blocks=blocks)
-    prep = prep._replace(
-        call_params=tuple(sorted(params.items())),
-        plan=dataclasses.replace(prep.plan, chunk=chunk),
-    )
-    return _run(prep, group_name=g.group_name)

@@ -37,12 +37,15 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from crossentropy.torch.engine._gemm import Precision
+
+if TYPE_CHECKING:
+    from crossentropy.torch.engine._run import PreparedCall
 
 __all__ = [
     "MEMORY_MODES",
@@ -51,6 +54,7 @@ __all__ = [
     "check_memory",
     "explain",
     "plan",
+    "plan_call",
     "triton_available",
 ]
 
@@ -223,7 +227,7 @@ def plan(
     if want_triton:
         triton_why = dtypes_ok if dtypes_ok is not None else triton_rows_ok
         if triton_why is not None and impl == "triton":
-            from crossentropy.torch._validation import kernel_fallback
+            from crossentropy.torch.engine._checks import kernel_fallback
 
             kernel_fallback(fn, triton_why, stacklevel=5)
         elif triton_why is None:
@@ -275,6 +279,30 @@ def plan(
     else:
         reasons.append("per-row outputs: the backward recomputes each block (8NDV)")
     return Plan(fn, "chunked", mode, prec, chunk(), "torch", tuple(reasons))
+
+
+def plan_call(call: PreparedCall) -> Plan:
+    """The engine for a prepared call (:func:`plan` with the call's own fields)."""
+    x = call.slots["x"]
+    assert x is not None
+    return plan(
+        call.fn,
+        kind=call.kind,
+        device=x.device,
+        prec=call.prec,
+        dtypes_ok=call.dtypes_ok,
+        impl=call.impl,
+        memory=call.memory,
+        scalar=call.scalar,
+        composable=call.composable,
+        process_group=call.group,
+        native_ok=call.native_ok,
+        triton_rows_ok=call.triton_rows_ok,
+        rows=x.shape[0],
+        vocab=call.vocab,
+        blocks=call.blocks,
+        chunk_size=call.chunk_size,
+    )
 
 
 # ------------------------------------------------------------------------------------------------

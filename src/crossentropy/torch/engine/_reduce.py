@@ -23,6 +23,7 @@ from torch import Tensor
 __all__ = [
     "Counts",
     "CrossEntropyAux",
+    "LogProbs",
     "count_rows",
     "reduce_rows",
     "row_coefficients",
@@ -43,6 +44,18 @@ class CrossEntropyAux(NamedTuple):
     lse: Tensor
     z_loss: Tensor
     n_valid: Tensor
+
+
+class LogProbs(NamedTuple):
+    """Returned by :func:`~crossentropy.torch.linear_logprobs` with ``return_entropy=True``.
+
+    Attributes:
+        logprobs: log p(target) per position, float32 (float64 for float64 inputs), <= 0.
+        entropy: the entropy of each position's distribution, in nats, >= 0.
+    """
+
+    logprobs: Tensor
+    entropy: Tensor
 
 
 class Counts(NamedTuple):

@@ -44,11 +44,11 @@ and ``linear_distillation_loss``) and make its first lines
 
     def linear_distillation_loss(student_hidden, student_weight, teacher_hidden, teacher_weight,
                                  *, ..., process_group=None, ...):
-        if _sharded.any_dtensor((student_hidden, student_weight, teacher_hidden, teacher_weight,
+        if _dtensor.any_dtensor((student_hidden, student_weight, teacher_hidden, teacher_weight,
                                  student_bias, teacher_bias, target, mask)):
-            return _sharded.dtensor_call(
+            return _dtensor.dtensor_call(
                 linear_distillation_loss,
-                _sharded.LINEAR_DISTILLATION,
+                _dtensor.LINEAR_DISTILLATION,
                 dict(student_hidden=student_hidden, ..., process_group=process_group, ...),
             )
         ...

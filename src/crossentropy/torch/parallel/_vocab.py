@@ -16,11 +16,16 @@ Forward, per row (all in fp32, or fp64 for fp64 inputs), with ``z`` the (soft-ca
     lse     = M + log S
 
 so a call costs one small all-gather of metadata plus two all-reduces of ``N`` and ``N x k`` floats
-(``k <= 4``), whatever the vocabulary size. The backward of :func:`vocab_parallel_cross_entropy`
-needs no communication (each rank owns the gradient of its own logits); the backward of
-:func:`vocab_parallel_linear_cross_entropy` all-reduces ``dL/d input`` (``N x D``), because every
-rank's shard contributes a partial sum ``dz_r @ W_r`` to it, while ``dL/d linear_weight`` and
-``dL/d linear_bias`` stay local to their shard.
+(``k <= 4``), whatever the vocabulary size. The backward of ``cross_entropy(process_group=...)``
+needs no communication (each rank owns the gradient of its own logits); the backward of the
+linear losses all-reduces ``dL/d input`` (``N x D``), because every rank's shard contributes a
+partial sum ``dz_r @ W_r`` to it, while ``dL/d linear_weight`` and ``dL/d linear_bias`` stay local
+to their shard.
+
+This module holds only what is specific to vocabulary shards: the cross-rank argument agreement
+(:func:`agree`, which every public loss's prepared call passes through when it is given a
+``process_group``) and the shard's run (:func:`run`: the engine with the group's all-reduces as
+its ``Merge``, see ``engine._ops``).
 
 Memory per rank: the logits path keeps the caller's ``N x V_r`` logits and builds fp32 copies one
 chunk of rows at a time; the linear path never holds more than ``chunk_size x V_r`` logits (forward
@@ -37,21 +42,23 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from crossentropy.torch import _validation as V
-from crossentropy.torch.engine._reduce import Counts, CrossEntropyAux, reduce_rows, row_coefficients
+from crossentropy.torch.engine import _run as R
+from crossentropy.torch.engine._dispatch import Plan
+from crossentropy.torch.engine._reduce import Counts
 
 __all__ = [
-    "vocab_parallel_cross_entropy",
-    "vocab_parallel_linear_cross_entropy",
+    "agree",
+    "check_shard",
+    "run",
 ]
 
-_REDUCTIONS = V.REDUCTIONS
+_REDUCTIONS = ("mean", "sum", "none", "batchmean")
 _DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _CALL_LOGITS = 0x5643_4531  # "VCE1": tells the ranks apart if they call different functions
 _CALL_LINEAR = 0x564C_4531  # "VLE1"
@@ -62,41 +69,19 @@ _CALL_NAMES = {
 
 
 # ----------------------------------------------------------------------------------------------
-# Argument checks (local; their errors travel through the metadata exchange). The generic ones
-# are the single-process layer's; these add what only a shard needs.
+# What only a shard needs checked (the public function checks the rest, for any call)
 
 
-def _check_options(
+def check_shard(
     fn: str,
-    ignore_index: Any,
-    reduction: Any,
-    label_smoothing: Any,
-    z_loss: Any,
-    softcap: Any,
-    impl: Any,
-) -> tuple[int, float, float, float | None]:
-    V.check_reduction(fn, reduction)
-    V.check_impl(fn, impl)
-    if impl == "triton":
-        V.kernel_fallback(fn, "process_group (vocab parallel)")
-    return V.check_options(
-        fn,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-    )
-
-
-def _check_shard(
-    fn: str,
-    rows: V.Rows,
+    rows: Any,
     v_local: int,
     ignore_index: int,
     weight: Any,
     tensors: dict[str, Tensor | None],
 ) -> Tensor | None:
-    """Checks the single-process layer does not need: dtypes, devices, the weight shard."""
+    """This rank's shard: not empty, floating dtypes the engines take, one device, and class
+    weights that are this shard's (shape (V_local,)), not the global vector."""
     if v_local < 1:
         raise ValueError(f"{fn}: this rank's shard of the vocabulary is empty (V_local = 0)")
     device = tensors["input"].device if tensors["input"] is not None else None
@@ -108,14 +93,23 @@ def _check_shard(
     for name, t in {**tensors, "target": rows.target, "weight": weight}.items():
         if isinstance(t, Tensor) and t.device != device:
             raise ValueError(f"{fn}: {name} is on {t.device} but input is on {device}")
-    if rows.is_prob:
-        V.check_prob_ignore_index(fn, ignore_index)
-    if weight is not None and isinstance(weight, Tensor) and weight.shape != (v_local,):
+    if rows.is_prob and ignore_index != -100:
+        raise ValueError(
+            f"{fn}: ignore_index applies to class-index targets only; got ignore_index="
+            f"{ignore_index} with probability targets (leave it at -100)"
+        )
+    if weight is None:
+        return None
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{fn}: weight must be a torch.Tensor; got {type(weight).__name__}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{fn}: weight must be a floating-point tensor; got dtype {weight.dtype}")
+    if weight.shape != (v_local,):
         raise ValueError(
             f"{fn}: weight must be this rank's shard of the class weights, shape (V_local,) = "
             f"({v_local},); got shape {tuple(weight.shape)}"
         )
-    return V.check_weight(fn, weight, v_local)
+    return weight
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,30 +317,6 @@ def _option_fields(
     }
 
 
-def agree_shards(
-    fn: str,
-    process_group: Any,
-    call_name: str,
-    prepare: Callable[[], tuple[Any, dict[str, int]]],
-    like: Tensor | None,
-) -> tuple[dist.ProcessGroup, Any, _Layout]:
-    """Metadata agreement for any vocab-parallel function (log-probabilities, distillation).
-
-    ``prepare()`` checks this rank's arguments and returns ``(prepared, fields)``, where
-    ``fields`` holds ``v_local``, ``features``, ``rows``, ``batch_shape``, ``dtype``,
-    ``grad_flags``, the ``_target_fields`` and ``options`` (a hash of every scalar option); the
-    other fields default to 0. A local error is raised on this rank and reported on the others,
-    so no rank is left waiting in a collective. Returns ``(group, prepared, layout)``.
-    """
-    group = _check_group(fn, process_group)
-    call = 0x5643_0000 + (sum(map(ord, call_name)) & 0xFFFF)
-    _CALL_NAMES.setdefault(call, call_name)
-    prepared, error = _guard(prepare)
-    fields = None if prepared is None else prepared[1]
-    layout = _agree(fn, group, call, fields, error, like)
-    return group, prepared[0], layout
-
-
 def options_hash(*values: object) -> int:
     """A stable 61-bit hash of scalar options (floats by their bits), for ``agree_shards``."""
     h = len(values)
@@ -401,7 +371,7 @@ def shard_fields(
 
 
 def _shard_counts(
-    rows: V.Rows,
+    target: Tensor,
     weight: Tensor | None,
     layout: _Layout,
     ignore_index: int,
@@ -410,10 +380,9 @@ def _shard_counts(
 ) -> Counts:
     """The ``mean`` divisors: sum of the *global* w[y] over counted rows (all-reduced when the class
     weights are sharded), or the number of counted rows."""
-    target = rows.target
     n = target.shape[0]
     one = torch.ones((), dtype=dtype, device=target.device)
-    if rows.is_prob:
+    if target.is_floating_point():
         valid = torch.ones(n, dtype=torch.bool, device=target.device)
         denom = torch.full((), float(max(n, 1)), dtype=dtype, device=target.device)
         nv = torch.tensor(n, dtype=torch.int64, device=target.device)
@@ -470,10 +439,9 @@ class _CopyToShards(torch.autograd.Function):
 
 def _plain_shard_rows(
     logits: Tensor,
-    rows: V.Rows,
+    target: Tensor,
     weight: Tensor | None,
-    layout: _Layout,
-    ignore_index: int,
+    v_total: int,
     eps: float,
     softcap: float | None,
     group: Any,
@@ -490,9 +458,9 @@ def _plain_shard_rows(
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
     se = _SumShards.apply(torch.exp(z - m.unsqueeze(1)).sum(1), group)
     lse = m + torch.log(se)
-    q = rows.target.to(comp)
+    q = target.to(comp)
     if eps > 0.0:
-        q = q * (1.0 - eps) + eps / layout.v_total
+        q = q * (1.0 - eps) + eps / v_total
     a = q * weight.to(comp) if weight is not None else q
     # ce = A lse - sum_c a_c z_c, both sums over the whole vocabulary: each rank's d ce / d lse is
     # then the global A (0 * (-inf) on masked classes without target mass read as 0)
@@ -501,117 +469,66 @@ def _plain_shard_rows(
     return big_a * lse - a_z, lse
 
 
-def _run_shards(
-    fn: str,
-    *,
-    group: dist.ProcessGroup,
-    layout: _Layout,
-    x: Tensor,
-    w: Tensor | None,
-    b: Tensor | None,
-    rows: V.Rows,
-    weight: Tensor | None,
-    ignore_index: int,
-    eps: float,
-    z_loss: float,
-    softcap: float | None,
-    reduction: str,
-    return_aux: bool,
-    chunk_size: int | None,
-) -> Tensor | CrossEntropyAux:
-    """One vocab-parallel cross-entropy call on the torch engine, all-reducing over ``group``."""
-    from crossentropy.torch.engine import _dispatch as D
-    from crossentropy.torch.engine import _ops
-    from crossentropy.torch.engine._gemm import resolve_precision
-
-    dtypes = [x.dtype, w.dtype if w is not None else None, b.dtype if b is not None else None]
-    prec = resolve_precision(
-        x.device, *dtypes, weight.dtype if weight is not None else None, autocast=w is not None
-    )
-    weight_total = layout.weight_sum
-    target = rows.target
-    if rows.is_prob and target.requires_grad and torch.is_grad_enabled():
-        # plain differentiable ops on this shard (the logits materialised once per rank)
-        comp = prec.compute
-        logits = x
-        if w is not None:
-            logits = _CopyToShards.apply(x, group).to(comp) @ w.to(comp).t()
-            if b is not None:
-                logits = logits + b.to(comp)
-        ce, lse = _plain_shard_rows(logits, rows, weight, layout, ignore_index, eps, softcap, group)
-    else:
-        scalar = reduction != "none" and not return_aux and w is not None
-        chunk = D.plan(
-            fn,
-            kind="linear" if w is not None else "logits",
-            device=x.device,
-            prec=prec,
-            dtypes_ok="vocab parallel",
-            impl="torch",
-            memory="auto",
-            scalar=scalar,
-            composable=None,
-            process_group=group,
-            native_ok="vocab parallel",
-            triton_rows_ok="vocab parallel",
-            rows=x.shape[0],
-            # the same block size on every rank: each block all-reduces its row statistics
-            vocab=layout.v_max,
-            blocks=2 if softcap is not None else 1,
-            chunk_size=chunk_size,
-        ).chunk
-        assert chunk is not None
-        params = {
-            "ignore_index": ignore_index,
-            "label_smoothing": eps,
-            "num_classes": layout.v_total,
-            "softcap": softcap,
-            "offset": layout.offset,
-            "weight_total": weight_total,
-        }
-        call = _ops.Call("ce", tuple(sorted(params.items())), prec, chunk, group=group.group_name)
-        slots = {"x": x, "w": w, "b": b, "target": target, "cweight": weight}
-        counts = _shard_counts(rows, weight, layout, ignore_index, group, prec.compute)
-        if scalar:
-            coef, zcoef = row_coefficients(
-                counts, reduction=reduction, z_loss=z_loss, dtype=prec.compute
-            )
-            zeros = torch.zeros_like(coef)
-            lin = torch.stack([coef, zeros])
-            quad = torch.stack([zeros, zcoef]) if zcoef is not None else None
-            loss, _ = _ops.call_fused(call, slots, lin, quad)
-            return loss
-        ce, lse = _ops.call_rows(call, slots)
-        return reduce_rows(
-            ce,
-            lse,
-            target,
-            weight=None,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            z_loss=z_loss,
-            return_aux=return_aux,
-            out_shape=rows.out_shape,
-            counts=counts,
-        )
-    counts = _shard_counts(rows, weight, layout, ignore_index, group, ce.dtype)
-    return reduce_rows(
-        ce,
-        lse,
-        target,
-        weight=None,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        z_loss=z_loss,
-        return_aux=return_aux,
-        out_shape=rows.out_shape,
-        counts=counts,
-    )
-
-
 # ----------------------------------------------------------------------------------------------
-# Public entry points (reached through crossentropy.torch.cross_entropy / linear_cross_entropy
-# with process_group=...)
+# The entries: a prepared call agreed on by every rank, then run on this rank's shard
+
+
+_CALL_IDS = {"cross_entropy": _CALL_LOGITS, "linear_cross_entropy": _CALL_LINEAR}
+
+
+def _call_id(fn: str) -> int:
+    name = fn.split("(")[0]
+    if name not in _CALL_IDS:
+        _CALL_IDS[name] = 0x5643_0000 + (sum(map(ord, name)) & 0xFFFF)
+        _CALL_NAMES.setdefault(_CALL_IDS[name], name)
+    return _CALL_IDS[name]
+
+
+def _dtype_code(t: Tensor | None) -> int:
+    return _DTYPES.index(t.dtype) if t is not None and t.dtype in _DTYPES else 0
+
+
+def _fields(call: R.PreparedCall) -> dict[str, int]:
+    """This rank's metadata row: what every rank must agree on (see ``_AGREED``)."""
+    x, w, b, target = (call.slots.get(k) for k in ("x", "w", "b", "target"))
+    assert x is not None
+    grad = torch.is_grad_enabled()
+    if call.math != "ce":
+        heads = [call.slots.get(k) for k in ("x", "w", "b", "x2", "w2", "b2")]
+        opts = options_hash(
+            *(v for _, v in sorted(call.params.items())), call.reduction, call.prec.exact
+        )
+        return shard_fields(
+            v_local=w.shape[0] if w is not None else x.shape[1],
+            x=x,
+            batch_shape=call.out_shape,
+            target=target,
+            ignore_index=int(call.params["ignore_index"]),
+            grad_tensors=heads,
+            options=opts,
+        )
+    assert target is not None
+    p = call.params
+    cw = call.weight
+    is_prob = target.is_floating_point()
+    return {
+        "v_local": w.shape[0] if w is not None else x.shape[1],
+        "features": x.shape[1] if w is not None else -1,
+        "rows": x.shape[0],
+        "batch_shape": _shape_hash(call.out_shape),
+        "has_weight": int(cw is not None),
+        "has_bias": int(b is not None),
+        "weight_sum": _float_bits(0.0 if cw is None else float(cw.double().sum())),
+        "dtype": _dtype_code(x) + (4 * _dtype_code(w) if w is not None else 0),
+        "grad_flags": sum(
+            (1 << i) * int(grad and t is not None and t.requires_grad)
+            for i, t in enumerate([x, w, b, target])
+        ),
+        **_option_fields(
+            call.reduction, int(p["ignore_index"]), p["label_smoothing"], call.z_loss, p["softcap"]
+        ),
+        **_target_fields(target, is_prob, int(p["ignore_index"])),
+    }
 
 
 def _guard(thunk: Callable[[], Any]) -> tuple[Any, BaseException | None]:
@@ -621,320 +538,73 @@ def _guard(thunk: Callable[[], Any]) -> tuple[Any, BaseException | None]:
         return None, exc
 
 
-@overload
-def vocab_parallel_cross_entropy(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None = ...,
-    ignore_index: int = ...,
-    reduction: str = ...,
-    label_smoothing: float = ...,
-    *,
-    z_loss: float = ...,
-    softcap: float | None = ...,
-    return_aux: Literal[False] = ...,
-    process_group: dist.ProcessGroup,
-    impl: str = ...,
-) -> Tensor: ...
+def agree(fn: str, process_group: Any, prepare: Callable[[Any], R.PreparedCall]) -> R.PreparedCall:
+    """This rank's prepared call, once every rank's checks and arguments agree.
 
-
-@overload
-def vocab_parallel_cross_entropy(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None = ...,
-    ignore_index: int = ...,
-    reduction: str = ...,
-    label_smoothing: float = ...,
-    *,
-    z_loss: float = ...,
-    softcap: float | None = ...,
-    return_aux: Literal[True],
-    process_group: dist.ProcessGroup,
-    impl: str = ...,
-) -> CrossEntropyAux: ...
-
-
-def vocab_parallel_cross_entropy(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    *,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    return_aux: bool = False,
-    process_group: dist.ProcessGroup,
-    impl: str = "auto",
-) -> Tensor | CrossEntropyAux:
-    r"""Cross-entropy of logits whose class dimension is sharded across ``process_group``.
-
-    Every rank passes its contiguous shard of the logits (class dim 1, as in torch) and gets the
-    loss of the full vocabulary, the same on every rank. With :math:`z` the soft-capped logits
-    (:math:`z = c \tanh(x / c)` when ``softcap=c``), :math:`V` the global vocabulary, :math:`e`
-    the label smoothing and :math:`w` the class weights:
-
-    .. math::
-
-        \mathrm{lse} = \log \sum_{c=1}^{V} e^{z_c}, \qquad
-        \ell = (1 - e)\, w_y (\mathrm{lse} - z_y)
-               + \frac{e}{V} \sum_{c} w_c (\mathrm{lse} - z_c)
-               + \lambda_z\, \mathrm{lse}^2
-
-    and for probability targets :math:`\ell = -\sum_c w_c t'_c \log p_c` with
-    :math:`t' = (1 - e) t + e / V`. ``reduction="mean"`` divides the summed cross-entropy by
-    :math:`\sum w_y` over counted rows (by the number of rows for probability targets), like torch,
-    and the z-loss by the number of counted rows; with nothing counted it gives 0, not NaN.
-
-    Args:
-        input: this rank's logits, shape ``(N, V_r)``, ``(N, V_r, d1, ...)`` or ``(V_r,)``; any
-            float dtype (math in fp32, fp64 for fp64 input).
-        target: global class ids, shape ``(N,)`` / ``(N, d1, ...)`` / ``()``, identical on every
-            rank; or this rank's shard of class probabilities, the same shape as ``input``.
-        weight: this rank's shard of the class weights, shape ``(V_r,)`` (not the global vector).
-        ignore_index: class id whose rows are not counted (class-id targets only).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per position, shape of the batch).
-        label_smoothing: :math:`e \in [0, 1]`, spread uniformly over the *global* vocabulary.
-        z_loss: coefficient :math:`\lambda_z \ge 0` of :math:`\mathrm{lse}^2` (PaLM's z-loss).
-        softcap: ``c > 0`` to soft-cap the logits before the softmax (Gemma 2), or ``None``.
-        return_aux: also return the per-position logsumexp, the z-loss term and the count of
-            counted rows, as ``CrossEntropyAux(loss, lse, z_loss, n_valid)``.
-        process_group: the tensor-parallel group; rank ``r`` of it holds classes
-            ``[V_0 + ... + V_{r-1}, V_0 + ... + V_r)``.
-        impl: the per-rank work runs on the chunked torch path; ``"triton"`` falls back to it
-            with a one-time warning.
-
-    Returns:
-        The loss (fp32, fp64 for fp64 input), scalar or batch-shaped; ``CrossEntropyAux`` with
-        ``return_aux=True``. The gradient of ``input`` is this rank's shard of the full gradient.
-
-    Raises:
-        ValueError: on every rank when any rank's input is invalid, when ranks disagree on
-            arguments, targets, shapes or dtypes, or when a target is outside ``[0, V)``.
-
-    References:
-        Shoeybi et al., "Megatron-LM: Training Multi-Billion Parameter Language Models Using
-        Model Parallelism", 2019 (vocab-parallel cross-entropy). Chowdhery et al., "PaLM", 2022
-        (z-loss). Gemma Team, "Gemma 2", 2024 (logit soft-capping).
-
-    Example (a one-process group; with more ranks each passes its own shard):
-
-    >>> import os, tempfile, torch, torch.distributed as dist
-    >>> store = dist.FileStore(os.path.join(tempfile.mkdtemp(), "store"), 1)
-    >>> dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    >>> logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
-    >>> target = torch.tensor([0, 2])
-    >>> loss = vocab_parallel_cross_entropy(logits, target, process_group=dist.group.WORLD)
-    >>> round(float(loss), 4) == round(float(torch.nn.functional.cross_entropy(logits, target)), 4)
-    True
-    >>> dist.destroy_process_group()
+    ``prepare(group)`` runs the public function's checks on this rank. A local error is raised on
+    this rank and reported on the others (each raises too), so no rank is left waiting in a
+    collective; ranks that disagree on arguments, shapes, dtypes or targets all raise. The call
+    comes back with this rank's place in the vocabulary filled in: the first class id of its
+    shard (``offset``), the whole vocabulary, blocks sized by the largest shard (every rank runs
+    as many blocks; each block all-reduces its row statistics), and for cross-entropy the
+    ``mean`` divisors of the whole vocabulary.
     """
-    fn = "cross_entropy(process_group=...)"
     group = _check_group(fn, process_group)
-
-    def prepare() -> tuple[Tensor, V.Rows, Tensor | None, tuple[Any, ...], dict[str, int]]:
-        opts = _check_options(fn, ignore_index, reduction, label_smoothing, z_loss, softcap, impl)
-        logits2d, rows = V.flatten_logits(fn, input, target)
-        w = _check_shard(fn, rows, logits2d.shape[1], opts[0], weight, {"input": input})
-        if not rows.is_prob:
-            rows = V.Rows(rows.target.long(), False, rows.out_shape)
-        grad = torch.is_grad_enabled()
-        fields = {
-            "v_local": logits2d.shape[1],
-            "features": -1,
-            "rows": logits2d.shape[0],
-            "batch_shape": _shape_hash(rows.out_shape),
-            "has_weight": int(w is not None),
-            "has_bias": 0,
-            "weight_sum": _float_bits(0.0 if w is None else float(w.double().sum())),
-            "dtype": _DTYPES.index(logits2d.dtype),
-            "grad_flags": int(grad and input.requires_grad)
-            + 2 * int(grad and rows.target.requires_grad),
-            **_option_fields(reduction, *opts),
-            **_target_fields(rows.target, rows.is_prob, opts[0]),
-        }
-        return logits2d, rows, w, opts, fields
-
-    prepared, error = _guard(prepare)
-    like = input if isinstance(input, Tensor) else None
-    layout = _agree(fn, group, _CALL_LOGITS, None if prepared is None else prepared[4], error, like)
-    logits2d, rows, w, (ignore, eps, zl, cap), _ = prepared
-    return _run_shards(
-        fn,
-        group=group,
-        layout=layout,
-        x=logits2d,
-        w=None,
-        b=None,
-        rows=rows,
-        weight=w,
-        ignore_index=ignore,
-        eps=eps,
-        z_loss=zl,
-        softcap=cap,
-        reduction=reduction,
-        return_aux=return_aux,
-        chunk_size=None,
-    )
+    call, error = _guard(lambda: prepare(group))
+    like = call.slots["x"] if call is not None else None
+    fields = _fields(call) if call is not None else None
+    layout = _agree(fn, group, _call_id(fn), fields, error, like)
+    assert call is not None  # an error was raised by _agree on every rank
+    call.group = group
+    call.id_range = None  # the agreement checked the ids against the whole vocabulary
+    call.composable = None
+    call.vocab = layout.v_max
+    call.params["offset"] = layout.offset
+    if call.math == "ce":
+        call.params["num_classes"] = layout.v_total
+        call.params["weight_total"] = layout.weight_sum
+        target = call.target
+        assert target is not None
+        call.counts = _shard_counts(
+            target,
+            call.weight,
+            layout,
+            int(call.params["ignore_index"]),
+            group,
+            call.prec.compute,
+        )
+    return call
 
 
-@overload
-def vocab_parallel_linear_cross_entropy(
-    input: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    *,
-    linear_bias: Tensor | None = ...,
-    weight: Tensor | None = ...,
-    reduction: str = ...,
-    ignore_index: int = ...,
-    label_smoothing: float = ...,
-    z_loss: float = ...,
-    softcap: float | None = ...,
-    return_aux: Literal[False] = ...,
-    process_group: dist.ProcessGroup,
-    impl: str = ...,
-    chunk_size: int | None = ...,
-) -> Tensor: ...
-
-
-@overload
-def vocab_parallel_linear_cross_entropy(
-    input: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    *,
-    linear_bias: Tensor | None = ...,
-    weight: Tensor | None = ...,
-    reduction: str = ...,
-    ignore_index: int = ...,
-    label_smoothing: float = ...,
-    z_loss: float = ...,
-    softcap: float | None = ...,
-    return_aux: Literal[True],
-    process_group: dist.ProcessGroup,
-    impl: str = ...,
-    chunk_size: int | None = ...,
-) -> CrossEntropyAux: ...
-
-
-def vocab_parallel_linear_cross_entropy(
-    input: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    *,
-    linear_bias: Tensor | None = None,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    return_aux: bool = False,
-    process_group: dist.ProcessGroup,
-    impl: str = "auto",
-    chunk_size: int | None = None,
-) -> Tensor | CrossEntropyAux:
-    r"""Fused linear + cross-entropy with the output layer sharded by vocabulary across ranks.
-
-    Equal to :func:`vocab_parallel_cross_entropy` of ``input @ linear_weight.T + linear_bias``
-    (see there for the math and the reduction rules), without building the logits: each rank
-    computes its ``chunk_size x V_r`` block of logits at a time, in forward and again in backward.
-
-    .. math::
-
-        z = \mathrm{softcap}(h W_r^\top + b_r), \qquad
-        \frac{\partial L}{\partial h} = \sum_{r} \frac{\partial L}{\partial z_r} W_r
-
-    Args:
-        input: hidden states, shape ``(..., D)``, identical on every rank (replicated, as in
-            Megatron's tensor parallelism); its gradient is summed across the group. Only its
-            shape is checked across ranks (hashing its values would cost a pass over it): hidden
-            states that differ between ranks, e.g. from dropout seeded per rank, give a wrong loss.
-        linear_weight: this rank's rows of the output projection, shape ``(V_r, D)``; its
-            gradient stays local.
-        target: global class ids of shape ``(...)``, identical on every rank, or this rank's shard
-            of class probabilities, shape ``(..., V_r)``.
-        linear_bias: this rank's shard of the output bias, shape ``(V_r,)``, or ``None``.
-        weight: this rank's shard of the class weights, shape ``(V_r,)``.
-        reduction, ignore_index, label_smoothing, z_loss, softcap, return_aux, impl: as in
-            :func:`vocab_parallel_cross_entropy`.
-        process_group: the tensor-parallel group, rank order = vocabulary order.
-        chunk_size: rows per block of logits; ``None`` picks about 32 MiB of fp32 logits.
-
-    Returns:
-        The loss (fp32, fp64 for fp64 input), scalar or shaped like ``input.shape[:-1]``;
-        ``CrossEntropyAux`` with ``return_aux=True``. Gradients come back in the input dtypes.
-
-    Raises:
-        ValueError: on every rank when any rank's input is invalid (a different ``D`` on one
-            rank, for example), when ranks disagree on arguments or targets, or when a target is
-            outside the global vocabulary.
-
-    Example (a one-process group):
-
-    >>> import os, tempfile, torch, torch.distributed as dist
-    >>> store = dist.FileStore(os.path.join(tempfile.mkdtemp(), "store"), 1)
-    >>> dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    >>> h, W = torch.randn(5, 4), torch.randn(7, 4)
-    >>> y = torch.tensor([0, 6, 3, 3, 1])
-    >>> loss = vocab_parallel_linear_cross_entropy(h, W, y, process_group=dist.group.WORLD)
-    >>> ref = torch.nn.functional.cross_entropy(h @ W.T, y)
-    >>> abs(float(loss) - float(ref)) < 1e-5
-    True
-    >>> dist.destroy_process_group()
-    """
-    fn = "linear_cross_entropy(process_group=...)"
-    group = _check_group(fn, process_group)
-
-    def prepare() -> tuple[Tensor, V.Rows, Tensor | None, tuple[Any, ...], dict[str, int]]:
-        opts = _check_options(fn, ignore_index, reduction, label_smoothing, z_loss, softcap, impl)
-        V.check_chunk_size(fn, chunk_size)
-        x2d, rows = V.flatten_linear(fn, input, linear_weight, target, linear_bias)
-        tensors = {"input": input, "linear_weight": linear_weight, "linear_bias": linear_bias}
-        w = _check_shard(fn, rows, linear_weight.shape[0], opts[0], weight, tensors)
-        if not rows.is_prob:
-            rows = V.Rows(rows.target.long(), False, rows.out_shape)
-        grad = torch.is_grad_enabled()
-        flags = [input, linear_weight, linear_bias, rows.target]
-        fields = {
-            "v_local": linear_weight.shape[0],
-            "features": x2d.shape[1],
-            "rows": x2d.shape[0],
-            "batch_shape": _shape_hash(rows.out_shape),
-            "has_weight": int(w is not None),
-            "has_bias": int(linear_bias is not None),
-            "weight_sum": _float_bits(0.0 if w is None else float(w.double().sum())),
-            "dtype": _DTYPES.index(x2d.dtype) + 4 * _DTYPES.index(linear_weight.dtype),
-            "grad_flags": sum(
-                (1 << i) * int(grad and t is not None and t.requires_grad)
-                for i, t in enumerate(flags)
-            ),
-            **_option_fields(reduction, *opts),
-            **_target_fields(rows.target, rows.is_prob, opts[0]),
-        }
-        return x2d, rows, w, opts, fields
-
-    prepared, error = _guard(prepare)
-    like = input if isinstance(input, Tensor) else None
-    layout = _agree(fn, group, _CALL_LINEAR, None if prepared is None else prepared[4], error, like)
-    x2d, rows, w, (ignore, eps, zl, cap), _ = prepared
-    return _run_shards(
-        fn,
-        group=group,
-        layout=layout,
-        x=x2d,
-        w=linear_weight,
-        b=linear_bias,
-        rows=rows,
-        weight=w,
-        ignore_index=ignore,
-        eps=eps,
-        z_loss=zl,
-        softcap=cap,
-        reduction=reduction,
-        return_aux=return_aux,
-        chunk_size=chunk_size,
-    )
+def run(call: R.PreparedCall, plan: Plan) -> R.Result:
+    """Run an agreed call on this rank's shard: the engine with the group's all-reduces as its
+    row statistics' merge, or, for probability targets that require grad, differentiable torch
+    ops on this shard's logits."""
+    target = call.target
+    if (
+        call.math == "ce"
+        and target is not None
+        and target.is_floating_point()
+        and target.requires_grad
+        and torch.is_grad_enabled()
+    ):
+        x, w, b = call.slots["x"], call.slots["w"], call.slots["b"]
+        assert x is not None
+        comp = call.prec.compute
+        logits = x
+        if w is not None:
+            logits = _CopyToShards.apply(x, call.group).to(comp) @ w.to(comp).t()
+            if b is not None:
+                logits = logits + b.to(comp)
+        p = call.params
+        ce, lse = _plain_shard_rows(
+            logits,
+            target,
+            call.weight,
+            int(p["num_classes"]),
+            float(p["label_smoothing"]),
+            p["softcap"],
+            call.group,
+        )
+        return R.Result(rows=[ce, lse])
+    return R.run(call, plan)
