@@ -96,8 +96,7 @@ def test_every_example_has_a_docstring_header_and_short_settings() -> None:
     assert {ex.name for ex in CATALOG} == {p.name for p in EXAMPLES.glob("*.py")}
     assert {ex.name for ex in CATALOG} == set(SHORT)
     for ex in CATALOG:
-        assert ex.command.split()[-1].startswith("[") or ex.name in ex.command
-        assert f"examples/{ex.name}" in ex.command
+        assert f"examples/{ex.name}" in ex.command  # the command runs this script
 
 
 @pytest.mark.parametrize("example", CATALOG, ids=lambda ex: ex.name)

@@ -195,9 +195,9 @@ def test_the_figure_labels_what_it_draws(quick_run: dict[str, Any]) -> None:
     from crossentropy.demo import _report
 
     s = quick_run["summary"]
-    fig, (left, right) = plt.subplots(1, 2)
+    fig = _report.draw_report(s)
     try:
-        _report._plot_digits_curves(left, s["classification"])
+        right, left = fig.axes[1], fig.axes[2]  # code lengths (top right), digits (bottom left)
         labels = left.get_legend_handles_labels()[1]
         for name, r in s["classification"]["losses"].items():
             label = next(x for x in labels if x.startswith(_report.LOSS_LABELS[name]))
@@ -209,7 +209,6 @@ def test_the_figure_labels_what_it_draws(quick_run: dict[str, Any]) -> None:
         for line in left.get_lines()[:3]:
             every = line.get_markevery()
             assert every == [] or line.get_ydata()[every[0]] >= 0.9
-        _report._plot_code_lengths(right, s)
         notes = [x.get_text() for x in right.texts if "not a test of" in x.get_text()]
         assert len(notes) == 1
         note = " ".join(notes[0].split())
@@ -217,6 +216,44 @@ def test_the_figure_labels_what_it_draws(quick_run: dict[str, Any]) -> None:
         assert f"learned from {s['text']['train_bytes']:,} bytes" in note
         ticks = [x.get_text() for x in right.get_xticklabels()]
         assert ticks[1].startswith(f"sample.txt: last {s['text']['held_out_bytes']:,} bytes")
+    finally:
+        plt.close(fig)
+
+
+def test_the_note_on_the_code_length_panel_never_hides_a_bar_value(
+    quick_run: dict[str, Any],
+) -> None:
+    # a file the byte model codes in nearly 4 bits/byte, as the README did: its bars reach the
+    # height of the note, which must not cover their values
+    import copy
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from crossentropy.demo import _report
+
+    s = copy.deepcopy(quick_run["summary"])
+    c = s["text"]["coding"]
+    for key in (
+        "model_bound_bits_per_symbol",
+        "quantized_bound_bits_per_symbol",
+        "bits_per_symbol",
+    ):
+        c[key] = 3.95
+    # the longest note: every compressor shorter, a five-digit training size
+    s["text"]["shorter_than_range_coder"] = ["bz2", "lzma", "gzip"]
+    s["text"]["train_bytes"] = 15873
+    fig = _report.draw_report(s)
+    try:
+        ax = fig.axes[1]  # top right
+        renderer = fig.canvas.get_renderer()
+        box = next(x for x in ax.texts if "not a test of" in x.get_text())
+        area = _report.note_area(box, renderer)
+        values = [x for x in ax.texts if x is not box]
+        assert len(values) == 13  # 7 bars for the source, 6 for the file
+        assert not any(area.overlaps(x.get_window_extent(renderer)) for x in values)
     finally:
         plt.close(fig)
 

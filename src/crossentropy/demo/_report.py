@@ -35,6 +35,17 @@ def write_json(summary: dict[str, Any], path: Path) -> None:
 def write_png(summary: dict[str, Any], path: Path) -> None:
     """Loss curves with the entropy line and the KL gap shaded, code lengths, digits curves and
     the reliability diagram, on a 2 x 2 grid."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_report(summary)
+    try:
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def draw_report(summary: dict[str, Any]) -> Any:
+    """The report's figure (matplotlib, Agg); the caller closes it."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -43,7 +54,7 @@ def write_png(summary: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5), dpi=110)
     try:
         _plot_training(axes[0, 0], summary)
-        _plot_code_lengths(axes[0, 1], summary)
+        note = _plot_code_lengths(axes[0, 1], summary)
         _plot_digits_curves(axes[1, 0], summary["classification"])
         _plot_reliability(axes[1, 1], summary["classification"])
         src = summary["source"]
@@ -55,9 +66,12 @@ def write_png(summary: dict[str, Any], path: Path) -> None:
             fontsize=12,
         )
         fig.tight_layout(rect=(0, 0, 1, 0.97))
-        fig.savefig(path)
-    finally:
+        if note is not None:  # once the panel has its final size
+            _clear_of(axes[0, 1], *note)
+    except BaseException:
         plt.close(fig)
+        raise
+    return fig
 
 
 def _plot_training(ax: Any, summary: dict[str, Any]) -> None:
@@ -117,7 +131,9 @@ def _plot_training(ax: Any, summary: dict[str, Any]) -> None:
     ax.grid(alpha=0.3)
 
 
-def _plot_code_lengths(ax: Any, summary: dict[str, Any]) -> None:
+def _plot_code_lengths(ax: Any, summary: dict[str, Any]) -> tuple[Any, list[Any]] | None:
+    """The code-length bars; with a text file, also the note on what its bars show, returned
+    with the bars' value labels so the caller can keep them apart."""
     groups = [
         (
             "Markov source\n(bits / symbol)",
@@ -146,6 +162,7 @@ def _plot_code_lengths(ax: Any, summary: dict[str, Any]) -> None:
     ]
     colors = ["k", "#c6dbef", "#6baed6", "#1f77b4", "#fdae6b", "#e6550d", "#a63603"]
     width = 0.8 / len(bars)
+    labels = []
     for g, (_, coding, h) in enumerate(groups):
         base = coding["baselines_bits_per_symbol"]
         values = [
@@ -162,7 +179,9 @@ def _plot_code_lengths(ax: Any, summary: dict[str, Any]) -> None:
                 continue
             x = g + (i - (len(bars) - 1) / 2) * width
             ax.bar(x, v, width * 0.9, color=colors[i], label=bars[i] if g == 0 else None)
-            ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7, rotation=90)
+            labels.append(
+                ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7, rotation=90)
+            )
     ax.set_xticks(range(len(groups)), [name for name, _, _ in groups])
     fixed = summary["coding"]["fixed_length_bits_per_symbol"]
     ax.axhline(
@@ -195,7 +214,7 @@ def _plot_code_lengths(ax: Any, summary: dict[str, Any]) -> None:
             f"cross-entropy ({text['coding']['overhead_fraction'] * 100:+.2f}%); "
             f"{outcome}. A small file and a short context: not a test of text compression."
         )
-        ax.text(
+        box = ax.text(
             0.985,
             0.975,
             textwrap.fill(note, 38),
@@ -206,6 +225,8 @@ def _plot_code_lengths(ax: Any, summary: dict[str, Any]) -> None:
             fontsize=7,
             bbox={"boxstyle": "round,pad=0.4", "fc": "white", "ec": "0.6", "alpha": 0.95},
         )
+        return box, labels
+    return None
 
 
 # Where each loss first reaches the accuracy target: nested hollow markers of different shapes
@@ -214,6 +235,22 @@ _TARGET_MARKERS = {"cross_entropy": ("o", 13), "mse": ("s", 9), "focal": ("D", 6
 # Cross-entropy and focal loss often overlap: the focal curve is dashed and drawn on top, so the
 # cross-entropy curve shows through its gaps.
 _LINE_STYLES = {"cross_entropy": ("-", 2.0), "mse": ("-", 1.5), "focal": ("--", 1.5)}
+
+
+def note_area(box: Any, renderer: Any) -> Any:
+    """Where the note ``box`` is drawn, its frame included (display coordinates)."""
+    box.update_bbox_position_size(renderer)
+    return box.get_bbox_patch().get_window_extent(renderer)
+
+
+def _clear_of(ax: Any, box: Any, labels: list[Any]) -> None:
+    """Raise the y limit until no bar label reaches into the note ``box``."""
+    renderer = ax.figure.canvas.get_renderer()
+    for _ in range(10):
+        area = note_area(box, renderer)
+        if not any(area.overlaps(t.get_window_extent(renderer)) for t in labels):
+            return
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
 
 
 def _plot_digits_curves(ax: Any, part: dict[str, Any]) -> None:
