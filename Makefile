@@ -69,11 +69,21 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH)
 
 # The documentation site (mkdocs-material + mkdocstrings) into build/site; --strict fails on any
-# warning, a broken cross-reference included. First the demo's figure (demo --quick, about 20 s,
-# redrawn only when the demo changed) and the benchmark tables go into docs/generated/. Keras is
-# documented on its torch backend. Nothing is fetched from the network.
+# warning, a broken cross-reference included. First docs/_scripts/gen_assets.py writes what is
+# generated into docs/generated/: the demo's figure (demo --quick, about 20 s, redrawn only when
+# the demo changed), the benchmark tables, the Examples page, the Hugging Face model list and the
+# command transcripts. mkdocs reads the sources without importing them, so the site needs only
+# .[docs]; the generated parts add .[demo] (the figure) and .[hf] (the model list). A full
+# `make test` install already has them all. Keras is documented on its torch backend. Nothing is
+# fetched from the network.
+DOCS_STAMP := $(VENV)/.docs-stamp
 DOCS_ENV := KERAS_BACKEND=torch NO_MKDOCS_2_WARNING=1
-docs: $(STAMP)
+$(DOCS_STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	if [ $(STAMP) -nt pyproject.toml ] && [ $(STAMP) -nt $(or $(CONSTRAINTS),pyproject.toml) ]; \
+	  then :; else $(PIP_INSTALL) -e ".[docs,demo,hf]"; fi
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
 	$(DOCS_ENV) $(BIN)/python docs/_scripts/gen_assets.py
 	$(DOCS_ENV) $(BIN)/mkdocs build --strict
 

@@ -1,13 +1,15 @@
 """Distil a tiny teacher LM into a smaller student, without either side's logits.
 
-    python examples/distill.py [--steps 300] [--divergence kl] [--out examples_out]
+Needs: crossentropy[hf,demo]
+Run: python examples/distill.py [--steps 300] [--divergence kl] [--out examples_out]
 
 The teacher is a fixed, randomly initialised Llama (hidden 64, 2 layers); the student is smaller
 (hidden 32, 1 layer) and shares the vocabulary. Each step draws fresh random token sequences and
 minimises ``crossentropy.hf.distillation_loss`` (both models' own forwards, their final hidden
 states and output heads; no (B, T, V) logits on either side) with AdamW. Every 25 steps the
 student's KL(teacher || student) on a fixed held-out batch is recorded; it falls. The curve is
-written to ``OUT/distill.png`` and the numbers to ``OUT/distill.json``.
+written to ``OUT/distill.png`` (with matplotlib, which the ``demo`` extra installs) and the
+numbers to ``OUT/distill.json``.
 """
 
 from __future__ import annotations

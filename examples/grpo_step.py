@@ -1,6 +1,7 @@
 """One GRPO-style policy update on a tiny Hugging Face causal LM, without its logits.
 
-    python examples/grpo_step.py [--groups 4] [--samples 4] [--length 24] [--seed 0]
+Needs: crossentropy[hf]
+Run: python examples/grpo_step.py [--groups 4] [--samples 4] [--length 24] [--seed 0]
 
 Each prompt gets a group of sampled completions with scalar rewards; the advantage of a completion
 is its reward standardised within its group (Shao et al. 2024, "DeepSeekMath", GRPO). The loss per

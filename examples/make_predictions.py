@@ -1,14 +1,17 @@
-"""Regenerate ``examples/predictions.csv``: a small, slightly over-confident 3-class forecaster.
+"""Write ``examples/predictions.csv``: the forecasts of a slightly over-confident 3-class model.
 
-Run ``python examples/make_predictions.py``; the output is deterministic. Each row holds the
-predicted probabilities of ``sunny``, ``cloudy`` and ``rainy`` (four decimals, summing to exactly 1
-in decimal) and the observed weather in the ``label`` column. Score it with::
+Needs: crossentropy
+Run: python examples/make_predictions.py [--out examples/predictions.csv]
 
-    crossentropy score examples/predictions.csv --label-column label
+Each row holds the predicted probabilities of ``sunny``, ``cloudy`` and ``rainy`` (four decimals,
+summing to exactly 1 in decimal) and the observed weather in the ``label`` column. The output is
+deterministic: it is the file the repository ships. Score it with ``crossentropy score
+examples/predictions.csv`` (the ``cli`` extra), which finds the ``label`` column by its name.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +36,19 @@ def make(n: int = 60, seed: int = 7) -> str:
     return "\n".join(lines) + "\n"
 
 
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).with_name("predictions.csv"),
+        help="where to write the CSV (default: examples/predictions.csv)",
+    )
+    args = parser.parse_args(argv)
+    args.out.write_text(make())
+    print(f"wrote {args.out}")
+    return Path(args.out)
+
+
 if __name__ == "__main__":
-    out = Path(__file__).with_name("predictions.csv")
-    out.write_text(make())
-    print(f"wrote {out}")
+    main()

@@ -1,13 +1,12 @@
-"""Vocab-parallel (tensor-parallel) training of an output layer, on CPU with gloo.
+"""Vocab-parallel (tensor-parallel) training of an output layer, on CPU processes with gloo.
 
-Run on two processes::
+Needs: crossentropy[torch]
+Run: torchrun --nproc-per-node 2 examples/vocab_parallel.py [--vocab 1001] [--steps 30]
 
-    torchrun --nproc-per-node 2 examples/vocab_parallel.py
-
-or on one (``python examples/vocab_parallel.py``). Every rank holds a contiguous slice of the
-vocabulary of the output projection; the hidden layer is replicated. The loss, computed without
-ever building the ``N x V`` logits on any rank, is the same on every rank and equals the
-single-process loss on the full vocabulary, which the script checks at the end.
+Also runs as one process (``python examples/vocab_parallel.py``). Every rank holds a contiguous
+slice of the vocabulary of the output projection; the hidden layer is replicated. The loss,
+computed without ever building the ``N x V`` logits on any rank, is the same on every rank and
+equals the single-process loss on the full vocabulary, which the script checks at the end.
 """
 
 from __future__ import annotations
@@ -32,13 +31,13 @@ def init() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=1001, help="global vocabulary size")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--steps", type=int, default=30)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rank, world = init()
     v, d, n = args.vocab, args.dim, args.tokens
 

@@ -63,6 +63,41 @@ def test_cli_info_tells_installed_but_broken_from_missing(monkeypatch, capsys):
     assert "KERAS_BACKEND=torch" in rows["keras"]
 
 
+def _info_rows(monkeypatch, capsys, *, triton, cuda):
+    import torch
+
+    from crossentropy.cli import _info
+
+    real_status = _info._status
+
+    def status(module, dist):
+        return (
+            ("not installed", False)
+            if module == "triton" and not triton
+            else real_status(module, dist)
+        )
+
+    monkeypatch.setattr(_info, "_status", status)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    monkeypatch.setattr(_info, "_dispatch_rows", lambda device: [])
+    assert main(["info"]) == 0
+    table = capsys.readouterr().out.split("\n\n")[0]
+    return dict(line.split(None, 1) for line in table.splitlines() if not line.startswith(" "))
+
+
+def test_cli_info_on_a_cpu_only_machine_says_the_kernels_need_a_gpu(monkeypatch, capsys):
+    # installing triton would not make the kernels run without a GPU: say what they need
+    rows = _info_rows(monkeypatch, capsys, triton=False, cuda=False)
+    assert rows["device"] == "cpu only"
+    assert rows["impl='triton'"].startswith("needs a CUDA GPU (none here)")
+    # with a GPU, the missing package is what stands in the way
+    rows = _info_rows(monkeypatch, capsys, triton=False, cuda=True)
+    assert rows["impl='triton'"] == "unavailable on this CUDA GPU: install crossentropy[triton]"
+    rows = _info_rows(monkeypatch, capsys, triton=True, cuda=False)
+    assert rows["impl='triton'"].startswith("needs a CUDA GPU")
+
+
 def test_a_missing_optional_package_names_the_extra_to_install(monkeypatch, capsys):
     # e.g. `crossentropy demo` after `pip install crossentropy[cli]`: one line, the extra to add
     from crossentropy.cli import _demo

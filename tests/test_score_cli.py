@@ -174,10 +174,39 @@ def test_zero_probability_is_infinite_unless_eps(tmp_path, capsys):
     path.write_text("a,b,y\n1.0,0.0,b\n0.5,0.5,a\n")
     status, out, _ = score([path, "--label-column", "y"], capsys)
     assert status == 0 and "inf" in out and "--eps" in out
-    report = score_json([path, "--label-column", "y"], capsys)
-    assert report["log_loss_nats"] is None and report["n_zero_prob"] == 1
     clipped = score_json([path, "--label-column", "y", "--eps", "1e-6"], capsys)
     assert clipped["log_loss_nats"] == pytest.approx(-(math.log(1e-6) + math.log(0.5)) / 2)
+
+
+def test_json_tells_an_infinite_loss_from_an_undefined_value(tmp_path, capsys):
+    # class b's only row has p(b) = 0: its cross-entropy and the log loss are infinite; class c
+    # has no rows, so its cross-entropy and accuracy are not defined
+    path = tmp_path / "z.csv"
+    path.write_text("a,b,c,y\n1.0,0.0,0.0,b\n0.5,0.25,0.25,a\n")
+    status, out, _ = score([path, "--label-column", "y", "--json"], capsys)
+    assert status == 0
+    report = json.loads(out)  # strict JSON: no bare Infinity or NaN tokens
+    for key in ("log_loss_nats", "log_loss_bits", "log_loss", "perplexity"):
+        assert report[key] == "Infinity", key
+        assert float(report[key]) == math.inf
+    assert report["n_zero_prob"] == 1
+    a, b, c = report["per_class"]
+    assert a["cross_entropy"] == pytest.approx(math.log(2))
+    assert b["cross_entropy"] == "Infinity" and b["count"] == 1
+    assert c["cross_entropy"] is None and c["accuracy"] is None and c["count"] == 0
+    assert "Infinity" not in out.replace('"Infinity"', "")
+    # the table shows the same distinction: inf for b, - for c
+    status, out, _ = score([path, "--label-column", "y"], capsys)
+    rows = {cells[0]: cells[1:] for cells in _table_rows(out)}
+    assert rows["b"][1] == "inf" and rows["c"][1] == "-"
+    assert rows["log loss (nats)"] == ["inf"]
+
+
+def _table_rows(text):
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.replace("┃", "│").split("│") if c.strip()]
+        if len(cells) >= 2:
+            yield cells
 
 
 def test_base_two_reports_per_class_in_bits_and_renormalize(tmp_path, capsys):
@@ -721,3 +750,173 @@ def test_the_json_report_and_scores_use_the_name_brier_score(tmp_path, capsys):
     scores = acc.compute()
     assert scores.brier_score == pytest.approx(report["brier_score"], rel=1e-12)
     assert not hasattr(scores, "brier")
+
+
+# ------------------------------------------------------------------------------------------------
+# Row ids, integer labels as column positions, standard input
+
+
+def write_with_id(path, p, y, first="id", names=CLASSES):
+    lines = [",".join([first, *names[: p.shape[1]], "label"])]
+    for i, (row, t) in enumerate(zip(p, y)):
+        lines.append(",".join([str(1000 + i), *(f"{v:.17g}" for v in row), names[t]]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("first", ["id", "index", "ID", "row"])
+def test_a_first_id_column_is_taken_when_the_rest_sum_to_one(tmp_path, capsys, first):
+    p, y = random_predictions(40, seed=21)
+    path = write_with_id(tmp_path / "ids.csv", p, y, first)
+    status, out, err = score([path, "--json", "--chunk-rows", 7], capsys)
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["classes"] == CLASSES
+    assert report["log_loss_nats"] == pytest.approx(sklearn_reference(p, y), rel=1e-12)
+    assert f"column {first!r} of {path} taken as row ids" in err and "--id-column" in err
+    # the case: --labels names the probability columns, the id column left out
+    renamed = score_json([path, "--labels", *CLASSES], capsys)
+    assert renamed["log_loss_nats"] == report["log_loss_nats"]
+
+
+def test_the_id_column_can_be_named_and_is_never_guessed_wrongly(tmp_path, capsys):
+    p, y = random_predictions(30, seed=22)
+    path = write_with_id(tmp_path / "ids.csv", p, y)
+    # an id column anywhere, named explicitly: no announcement, same scores
+    moved = tmp_path / "moved.csv"
+    lines = path.read_text().splitlines()
+    moved.write_text(
+        "\n".join(",".join([*f.split(",")[1:-1], f.split(",")[0], f.split(",")[-1]]) for f in lines)
+    )
+    status, out, err = score([moved, "--id-column", "id", "--json"], capsys)
+    assert status == 0, err and "row ids" not in err
+    assert json.loads(out)["log_loss_nats"] == pytest.approx(sklearn_reference(p, y), rel=1e-12)
+    # a first column named id whose removal leaves rows that do not sum to 1 is a class
+    (tmp_path / "cls.csv").write_text("id,a,label\n0.5,0.5,a\n0.25,0.75,id\n")
+    report = score_json([tmp_path / "cls.csv"], capsys)
+    assert report["classes"] == ["id", "a"] and report["n"] == 2
+    # ... and an error then says that --id-column exists
+    (tmp_path / "bad.csv").write_text("id,a,b,label\n7,0.5,0.4,a\n")
+    status, _, err = score([tmp_path / "bad.csv"], capsys)
+    assert status == 2 and "--id-column id" in err and err.count("error") == 1
+    # with --renormalize the choice is announced
+    (tmp_path / "scores.csv").write_text("index,a,b,label\n1,2,6,b\n2,3,1,a\n")
+    status, _, err = score([tmp_path / "scores.csv", "--renormalize", "--json"], capsys)
+    assert status == 0 and "column 'index'" in err and "scored as a class" in err
+    for argv, fragment in (
+        (["--id-column", "nope"], "no column named 'nope' (--id-column)"),
+        (["--id-column", "label"], "cannot hold both the labels and the row ids"),
+    ):
+        status, _, err = score([path, *argv], capsys)
+        assert status == 2 and fragment in err, err
+
+
+def test_parquet_id_column_and_integer_labels_as_positions(tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    p, y = random_predictions(50, seed=23)
+    names = [f"c{j}" for j in range(4)]
+    columns = {"id": np.arange(50), **{n: p[:, j] for j, n in enumerate(names)}, "y": y}
+    pq.write_table(pa.table(columns), tmp_path / "p.parquet", row_group_size=16)
+    status, out, err = score([tmp_path / "p.parquet", "--json", "--chunk-rows", 9], capsys)
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["classes"] == names
+    assert report["log_loss_nats"] == pytest.approx(sklearn_reference(p, y), rel=1e-12)
+    assert "column 'id'" in err and "taken as row ids" in err
+    assert "integer labels read as column positions (0 = 'c0', 1 = 'c1', ..., 3 = 'c3')" in err
+    # a position outside the columns is refused, naming both readings
+    columns["y"] = np.where(np.arange(50) == 40, 4, y)
+    pq.write_table(pa.table(columns), tmp_path / "bad.parquet")
+    status, _, err = score([tmp_path / "bad.parquet"], capsys)
+    assert status == 2 and err.count("error") == 1
+    assert "row 41: label '4' is not one of the classes (c0, c1, c2, c3)" in err
+    assert "nor a column position in [0, 4)" in err
+
+
+def test_integer_labels_in_a_csv_are_positions_unless_a_class_is_a_number(tmp_path, capsys):
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    (tmp_path / "pos.csv").write_text("cat,dog,label\n0.9,0.1,0\n0.2,0.8,1.0\n0.6,0.4,cat\n")
+    status, out, err = score([tmp_path / "pos.csv", "--json"], capsys)
+    assert status == 0, err
+    want = skm.log_loss([0, 1, 0], p, labels=[0, 1])
+    assert json.loads(out)["log_loss_nats"] == pytest.approx(want, rel=1e-12)
+    assert "integer labels read as column positions (0 = 'cat', 1 = 'dog')" in err
+    # names only: no note
+    (tmp_path / "names.csv").write_text("cat,dog,label\n0.9,0.1,cat\n")
+    status, _, err = score([tmp_path / "names.csv"], capsys)
+    assert status == 0 and "column positions" not in err
+    # one class named by a number: integers are names, never positions
+    (tmp_path / "mixed.csv").write_text("cat,7,label\n0.9,0.1,0\n")
+    status, _, err = score([tmp_path / "mixed.csv"], capsys)
+    assert status == 2 and "label '0' is not one of the classes (cat, 7)" in err
+    assert "column position" not in err
+
+
+def _score_stdin(data: bytes, *argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env.pop("CROSSENTROPY_TRACEBACK", None)
+    return subprocess.run(
+        [sys.executable, "-m", "crossentropy", "score", *argv],
+        input=data,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_standard_input_in_each_format(tmp_path, capsys):
+    p, y = random_predictions(60, seed=24)
+    csv_path = write_csv(tmp_path / "p.csv", p, y)
+    np.save(tmp_path / "p.npy", p)
+    np.save(tmp_path / "f.npy", np.asfortranarray(p))
+    np.save(tmp_path / "y.npy", y)
+    want = sklearn_reference(p, y)
+    cases = [(csv_path, ["--format", "csv"]), *[
+        (tmp_path / name, ["--format", "npy", "--true", str(tmp_path / "y.npy")])
+        for name in ("p.npy", "f.npy")
+    ]]  # fmt: skip
+    pq = None
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        pass
+    if pq is not None:
+        table = {name: p[:, j] for j, name in enumerate(CLASSES)}
+        table["y"] = [CLASSES[t] for t in y]
+        pq.write_table(pa.table(table), tmp_path / "p.parquet")
+        cases.append((tmp_path / "p.parquet", ["--format", "parquet"]))
+    for path, argv in cases:
+        proc = _score_stdin(path.read_bytes(), "-", *argv, "--json", "--chunk-rows", "7")
+        assert proc.returncode == 0, (path.name, proc.stderr)
+        report = json.loads(proc.stdout)
+        assert report["file"] == "<stdin>"
+        assert report["log_loss_nats"] == pytest.approx(want, rel=1e-12), path.name
+    # labels from standard input, one per line
+    (tmp_path / "labels.txt").write_text("\n".join(str(t) for t in y) + "\n")
+    proc = _score_stdin(
+        (tmp_path / "labels.txt").read_bytes(), str(tmp_path / "p.npy"), "--true", "-", "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["log_loss_nats"] == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("argv", "data", "fragment"),
+    [
+        (["-"], b"a,b,y\n0.5,0.5,a\n", "PRED is - (standard input): pass --format csv"),
+        (["-", "--format", "npy", "--true", "-"], b"", "cannot both be - (standard input)"),
+        (
+            ["-", "--format", "csv", "--label-column", "y"],
+            b"a,b,y\n0.5,0.4,a\n",
+            "<stdin>: line 2: probabilities sum",
+        ),
+        (["-", "--format", "npy", "--true", "y.npy"], b"\x93NUMPY\x01\x00", "<stdin>: not a valid"),
+    ],
+)
+def test_standard_input_errors_are_one_line(argv, data, fragment):
+    proc = _score_stdin(data, *argv)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert fragment in err, err

@@ -132,6 +132,132 @@ def test_cross_entropy_rate_is_h_plus_kl_in_the_reported_numbers(
     assert text.index("sampled, 20,000 symbols") < text.index("cross-entropy CE")
 
 
+def test_the_checks_say_what_their_bounds_are(quick_run: dict[str, Any]) -> None:
+    # each bound is printed with its value and explained in the caption; no arbitrary bound
+    s = quick_run["summary"]
+    m = s["model"]
+    text = quick_run["stdout"]
+    noise, near = m["noise_bits"], m["noise_sigmas"] * m["val_cross_entropy_se_bits"]
+    assert f"CE ≥ H − {noise:.4f}" in text and f"|CE − rate| ≤ {near:.4f}" in text
+    caption = " ".join(text.split())
+    assert f"{m['noise_sigmas']:g} standard errors of the source's own −log2 p" in caption
+    assert f"(= {noise:.4f})" in caption and f"(= {near:.4f})" in caption
+    assert "0.15" not in text
+    assert s["acceptance"]["cross_entropy_near_exact_rate"] == (
+        abs(m["val_cross_entropy_bits"] - m["cross_entropy_rate_bits"]) <= near
+    )
+
+
+def test_piped_output_has_plain_progress_lines(quick_run: dict[str, Any]) -> None:
+    # stdout is not a terminal here: no progress bars, cut or whole, but one line per part
+    text = quick_run["stdout"]
+    assert "━━" not in text.replace("┏", "").split("Part 1: cross-entropy")[0]
+    assert "…" not in text
+    lines = text.splitlines()
+    steps = quick_run["summary"]["config"]["steps"]
+    assert lines[0].startswith(f"Part 1: Markov source: {steps} steps in ")
+    assert lines[1].startswith(f"Your file: {steps} steps in ")
+    assert lines[2].startswith("Part 2: digits: cross-entropy ")
+
+
+def test_steps_to_90_percent_is_named_and_explained(quick_run: dict[str, Any]) -> None:
+    part = quick_run["summary"]["classification"]
+    text = " ".join(quick_run["stdout"].split())
+    assert "steps to 90%" in text and "first step at" not in text
+    assert f"measured every {part['eval_every']} steps" in text
+    assert part["accuracy_target"] == 0.9
+    assert "every 5 SGD steps" in part["steps_to_target_definition"]
+
+
+def test_the_text_comparison_says_what_it_shows(quick_run: dict[str, Any]) -> None:
+    t = quick_run["summary"]["text"]
+    c = t["coding"]
+    shorter = [n for n, bits in c["baselines_bits"].items() if bits < c["compressed_bits"]]
+    assert sorted(t["shorter_than_range_coder"]) == sorted(shorter)
+    text = " ".join(quick_run["stdout"].split())
+    assert "What this shows: the range coder stores the held-out bytes in the byte model's" in text
+    assert f"sees the previous {t['context_bytes']} bytes only" in text
+    assert f"learned from the first {t['train_bytes']:,} bytes" in text
+    if shorter:
+        assert "shorter: they copy long repeats" in text
+    else:
+        assert "the byte model is shorter than gzip, bz2 and lzma" in text
+
+
+def test_the_figure_labels_what_it_draws(quick_run: dict[str, Any]) -> None:
+    """The digits panel marks where each loss reaches 90% (in the legend, no unlabelled lines);
+    the code-length panel says what the file's bars show."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from crossentropy.demo import _report
+
+    s = quick_run["summary"]
+    fig = _report.draw_report(s)
+    try:
+        right, left = fig.axes[1], fig.axes[2]  # code lengths (top right), digits (bottom left)
+        labels = left.get_legend_handles_labels()[1]
+        for name, r in s["classification"]["losses"].items():
+            label = next(x for x in labels if x.startswith(_report.LOSS_LABELS[name]))
+            first = r["steps_to_90pct"]
+            assert label.endswith(f"90% at step {first}" if first else "never reaches it")
+        # every line drawn has a legend entry (no unlabelled vertical lines)
+        assert all(not line.get_label().startswith("_") for line in left.get_lines())
+        # the marker of each loss sits where it first reached 90%
+        for line in left.get_lines()[:3]:
+            every = line.get_markevery()
+            assert every == [] or line.get_ydata()[every[0]] >= 0.9
+        notes = [x.get_text() for x in right.texts if "not a test of" in x.get_text()]
+        assert len(notes) == 1
+        note = " ".join(notes[0].split())
+        assert f"sees {s['text']['context_bytes']} bytes" in note
+        assert f"learned from {s['text']['train_bytes']:,} bytes" in note
+        ticks = [x.get_text() for x in right.get_xticklabels()]
+        assert ticks[1].startswith(f"sample.txt: last {s['text']['held_out_bytes']:,} bytes")
+    finally:
+        plt.close(fig)
+
+
+def test_the_note_on_the_code_length_panel_never_hides_a_bar_value(
+    quick_run: dict[str, Any],
+) -> None:
+    # a file the byte model codes in nearly 4 bits/byte, as the README did: its bars reach the
+    # height of the note, which must not cover their values
+    import copy
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from crossentropy.demo import _report
+
+    s = copy.deepcopy(quick_run["summary"])
+    c = s["text"]["coding"]
+    for key in (
+        "model_bound_bits_per_symbol",
+        "quantized_bound_bits_per_symbol",
+        "bits_per_symbol",
+    ):
+        c[key] = 3.95
+    # the longest note: every compressor shorter, a five-digit training size
+    s["text"]["shorter_than_range_coder"] = ["bz2", "lzma", "gzip"]
+    s["text"]["train_bytes"] = 15873
+    fig = _report.draw_report(s)
+    try:
+        ax = fig.axes[1]  # top right
+        renderer = fig.canvas.get_renderer()
+        box = next(x for x in ax.texts if "not a test of" in x.get_text())
+        area = _report.note_area(box, renderer)
+        values = [x for x in ax.texts if x is not box]
+        assert len(values) == 13  # 7 bars for the source, 6 for the file
+        assert not any(area.overlaps(x.get_window_extent(renderer)) for x in values)
+    finally:
+        plt.close(fig)
+
+
 def test_reported_entropy_rate_is_the_sources(quick_run: dict[str, Any]) -> None:
     s = quick_run["summary"]
     src = s["source"]

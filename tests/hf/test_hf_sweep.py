@@ -5,7 +5,8 @@ Each model is built from a tiny config derived generically from its own (``_hf_t
 outcomes are pinned: a model that cannot be built or run from a tiny config is listed in
 ``CANNOT_RUN`` with the reason, a model the patch refuses in ``REFUSED`` with the operation the
 error names. A model that changes category (a new transformers release, a change to the probe)
-fails its test until the lists say so, so neither list grows silently.
+fails its test until the lists say so, so neither list grows silently. The lists live in
+``_hf_outcomes.py``, which the documentation build reads too.
 """
 
 from __future__ import annotations
@@ -19,67 +20,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from _hf_outcomes import CANNOT_RUN, REFUSAL_REASONS, REFUSED  # noqa: E402
 from _hf_tiny import FIRST_SPECIAL_ID, build, causal_lm_classes  # noqa: E402
 
 from crossentropy import hf  # noqa: E402
-
-# model_type: what fails, as the error says it. Checked: each still fails that way.
-CANNOT_RUN: dict[str, str] = {
-    # the config's defaults do not build a model (a field the generic shrink leaves unset)
-    "cohere_compass_text": "KeyError: 'full_attention'",
-    "dbrx": "no attribute 'rope_theta'",
-    "qwen4_exp": "unsupported operand type(s) for //: 'NoneType'",
-    "qwen4_exp_text": "unsupported operand type(s) for //: 'NoneType'",
-    "longcat_flash": "split_with_sizes expects split_sizes",
-    "zamba": "tie_weights_keys",
-    "gemma4_assistant": "hidden_size_per_layer_input must be 0",
-    # per-layer attributes (heterogeneous layers): a global size cannot be set generically
-    "dots3_note": "is a per-layer attribute",
-    "dots3_note_text": "is a per-layer attribute",
-    "gemma4": "is a per-layer attribute",
-    "gemma4_text": "is a per-layer attribute",
-    "gemma4_unified": "is a per-layer attribute",
-    "gemma4_unified_assistant": "is a per-layer attribute",
-    "gemma4_unified_text": "is a per-layer attribute",
-    "gemma3n_text": "The set of layer types producing a cache",
-    # KV-sharing layers: a shrunk layer count leaves a layer reading a cache nobody produces
-    "kolibri1_1": "must read the K/V of an earlier layer",
-    # needs an optional package the dev extra does not install
-    "gemma3n": "requires the timm library",
-    # an image-captioning model: its loss needs image tokens in front of the text
-    "git": "Expected input batch_size",
-}
-
-# model_type: the operation the refusal names. Most compute their loss in forward with
-# CrossEntropyLoss()(logits.view(-1, V), ...) instead of self.loss_function.
-REFUSED: dict[str, str] = {
-    **{
-        name: "'view'"
-        for name in (
-            "bart",
-            "bigbird_pegasus",
-            "blenderbot",
-            "blenderbot-small",
-            "cpmant",
-            "marian",
-            "mbart",
-            "mvp",
-            "pegasus",
-            "plbart",
-            "trocr",
-            "whisper",
-            "xlm",
-            "xlnet",
-        )
-    },
-    "prophetnet": "'__getitem__'",
-    # output embeddings that are not one nn.Linear
-    "dory": "not a plain torch.nn.Linear",
-    # a Linear subclass with its own forward (casts the input to the weight dtype, fp32 output)
-    "ergo": "not a plain torch.nn.Linear",
-    "musicgen": "not a plain torch.nn.Linear",
-    "musicgen_melody": "not a plain torch.nn.Linear",
-}
 
 CASES = sorted(set(causal_lm_classes()))
 
@@ -158,6 +102,12 @@ def test_patched_loss_matches_or_is_refused(model_type: str, class_name: str) ->
         # (RWKV's tied embedding has entries of several hundred)
         scale = max(1.0, float(value.abs().max()))
         torch.testing.assert_close(got_grads[key], value, atol=1e-5 * scale, rtol=1e-4, msg=key)
+
+
+def test_every_refusal_has_a_reason_for_the_documentation() -> None:
+    assert set(REFUSED.values()) <= set(REFUSAL_REASONS), set(REFUSED.values()) - set(
+        REFUSAL_REASONS
+    )
 
 
 def test_pinned_models_exist() -> None:

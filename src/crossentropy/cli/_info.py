@@ -57,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
         cuda = torch.cuda.is_available()
         rows.append(("device", f"cuda: {torch.cuda.get_device_name(0)}" if cuda else "cpu only"))
         rows.append(("impl='torch'", "available (crossentropy.torch)"))
-        if not works["triton"]:
-            kernels = "unavailable (install crossentropy[triton])"
+        if not works["triton"] and not cuda:
+            # installing triton would not help here: the kernels run on CUDA GPUs
+            kernels = "needs a CUDA GPU (none here) and triton (crossentropy[triton])"
+        elif not works["triton"]:
+            kernels = "unavailable on this CUDA GPU: install crossentropy[triton]"
         elif cuda:
             kernels = "available on CUDA tensors"
         elif os.environ.get("TRITON_INTERPRET") == "1":

@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ MAX_BINS = 100_000
 FORMATS = ("csv", "npy", "parquet")
 # header names taken as the true label when no --label-column or --true is given
 LABEL_NAMES = ("label", "y", "target")
+# a first column with one of these names holds row ids when the other columns sum to 1
+ID_NAMES = ("id", "index", "row")
+# what the report and the messages call standard input (PRED or --true given as -)
+STDIN = "<stdin>"
 # values parsed from text are float64; each row's written decimals are read from them
 TEXT_EPS = float(np.finfo(np.float64).eps)
 _SUFFIXES = {".csv": "csv", ".txt": "csv", ".npy": "npy", ".parquet": "parquet", ".pq": "parquet"}
@@ -45,20 +50,30 @@ def register(sub: argparse._SubParsersAction) -> None:
             "chunks, so its size is not limited by memory."
         ),
     )
-    parser.add_argument("pred", metavar="PRED", help="predictions: .csv, .npy or .parquet")
+    parser.add_argument(
+        "pred", metavar="PRED", help="predictions: .csv, .npy or .parquet; - reads standard input "
+        "(then --format is required)"
+    )  # fmt: skip
     truth = parser.add_mutually_exclusive_group()
     truth.add_argument(
         "--true",
         metavar="TRUE",
         help="true labels: .npy (class names, or integers: the class of that name when every "
         "class name is an integer, else the column position) or a text/CSV file with one label "
-        "per line (an optional header line is skipped)",
+        "per line (an optional header line is skipped); - reads them from standard input",
     )
     truth.add_argument(
         "--label-column",
         metavar="NAME",
-        help="column of PRED (CSV/Parquet) holding the true label (default: the one column named "
+        help="column of PRED (CSV/Parquet) holding the true label: a class name, or an integer "
+        "column position when no class is named by a number (default: the one column named "
         "label, y or target, in any case)",
+    )
+    parser.add_argument(
+        "--id-column",
+        metavar="NAME",
+        help="column of PRED (CSV/Parquet) holding row ids, which is not scored (default: a "
+        "first column named id, index or row, in any case, when the other columns sum to 1)",
     )
     parser.add_argument(
         "--labels",
@@ -144,12 +159,18 @@ class Classes:
             ints = np.array([int(name) for name in names], dtype=np.int64)
             if np.unique(ints).shape[0] == ints.shape[0]:  # not "1" and "01"
                 self.integer_names = ints
+        # An integer label that names no class is a column position, but only when no class is
+        # named by a number: then "2" can mean nothing else.
+        self.positions_allowed = not any(_is_integer_text(name) for name in names)
+        # set when an integer label was read as a column position, so the user can be told
+        self.positions_used = False
 
     def __len__(self) -> int:
         return len(self.names)
 
     def lookup(self, text: str) -> int:
-        """Column of the label ``text`` (its name, or a number naming it, e.g. ``1.0`` for "1")."""
+        """Column of the label ``text``: its name, a number naming it (``1.0`` for "1"), or, when
+        no class is named by a number, an integer column position (``2`` for the third column)."""
         text = text.strip()
         found = self.index.get(text)
         if found is not None:
@@ -158,9 +179,34 @@ class Classes:
             value = float(text)
         except ValueError:
             return -1
-        if value.is_integer():
-            return self.index.get(str(int(value)), -1)
-        return -1
+        if not value.is_integer():
+            return -1
+        found = self.index.get(str(int(value)), -1)
+        if found < 0 and self.positions_allowed and 0 <= value < len(self.names):
+            self.positions_used = True
+            return int(value)
+        return found
+
+    def unknown(self, text: str) -> str:
+        """Why the label ``text`` was refused, for an error message."""
+        message = f"label {text!r} is not one of the classes ({self.describe()})"
+        try:
+            integer = float(text).is_integer()
+        except ValueError:
+            integer = False
+        if self.positions_allowed and integer:
+            message += f" nor a column position in [0, {len(self.names)})"
+        return message
+
+    def positions_note(self) -> str:
+        """The line that says integer labels were read as column positions."""
+        first = self.names if len(self) <= 3 else self.names[:2]
+        shown = ", ".join(f"{i} = {name!r}" for i, name in enumerate(first))
+        more = f", ..., {len(self) - 1} = {self.names[-1]!r}" if len(self) > 3 else ""
+        return (
+            f"integer labels read as column positions ({shown}{more}), since no class is named "
+            "by a number"
+        )
 
     def lookup_many(self, texts: list[str]) -> np.ndarray:
         get = self.index.get
@@ -211,8 +257,22 @@ class _LabelTable(dict[str, float]):
 def open_text(path: str) -> IO[str]:
     """A text file read with universal line splitting (\n, \r\n or a lone \r end a line) and no
     newline translation; utf-8-sig drops a BOM. Bytes that are not UTF-8 become lone surrogates
-    instead of failing a whole buffer, so :func:`check_utf8` can name their line."""
+    instead of failing a whole buffer, so :func:`check_utf8` can name their line. ``-`` is
+    standard input, read the same way (and left open)."""
+    if path == "-":
+        return open(
+            sys.stdin.fileno(),
+            encoding="utf-8-sig",
+            errors="surrogateescape",
+            newline="",
+            closefd=False,
+        )
     return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def display_name(path: str) -> str:
+    """How messages and the report name a file; ``-`` is standard input."""
+    return STDIN if path == "-" else path
 
 
 def check_utf8(path: str, lines: list[str], first: int) -> None:
@@ -241,10 +301,13 @@ class CSVReader:
         names: list[str] | None,
         chunk_rows: int,
         find_label: bool = False,
+        id_column: str | None = None,
+        sum_tol: float | None = None,
     ) -> None:
-        self.path = path
+        self.path = display_name(path)
         self.chunk_rows = chunk_rows
         self.file: IO[str] = open_text(path)  # a BOM is not a class name
+        self._pending: list[str] = []  # lines read ahead to decide on an id column
         header_at = 0
         while True:  # blank lines before the header are skipped, as blank lines elsewhere
             header_line = self.file.readline()
@@ -252,6 +315,7 @@ class CSVReader:
             self._check_utf8([header_line], header_at)
             if not header_line or header_line.strip():
                 break
+        path = self.path
         if not header_line.strip():
             raise CLIError(f"{path}: empty file: expected a header line of class names")
         if _unbalanced_quote(header_line):
@@ -283,7 +347,20 @@ class CSVReader:
                     f"{', '.join(header)}"
                 )
             self.label_col = header.index(label_column)
-        self.prob_cols = [j for j in range(len(header)) if j != self.label_col]
+        self.next_line = header_at + 1
+        self.id_col: int | None = None
+        self.found_id: str | None = None
+        self.id_candidate: str | None = None  # a first column named id that is scored
+        if id_column is not None:
+            self.id_col = _id_column(path, id_column, header, label_column)
+        elif _looks_like_id(header, label_column):
+            self._pending = self._read_lines()
+            rest = [j for j in range(1, len(header)) if j != self.label_col]
+            if rest and _sums_to_one(self._parse(self._pending, rest), sum_tol):
+                self.id_col, self.found_id = 0, header[0]
+            else:
+                self.id_candidate = header[0]
+        self.prob_cols = [j for j in range(len(header)) if j not in (self.label_col, self.id_col)]
         header_names = [header[j] for j in self.prob_cols]
         if names is not None and len(names) != len(header_names):
             raise CLIError(
@@ -292,7 +369,25 @@ class CSVReader:
             )
         self.header = header
         self.classes = Classes(names if names is not None else header_names, path)
-        self.next_line = header_at + 1
+
+    def _parse(self, lines: list[str], columns: list[int]) -> np.ndarray | None:
+        """The numbers of ``columns`` in ``lines`` (blank lines skipped), or None if any is not a
+        number: the read ahead only decides, the chunk reader reports problems."""
+        kept = [line for line in lines if line.strip()]
+        if not kept:
+            return None
+        try:
+            return np.loadtxt(
+                kept,
+                delimiter=",",
+                dtype=np.float64,
+                comments=None,
+                quotechar='"',
+                ndmin=2,
+                usecols=columns,
+            )
+        except (ValueError, IndexError):
+            return None
 
     def close(self) -> None:
         self.file.close()
@@ -301,6 +396,9 @@ class CSVReader:
         check_utf8(self.path, lines, first)
 
     def _read_lines(self) -> list[str]:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            return lines
         lines = list(itertools.islice(self.file, self.chunk_rows))
         self._check_utf8(lines, self.next_line)
         return lines
@@ -353,10 +451,7 @@ class CSVReader:
                     if _unbalanced_quote(kept[i]):
                         raise _quote_error(self.path, int(positions[i]))
                     text = next(csv.reader([kept[i]]))[self.label_col].strip()
-                    raise CLIError(
-                        f"{self.path}: line {positions[i]}: label {text!r} is not one of the "
-                        f"classes ({classes.describe()})"
-                    )
+                    raise CLIError(f"{self.path}: line {positions[i]}: {classes.unknown(text)}")
             yield Chunk(probs, target, positions, "line")
 
     def _diagnose(self, kept: list[str], positions: np.ndarray, fallback: str) -> CLIError:
@@ -377,6 +472,35 @@ class CSVReader:
                         "is not a number"
                     )
         return CLIError(f"{self.path}: line {positions[0]} or later: {fallback}")
+
+
+def _looks_like_id(columns: list[str], label_column: str | None) -> bool:
+    """Whether the first column is named like a row id (and is not the label column)."""
+    return (
+        len(columns) > 2 and columns[0].strip().lower() in ID_NAMES and columns[0] != label_column
+    )
+
+
+def _id_column(path: str, name: str, columns: list[str], label_column: str | None) -> int:
+    """Position of the --id-column ``name``, checked."""
+    if name not in columns:
+        raise CLIError(
+            f"{path}: no column named {name!r} (--id-column); the columns are {', '.join(columns)}"
+        )
+    if name == label_column:
+        raise CLIError(f"{path}: column {name!r} cannot hold both the labels and the row ids")
+    return columns.index(name)
+
+
+def _sums_to_one(table: np.ndarray | None, sum_tol: float | None, eps: float = TEXT_EPS) -> bool:
+    """Whether every row of ``table`` is a probability distribution by the library's rule."""
+    if table is None or table.shape[0] == 0 or table.shape[1] < 2:
+        return False
+    if not np.all((table >= 0) & (table <= 1)):  # also False for NaN
+        return False
+    sums = table.sum(axis=1, keepdims=True)
+    check = check_row_sums(namespace(table), table, sums, 1, sum_tol=sum_tol, eps=eps)
+    return not bool(np.any(check.off))
 
 
 def _unbalanced_quote(line: str) -> bool:
@@ -418,9 +542,12 @@ class NPYArray:
     """Rows of a .npy file read a chunk at a time, without loading or memory-mapping it all."""
 
     def __init__(self, path: str, what: str, ndims: tuple[int, ...]) -> None:
-        self.path = path
-        self.file: IO[bytes] = open(path, "rb")
-        if os.fstat(self.file.fileno()).st_size == 0:
+        self.stdin = path == "-"
+        self.path = path = display_name(path)
+        self.file: IO[bytes] = sys.stdin.buffer if self.stdin else open(path, "rb")
+        # the size checks need a regular file; a pipe's length is known only at its end
+        regular = stat.S_ISREG(os.fstat(self.file.fileno()).st_mode)
+        if regular and os.fstat(self.file.fileno()).st_size == 0:
             raise CLIError(f"{path}: empty file")
         self.shape, fortran, self.dtype = _npy_header(path, self.file)
         if len(self.shape) not in ndims:
@@ -431,8 +558,12 @@ class NPYArray:
         self.row_items = int(np.prod(self.shape[1:]))
         self.n_rows = int(self.shape[0])
         # a damaged header must not make us build 10**9 class names or map a short file
-        data_bytes = os.fstat(self.file.fileno()).st_size - self.file.tell()
         row_bytes = self.row_items * self.dtype.itemsize
+        data_bytes = (
+            os.fstat(self.file.fileno()).st_size - self.file.tell()
+            if regular
+            else row_bytes * self.n_rows  # a pipe: a short one is found as it is read
+        )
         if row_bytes * self.n_rows > data_bytes:
             whole = data_bytes // row_bytes if row_bytes else 0
             raise CLIError(
@@ -442,12 +573,23 @@ class NPYArray:
             )
         self.done = 0
         self._mmap: np.ndarray | None = None
-        if self.fortran:
+        if self.fortran and not regular:
+            # column-major rows are not contiguous, and a pipe cannot be mapped: read it whole
+            data = self.file.read(row_bytes * self.n_rows)
+            if len(data) < row_bytes * self.n_rows:
+                raise CLIError(
+                    f"{path}: row {len(data) // max(1, row_bytes) + 1}: file ends early "
+                    f"(truncated); the header promises {self.n_rows} rows"
+                )
+            flat = np.frombuffer(data, dtype=self.dtype)
+            self._mmap = flat.reshape(self.shape, order="F")
+        elif self.fortran:
             # column-major rows are not contiguous; the OS pages this mapping in and out as needed
             self._mmap = np.load(path, mmap_mode="r")
 
     def close(self) -> None:
-        self.file.close()
+        if not self.stdin:
+            self.file.close()
 
     def read(self, count: int) -> np.ndarray:
         count = min(count, self.n_rows - self.done)
@@ -471,9 +613,10 @@ class NPYReader:
     """Reads a 2-D (rows x classes) .npy array of probabilities, or 1-D positive-class ones."""
 
     def __init__(self, path: str, names: list[str] | None, chunk_rows: int) -> None:
-        self.path = path
+        self.path = display_name(path)
         self.chunk_rows = chunk_rows
         self.array = NPYArray(path, "a 2-D array of probabilities (rows x classes)", (1, 2))
+        path = self.path
         if self.array.dtype.kind not in "fiu":
             raise CLIError(
                 f"{path}: expected floating-point probabilities; got dtype {self.array.dtype}"
@@ -522,22 +665,28 @@ class ParquetReader:
         names: list[str] | None,
         chunk_rows: int,
         find_label: bool = False,
+        id_column: str | None = None,
+        sum_tol: float | None = None,
     ) -> None:
         try:
+            import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
             raise CLIError(
-                f"{path}: reading Parquet needs pyarrow; install it with "
+                f"{display_name(path)}: reading Parquet needs pyarrow; install it with "
                 "`pip install 'crossentropy[parquet]'`"
             ) from None
-        self.path = path
+        self.path = display_name(path)
         self.chunk_rows = chunk_rows
         try:
-            self.file = pq.ParquetFile(path)
+            # Parquet keeps its schema at the end of the file: standard input is read whole
+            source = pa.BufferReader(sys.stdin.buffer.read()) if path == "-" else path
+            self.file = pq.ParquetFile(source)
         except Exception as exc:
             raise CLIError(
-                f"{path}: not a readable Parquet file ({' '.join(str(exc).split())})"
+                f"{self.path}: not a readable Parquet file ({' '.join(str(exc).split())})"
             ) from None
+        path = self.path
         columns = list(self.file.schema_arrow.names)
         self.columns = columns
         self.found_label: str | None = None
@@ -548,7 +697,18 @@ class ParquetReader:
                 f"{path}: no column named {label_column!r}; the columns are {', '.join(columns)}"
             )
         self.label_column = label_column
-        self.prob_columns = [c for c in columns if c != label_column]
+        self.found_id: str | None = None
+        self.id_candidate: str | None = None
+        id_name: str | None = None
+        if id_column is not None:
+            id_name = columns[_id_column(path, id_column, columns, label_column)]
+        elif _looks_like_id(columns, label_column) and self.file.metadata.num_rows:
+            rest = [c for c in columns[1:] if c != label_column]
+            if self._first_rows_sum_to_one(rest, sum_tol):
+                id_name = self.found_id = columns[0]
+            else:
+                self.id_candidate = columns[0]
+        self.prob_columns = [c for c in columns if c not in (label_column, id_name)]
         if names is not None and len(names) != len(self.prob_columns):
             raise CLIError(
                 f"{path}: --labels gives {len(names)} names but the file has "
@@ -560,6 +720,19 @@ class ParquetReader:
 
     def close(self) -> None:
         self.file.close()
+
+    def _first_rows_sum_to_one(self, columns: list[str], sum_tol: float | None) -> bool:
+        """Whether the first batch of ``columns`` holds rows that sum to 1 (numbers only)."""
+        try:
+            batch = next(self.file.iter_batches(batch_size=self.chunk_rows, columns=columns))
+        except StopIteration:
+            return False
+        values = [batch.column(c).to_numpy(zero_copy_only=False) for c in columns]
+        if not all(v.dtype.kind in "fiub" for v in values):
+            return False
+        floats = [v.dtype for v in values if v.dtype.kind == "f"]
+        eps = max((float(np.finfo(d).eps) for d in floats), default=0.0)
+        return _sums_to_one(np.column_stack(values).astype(np.float64), sum_tol, eps)
 
     def chunks(self) -> Iterator[Chunk]:
         done = 0
@@ -589,8 +762,7 @@ class ParquetReader:
                 if unknown.size:
                     i = int(unknown[0])
                     raise CLIError(
-                        f"{self.path}: row {positions[i]}: label {texts[i]!r} is not one of the "
-                        f"classes ({self.classes.describe()})"
+                        f"{self.path}: row {positions[i]}: {self.classes.unknown(texts[i])}"
                     )
             done += probs.shape[0]
             yield Chunk(probs, target, positions, "row", eps, str(coarse or "int"))
@@ -604,14 +776,14 @@ class TrueLabels:
     """Labels from ``--true``, handed out in the chunk sizes the prediction reader produces."""
 
     def __init__(self, path: str, classes: Classes) -> None:
-        self.path = path
+        self.path = display_name(path)
         self.classes = classes
         self.count = 0
         self._npy: NPYArray | None = None
         self._text: IO[str] | None = None
-        if os.path.isdir(path):
+        if path != "-" and os.path.isdir(path):
             raise CLIError(f"{path}: is a directory, expected a file of labels")
-        if not os.path.isfile(path):
+        if path != "-" and not os.path.isfile(path):
             raise CLIError(f"{path}: no such file")
         if path.endswith(".npy"):
             self._npy = NPYArray(path, "a 1-D array of labels", (1,))
@@ -656,6 +828,7 @@ class TrueLabels:
                     f"{self.path}: row {positions[i]}: label {int(values[i])} is not a class "
                     f"index in [0, {k})"
                 )
+            self.classes.positions_used = True
             return values.astype(np.intp)
         if values.dtype.kind in "US":
             texts = [v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()]
@@ -689,8 +862,7 @@ class TrueLabels:
         if bad.size:
             i = int(bad[0])
             raise CLIError(
-                f"{self.path}: {self.unit} {positions[i]}: label {texts[i].strip()!r} is not one "
-                f"of the classes ({self.classes.describe()})"
+                f"{self.path}: {self.unit} {positions[i]}: {self.classes.unknown(texts[i].strip())}"
             )
         return index
 
@@ -740,9 +912,16 @@ def _unquote(text: str) -> str:
 
 def _open_reader(args: argparse.Namespace) -> CSVReader | NPYReader | ParquetReader:
     path = args.pred
-    if not os.path.exists(path):
+    if path == "-":
+        if args.format is None:
+            raise CLIError(
+                "PRED is - (standard input): pass --format csv, --format npy or --format parquet"
+            )
+        if args.true == "-":
+            raise CLIError("PRED and --true cannot both be - (standard input)")
+    elif not os.path.exists(path):
         raise CLIError(f"{path}: no such file")
-    if os.path.isdir(path):
+    elif os.path.isdir(path):
         raise CLIError(f"{path}: is a directory, expected a prediction file")
     fmt = args.format
     if fmt is None:
@@ -753,13 +932,18 @@ def _open_reader(args: argparse.Namespace) -> CSVReader | NPYReader | ParquetRea
                 "or pass --format"
             )
     if fmt == "npy":
-        if args.label_column is not None:
-            raise CLIError(f"{path}: a .npy file has no columns; give labels with --true")
+        for flag, given in (("--label-column", args.label_column), ("--id-column", args.id_column)):
+            if given is not None:
+                raise CLIError(
+                    f"{display_name(path)}: a .npy file has no columns ({flag}); give labels with "
+                    "--true"
+                )
         return NPYReader(path, args.labels, args.chunk_rows)
     find = args.true is None  # without --true, a column named label, y or target holds the labels
-    if fmt == "parquet":
-        return ParquetReader(path, args.label_column, args.labels, args.chunk_rows, find)
-    return CSVReader(path, args.label_column, args.labels, args.chunk_rows, find)
+    reader = ParquetReader if fmt == "parquet" else CSVReader
+    return reader(
+        path, args.label_column, args.labels, args.chunk_rows, find, args.id_column, args.tol
+    )
 
 
 def find_label_column(columns: list[str]) -> str | None:
@@ -769,7 +953,12 @@ def find_label_column(columns: list[str]) -> str | None:
 
 
 def _check_chunk(
-    path: str, chunk: Chunk, classes: Classes, renormalize: bool, tol: float | None
+    path: str,
+    chunk: Chunk,
+    classes: Classes,
+    renormalize: bool,
+    tol: float | None,
+    hint: str = "",
 ) -> np.ndarray:
     """Validate a chunk's probabilities; return them (divided by their row sums with
     --renormalize). Row sums follow the library's rule (:mod:`crossentropy._tolerance`): the
@@ -789,7 +978,7 @@ def _check_chunk(
         allowed = "non-negative and finite" if renormalize else "inside [0, 1]"
         raise CLIError(
             f"{path}: {chunk.where(i)}: probability {float(p[i, j])!r} of {classes.names[j]!r} "
-            f"is not {allowed}"
+            f"is not {allowed}{hint}"
         )
     if renormalize:
         # scaled by the row maximum first, so that huge finite scores do not overflow the sum
@@ -825,6 +1014,11 @@ def _check_chunk(
     return p
 
 
+def _note(text: str) -> None:
+    """One line on stderr saying what the command inferred from the file."""
+    print(f"crossentropy score: {text}", file=sys.stderr)
+
+
 def score_file(args: argparse.Namespace) -> tuple[Any, Classes]:
     """Stream the prediction file (and the label file) through a ScoreAccumulator."""
     from crossentropy.metrics import ScoreAccumulator
@@ -834,6 +1028,7 @@ def score_file(args: argparse.Namespace) -> tuple[Any, Classes]:
     if args.tol is not None and (args.tol < 0 or not math.isfinite(args.tol)):
         raise CLIError(f"--tol must be a non-negative number; got {args.tol}")
     reader = _open_reader(args)
+    pred = reader.path
     truth: TrueLabels | None = None
     try:
         classes = reader.classes
@@ -848,26 +1043,40 @@ def score_file(args: argparse.Namespace) -> tuple[Any, Classes]:
             named = [c for c in columns if c.strip().lower() in LABEL_NAMES]
             several = f" (several columns could be: {', '.join(named)})" if len(named) > 1 else ""
             raise CLIError(
-                f"{args.pred}: no true labels{several}; pass --label-column NAME (a column of the "
+                f"{pred}: no true labels{several}; pass --label-column NAME (a column of the "
                 "file) or --true FILE"
             )
         found = getattr(reader, "found_label", None)
         if found is not None:
-            print(
-                f"crossentropy score: true labels from column {found!r} of "
-                f"{args.pred} (choose another with --label-column or --true)",
-                file=sys.stderr,
+            _note(
+                f"true labels from column {found!r} of {pred} (choose another with "
+                "--label-column or --true)"
             )
+        found_id = getattr(reader, "found_id", None)
+        if found_id is not None:
+            _note(
+                f"column {found_id!r} of {pred} taken as row ids, not probabilities: the other "
+                "columns sum to 1 (choose another with --id-column)"
+            )
+        candidate = getattr(reader, "id_candidate", None)
+        hint = ""
+        if candidate is not None:
+            hint = f"; or --id-column {candidate} if column {candidate!r} holds row ids"
+            if args.renormalize:
+                _note(
+                    f"column {candidate!r} of {pred} is scored as a class, since the other "
+                    f"columns do not sum to 1; pass --id-column {candidate} if it holds row ids"
+                )
         acc = ScoreAccumulator(list(classes.names), n_bins=args.bins, eps=args.eps)
         n = 0
         for chunk in reader.chunks():
-            probs = _check_chunk(args.pred, chunk, classes, args.renormalize, args.tol)
+            probs = _check_chunk(pred, chunk, classes, args.renormalize, args.tol, hint)
             if truth is not None:
                 target, _ = truth.take(probs.shape[0])
                 if target.shape[0] < probs.shape[0]:
                     raise CLIError(
-                        f"{args.true}: has {truth.count} labels but {args.pred} has more rows "
-                        f"({args.pred} {chunk.where(target.shape[0])} has no label)"
+                        f"{truth.path}: has {truth.count} labels but {pred} has more rows "
+                        f"({pred} {chunk.where(target.shape[0])} has no label)"
                     )
             else:
                 assert chunk.target is not None  # the reader holds the label column
@@ -875,12 +1084,13 @@ def score_file(args: argparse.Namespace) -> tuple[Any, Classes]:
             acc._add(target, probs, None)
             n += probs.shape[0]
         if n == 0:
-            raise CLIError(f"{args.pred}: no data rows (only a header)")
+            raise CLIError(f"{pred}: no data rows (only a header)")
         if truth is not None and truth.remaining():
             raise CLIError(
-                f"{args.true}: has more labels than {args.pred} has rows ({n}); the lengths must "
-                "match"
+                f"{truth.path}: has more labels than {pred} has rows ({n}); the lengths must match"
             )
+        if classes.positions_used:
+            _note(classes.positions_note())
         return acc.compute(), classes
     finally:
         reader.close()
@@ -888,13 +1098,26 @@ def score_file(args: argparse.Namespace) -> tuple[Any, Classes]:
             truth.close()
 
 
-def _finite(x: float) -> float | None:
+# JSON has no infinity: an infinite value is written as this string (float("Infinity") in
+# Python, Number("Infinity") in JavaScript), and null means "not defined" (a class without
+# samples, an empty calibration bin), so the two cannot be confused.
+INFINITY = "Infinity"
+
+
+def _finite(x: float) -> float | str | None:
+    """``x`` for the JSON report: a float, ``"Infinity"``/``"-Infinity"``, or None for NaN."""
     x = float(x)
-    return x if math.isfinite(x) else None
+    if math.isnan(x):
+        return None
+    if math.isinf(x):
+        return INFINITY if x > 0 else "-" + INFINITY
+    return x
 
 
 def report_dict(path: str, scores: Any, base: float | None) -> dict[str, Any]:
-    """The JSON report. Non-finite numbers become null (``n_zero_prob`` says why a loss is)."""
+    """The JSON report. An infinite value (a zero probability on a true class, without --eps;
+    ``n_zero_prob`` counts those rows) is the string ``"Infinity"``; a value that is not defined
+    (the cross-entropy of a class with no samples, an empty bin's accuracy) is null."""
     unit = 1.0 if base is None else math.log(base)
     cal = scores.calibration
     pc = scores.per_class
@@ -937,9 +1160,11 @@ def report_dict(path: str, scores: Any, base: float | None) -> dict[str, Any]:
     }
 
 
-def _fmt(x: float | None, digits: int = 4) -> str:
+def _fmt(x: float | str | None, digits: int = 4) -> str:
     if x is None:
         return "-"
+    if isinstance(x, str):  # an infinite value
+        return "-inf" if x.startswith("-") else "inf"
     return f"{x:.{digits}f}"
 
 
@@ -965,12 +1190,11 @@ def print_report(report: dict[str, Any]) -> None:
     summary.add_column("metric")
     summary.add_column("value", justify="right")
     summary.add_row("samples", f"{report['n']:,}")
-    ll = report["log_loss_nats"]
-    summary.add_row("log loss (nats)", _fmt(ll) if ll is not None else "inf")
-    summary.add_row("log loss (bits)", _fmt(report["log_loss_bits"]) if ll is not None else "inf")
+    summary.add_row("log loss (nats)", _fmt(report["log_loss_nats"]))
+    summary.add_row("log loss (bits)", _fmt(report["log_loss_bits"]))
     if report["base"] not in (None, 2):
-        summary.add_row(f"log loss ({unit})", _fmt(report["log_loss"]) if ll is not None else "inf")
-    summary.add_row("perplexity", _fmt(report["perplexity"]) if ll is not None else "inf")
+        summary.add_row(f"log loss ({unit})", _fmt(report["log_loss"]))
+    summary.add_row("perplexity", _fmt(report["perplexity"]))
     summary.add_row("accuracy", _fmt(report["accuracy"]))
     summary.add_row("Brier score", _fmt(report["brier_score"]))
     summary.add_row(f"ECE ({report['n_bins']} bins)", _fmt(report["ece"]))
@@ -983,9 +1207,8 @@ def print_report(report: dict[str, Any]) -> None:
     per_class.add_column("cross-entropy", justify="right")
     per_class.add_column("accuracy", justify="right")
     for row in report["per_class"]:
-        ce = row["cross_entropy"]
-        shown = _fmt(ce) if ce is not None else ("inf" if row["count"] else "-")
         label = escape(row["label"])  # class names such as "[pad]" are text, not markup
+        shown = _fmt(row["cross_entropy"])
         per_class.add_row(label, f"{row['count']:,}", shown, _fmt(row["accuracy"]))
     console.print(per_class)
 
@@ -998,7 +1221,7 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.bins <= MAX_BINS:
         raise CLIError(f"--bins must be between 1 and {MAX_BINS:,}; got {args.bins}")
     scores, _ = score_file(args)
-    report = report_dict(args.pred, scores, args.base)
+    report = report_dict(display_name(args.pred), scores, args.base)
     try:
         if args.json:
             sys.stdout.write(json.dumps(report, indent=2, allow_nan=False) + "\n")
