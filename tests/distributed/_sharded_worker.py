@@ -534,7 +534,7 @@ def reuse(mesh: DeviceMesh) -> dict[str, Any]:
             W = distribute_tensor(W, mesh, [Shard(0)]) if split else W
             W.requires_grad_()
             h = x.clone().requires_grad_()
-            kw = dict(hidden=h, weight=W, target=y, temperature=temp, return_entropy=True)
+            kw = dict(input=h, linear_weight=W, target=y, temperature=temp, return_entropy=True)
             # the public function: a DTensor weight takes its _sharded hook
             res = linear_logprobs(**kw)
             (res.logprobs * up + res.entropy * up.flip(0)).sum().backward()
@@ -557,10 +557,10 @@ def reuse(mesh: DeviceMesh) -> dict[str, Any]:
                 Ws.requires_grad_()
                 hs, ht = x.clone().requires_grad_(), (0.5 * x).flip(0).clone()
                 kw = dict(
-                    student_hidden=hs,
-                    student_weight=Ws,
-                    teacher_hidden=ht,
-                    teacher_weight=Wq,
+                    student_input=hs,
+                    student_linear_weight=Ws,
+                    teacher_input=ht,
+                    teacher_linear_weight=Wq,
                     divergence="jsd",
                     beta=0.3,
                     temperature=1.5,

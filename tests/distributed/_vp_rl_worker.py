@@ -86,7 +86,7 @@ def run_case(name: str, case: dict[str, Any], group: Any, dtype: torch.dtype) ->
             h,
             w,
             t["y"],
-            bias=b,
+            linear_bias=b,
             return_entropy=bool(case.get("entropy")),
             process_group=group,
             chunk_size=4,
@@ -104,7 +104,7 @@ def run_case(name: str, case: dict[str, Any], group: Any, dtype: torch.dtype) ->
         leaves.update({"ht": ht, "wt": wt})
         if case.get("bias"):
             leaves["b"], leaves["bt"] = leaf(t["b"][sl]), leaf(t["bt"][sl])
-            kw.update(student_bias=leaves["b"], teacher_bias=leaves["bt"])
+            kw.update(student_linear_bias=leaves["b"], teacher_linear_bias=leaves["bt"])
         out = linear_distillation_loss(
             h, w, ht, wt, target=t["y"], process_group=group, chunk_size=3, **kw
         )

@@ -72,7 +72,7 @@ def single_process(name: str, dtype: torch.dtype) -> dict[str, Any]:
             leaves["h"],
             leaves["w"],
             t["y"],
-            bias=leaves["b"],
+            linear_bias=leaves["b"],
             return_entropy=bool(case.get("entropy")),
             **kw,
         )
@@ -88,7 +88,7 @@ def single_process(name: str, dtype: torch.dtype) -> dict[str, Any]:
         if case.get("bias"):
             leaves["b"] = t["b"].clone().requires_grad_(True)
             leaves["bt"] = t["bt"].clone().requires_grad_(True)
-            kw.update(student_bias=leaves["b"], teacher_bias=leaves["bt"])
+            kw.update(student_linear_bias=leaves["b"], teacher_linear_bias=leaves["bt"])
         out = linear_distillation_loss(
             leaves["h"], leaves["w"], leaves["ht"], leaves["wt"], target=t["y"], **kw
         )

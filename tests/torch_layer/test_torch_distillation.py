@@ -150,8 +150,8 @@ def test_matches_float64_for_every_option(
         teacher_softcap=caps[1],
         student_logit_scale=scales[0],
         teacher_logit_scale=scales[1],
-        student_bias=ours[4],
-        teacher_bias=ours[5],
+        student_linear_bias=ours[4],
+        teacher_linear_bias=ours[5],
         target=y,
         hard_weight=hard,
         reduction=reduction,
@@ -198,7 +198,12 @@ def test_masked_ids_on_both_sides_are_finite_and_match_a_smaller_vocabulary(div)
     beta = 0.4 if div == "jsd" else 0.5
     leaves = _leaves([hs, ws, ht, wt])
     masked = linear_distillation_loss(
-        *leaves, divergence=div, beta=beta, student_bias=minus, teacher_bias=minus, reduction="sum"
+        *leaves,
+        divergence=div,
+        beta=beta,
+        student_linear_bias=minus,
+        teacher_linear_bias=minus,
+        reduction="sum",
     )
     sliced = linear_distillation_loss(
         hs, ws, ht, wt, divergence=div, beta=beta, vocab_size=15, reduction="sum"
@@ -258,20 +263,20 @@ def test_batch_shapes_and_reductions():
         ({"divergence": "kl", "reduction": "avg"}, ValueError, "reduction"),
         ({"divergence": "kl", "target": torch.zeros(3)}, TypeError, "integer class ids"),
         ({"divergence": "kl", "mask": torch.ones(3)}, ValueError, "mask must be a bool"),
-        ({"divergence": "kl", "teacher_hidden": torch.zeros(2, 5)}, ValueError, "same positions"),
+        ({"divergence": "kl", "teacher_input": torch.zeros(2, 5)}, ValueError, "same positions"),
         (
-            {"divergence": "kl", "student_weight": torch.zeros(7, 3)},
+            {"divergence": "kl", "student_linear_weight": torch.zeros(7, 3)},
             ValueError,
-            "student_hidden must have shape",
+            "student_input must have shape",
         ),
     ],
 )
 def test_bad_input(kwargs, exc, match):
     args = {
-        "student_hidden": torch.zeros(3, 4),
-        "student_weight": torch.zeros(7, 4),
-        "teacher_hidden": torch.zeros(3, 5),
-        "teacher_weight": torch.zeros(7, 5),
+        "student_input": torch.zeros(3, 4),
+        "student_linear_weight": torch.zeros(7, 4),
+        "teacher_input": torch.zeros(3, 5),
+        "teacher_linear_weight": torch.zeros(7, 5),
     }
     args.update(kwargs)
     with pytest.raises(exc, match=match):

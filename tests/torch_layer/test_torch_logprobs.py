@@ -75,7 +75,7 @@ def test_matches_float64_with_gradients_of_both_outputs(
         ours_l[0],
         ours_l[1],
         y,
-        bias=ours_l[2],
+        linear_bias=ours_l[2],
         temperature=temperature,
         softcap=softcap,
         logit_scale=scale,
@@ -100,7 +100,7 @@ def test_matches_float64_with_gradients_of_both_outputs(
 def test_logprobs_alone_and_batch_shapes():
     h, w, b, y = _data(12, 6, 30, seed=1)
     h3, y3 = h.reshape(3, 4, 6), y.reshape(3, 4)
-    out = linear_logprobs(h3, w, y3, bias=b)
+    out = linear_logprobs(h3, w, y3, linear_bias=b)
     assert isinstance(out, torch.Tensor) and out.shape == (3, 4)
     lp, _ = _reference(_mapped(h, w, b), y)
     torch.testing.assert_close(out.reshape(-1), lp, rtol=1e-12, atol=1e-12)
@@ -181,7 +181,7 @@ def test_top_k_top_p_renormalise_over_the_kept_set(top_k, top_p):
         :, 0
     ]
     out = linear_logprobs(
-        h, w, y, bias=b, temperature=temp, top_k=top_k, top_p=top_p, return_entropy=True
+        h, w, y, linear_bias=b, temperature=temp, top_k=top_k, top_p=top_p, return_entropy=True
     )
     lp, ent = _reference(z.masked_fill(~keep, float("-inf")), y)
     torch.testing.assert_close(out.logprobs, lp, rtol=1e-10, atol=1e-10)
@@ -216,7 +216,7 @@ def test_masked_padded_vocabulary_and_all_negative_logits_are_finite():
     b[15:] = float("-inf")
     y = y % 15
     hl = h.clone().requires_grad_()
-    out = linear_logprobs(hl, w, y, bias=b, return_entropy=True, softcap=None)
+    out = linear_logprobs(hl, w, y, linear_bias=b, return_entropy=True, softcap=None)
     assert torch.isfinite(out.logprobs).all() and torch.isfinite(out.entropy).all()
     lp, ent = _reference(_mapped(h, w, b), y)
     torch.testing.assert_close(out.logprobs, lp, rtol=1e-10, atol=1e-9)
@@ -272,7 +272,9 @@ def test_compile_fullgraph():
     h, w, b, y = _data(7, 5, 13, seed=12, dtype=torch.float32)
 
     def f(hh, ww):
-        out = linear_logprobs(hh, ww, y, bias=b, temperature=0.9, return_entropy=True, chunk_size=3)
+        out = linear_logprobs(
+            hh, ww, y, linear_bias=b, temperature=0.9, return_entropy=True, chunk_size=3
+        )
         return out.logprobs.sum() + 0.1 * out.entropy.sum()
 
     he, we = _leaves(h, w)
@@ -320,8 +322,8 @@ def test_higher_order_and_func_transforms():
 )
 def test_bad_input(kwargs, exc, match):
     args = {
-        "hidden": torch.zeros(1, 2, 4),
-        "weight": torch.zeros(7, 4),
+        "input": torch.zeros(1, 2, 4),
+        "linear_weight": torch.zeros(7, 4),
         "target": torch.tensor([[0, 1]]),
     }
     args.update(kwargs)

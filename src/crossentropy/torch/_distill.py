@@ -54,24 +54,24 @@ def _positive(fn: str, name: str, value: object) -> float:
 def _head(
     fn: str, side: str, hidden: object, weight: object, bias: object
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    h = V._check_tensor(fn, f"{side}_hidden", hidden)
-    w = V._check_tensor(fn, f"{side}_weight", weight)
-    V._check_float(fn, f"{side}_hidden", h)
-    V._check_float(fn, f"{side}_weight", w)
+    h = V._check_tensor(fn, f"{side}_input", hidden)
+    w = V._check_tensor(fn, f"{side}_linear_weight", weight)
+    V._check_float(fn, f"{side}_input", h)
+    V._check_float(fn, f"{side}_linear_weight", w)
     if w.dim() != 2:
-        raise ValueError(f"{fn}: {side}_weight must have shape (V, D); got {tuple(w.shape)}")
+        raise ValueError(f"{fn}: {side}_linear_weight must have shape (V, D); got {tuple(w.shape)}")
     if h.dim() == 0 or h.shape[-1] != w.shape[1]:
         raise ValueError(
-            f"{fn}: {side}_hidden must have shape (..., {w.shape[1]}) to match {side}_weight "
+            f"{fn}: {side}_input must have shape (..., {w.shape[1]}) to match {side}_linear_weight "
             f"{tuple(w.shape)}; got {tuple(h.shape)}"
         )
     b = None
     if bias is not None:
-        b = V._check_tensor(fn, f"{side}_bias", bias)
-        V._check_float(fn, f"{side}_bias", b)
+        b = V._check_tensor(fn, f"{side}_linear_bias", bias)
+        V._check_float(fn, f"{side}_linear_bias", b)
         if b.shape != (w.shape[0],):
             raise ValueError(
-                f"{fn}: {side}_bias must have shape ({w.shape[0]},); got {tuple(b.shape)}"
+                f"{fn}: {side}_linear_bias must have shape ({w.shape[0]},); got {tuple(b.shape)}"
             )
     return h, w, b
 
@@ -118,12 +118,12 @@ def _prepare(fn: str, args: tuple[Any, ...], kw: dict[str, Any], group: Any) -> 
     ignore = V._integer(fn, "ignore_index", kw["ignore_index"])
     chunk = V.check_chunk_size(fn, kw["chunk_size"])
     mem = D.check_memory(fn, kw["memory"])
-    hs, ws, bs = _head(fn, "student", s_hidden, s_weight, kw["student_bias"])
-    ht, wt, bt = _head(fn, "teacher", t_hidden, t_weight, kw["teacher_bias"])
+    hs, ws, bs = _head(fn, "student", s_hidden, s_weight, kw["student_linear_bias"])
+    ht, wt, bt = _head(fn, "teacher", t_hidden, t_weight, kw["teacher_linear_bias"])
     shape = tuple(hs.shape[:-1])
     if tuple(ht.shape[:-1]) != shape:
         raise ValueError(
-            f"{fn}: student_hidden and teacher_hidden must cover the same positions; got leading "
+            f"{fn}: student_input and teacher_input must cover the same positions; got leading "
             f"shapes {shape} and {tuple(ht.shape[:-1])}"
         )
     vs, vt = ws.shape[0], wt.shape[0]
@@ -247,8 +247,8 @@ _DEFAULTS: dict[str, Any] = dict(
     beta=0.5,
     temperature=1.0,
     t2_scaling=False,
-    student_bias=None,
-    teacher_bias=None,
+    student_linear_bias=None,
+    teacher_linear_bias=None,
     student_softcap=None,
     teacher_softcap=None,
     student_logit_scale=1.0,
@@ -269,17 +269,17 @@ _DEFAULTS: dict[str, Any] = dict(
 
 
 def linear_distillation_loss(
-    student_hidden: Tensor,
-    student_weight: Tensor,
-    teacher_hidden: Tensor,
-    teacher_weight: Tensor,
+    student_input: Tensor,
+    student_linear_weight: Tensor,
+    teacher_input: Tensor,
+    teacher_linear_weight: Tensor,
     *,
     divergence: str,
     beta: float = 0.5,
     temperature: float = 1.0,
     t2_scaling: bool = False,
-    student_bias: Tensor | None = None,
-    teacher_bias: Tensor | None = None,
+    student_linear_bias: Tensor | None = None,
+    teacher_linear_bias: Tensor | None = None,
     student_softcap: float | None = None,
     teacher_softcap: float | None = None,
     student_logit_scale: float = 1.0,
@@ -322,8 +322,10 @@ def linear_distillation_loss(
     is mixed in silently.
 
     Reductions: ``"none"`` (per position, 0 where not counted), ``"sum"``, ``"mean"`` (over
-    counted positions: TRL's GKD ``batchmean`` with labels), ``"batchmean"`` (sum divided by the
-    size of the first dimension of the hidden states, as ``torch.nn.functional.kl_div``).
+    counted positions), ``"batchmean"`` (sum divided by the size of the first dimension of the
+    hidden states, ignored positions included, as ``torch.nn.functional.kl_div`` does). The same
+    name means another number in TRL: its GKD ``batchmean`` with labels divides by the counted
+    (non-ignored) tokens, which is ``"mean"`` here; without labels both divide by the batch.
     Positions count unless ``target == ignore_index`` or ``mask`` is False there.
 
     Vocabularies: the two heads must have the same number of classes, or ``vocab_size=K`` compares
@@ -338,15 +340,15 @@ def linear_distillation_loss(
     three GEMMs and the teacher's one); ``none`` recomputes the blocks in the backward pass.
 
     Args:
-        student_hidden: (..., D_s) hidden states of the student.
-        student_weight: (V, D_s) the student's output head.
-        teacher_hidden: (..., D_t) hidden states of the teacher, same positions.
-        teacher_weight: (V, D_t) the teacher's output head.
+        student_input: (..., D_s) hidden states of the student.
+        student_linear_weight: (V, D_s) the student's output head.
+        teacher_input: (..., D_t) hidden states of the teacher, same positions.
+        teacher_linear_weight: (V, D_t) the teacher's output head.
         divergence: ``"kl"``, ``"reverse_kl"``, ``"jsd"`` or ``"cross_entropy"`` (required).
         beta: the JSD mixture weight in [0, 1] (``jsd`` only).
         temperature: T > 0 applied to both sides.
         t2_scaling: multiply the divergence by T^2.
-        student_bias, teacher_bias: (V,) or None.
+        student_linear_bias, teacher_linear_bias: (V,) or None.
         student_softcap, teacher_softcap: each side's soft-cap c > 0, or None.
         student_logit_scale, teacher_logit_scale: each side's logit scale s > 0.
         target: (...) class ids for the hard-label term and for ``ignore_index``, or None.
@@ -385,8 +387,8 @@ def linear_distillation_loss(
         beta=beta,
         temperature=temperature,
         t2_scaling=t2_scaling,
-        student_bias=student_bias,
-        teacher_bias=teacher_bias,
+        student_linear_bias=student_linear_bias,
+        teacher_linear_bias=teacher_linear_bias,
         student_softcap=student_softcap,
         teacher_softcap=teacher_softcap,
         student_logit_scale=student_logit_scale,
@@ -404,14 +406,20 @@ def linear_distillation_loss(
         memory=memory,
         chunk_size=chunk_size,
     )
-    heads = (student_hidden, student_weight, teacher_hidden, teacher_weight)
-    if _dtensor.any_dtensor((*heads, student_bias, teacher_bias, target, mask)):
+    heads = (student_input, student_linear_weight, teacher_input, teacher_linear_weight)
+    if _dtensor.any_dtensor((*heads, student_linear_bias, teacher_linear_bias, target, mask)):
         return _dtensor.dtensor_call(  # type: ignore[no-any-return]  # FSDP2 / tensor parallel
             linear_distillation_loss,
             _dtensor.LINEAR_DISTILLATION,
             dict(
                 zip(
-                    ("student_hidden", "student_weight", "teacher_hidden", "teacher_weight"), heads
+                    (
+                        "student_input",
+                        "student_linear_weight",
+                        "teacher_input",
+                        "teacher_linear_weight",
+                    ),
+                    heads,
                 ),
                 **kw,
             ),

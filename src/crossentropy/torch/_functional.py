@@ -544,8 +544,10 @@ def linear_cross_entropy(
         linear_weight: (V, D) output projection (like ``torch.nn.Linear.weight``).
         target: class ids (...) of an integer dtype, or probabilities (..., V).
         linear_bias: (V,) or None.
-        weight, reduction, ignore_index, label_smoothing, z_loss, softcap, return_aux,
-            process_group, impl: as in :func:`cross_entropy`.
+        weight, reduction, label_smoothing, z_loss, softcap, return_aux, process_group,
+            impl: as in :func:`cross_entropy`.
+        ignore_index: class id whose positions are skipped; -100 by default, as
+            ``F.cross_entropy`` (torch's own ``F.linear_cross_entropy`` defaults to None).
         chunk_size: rows per block (default: from ``memory``).
         memory: ``"auto"``, ``"low"`` (the 8NDV kernel on CUDA; smaller blocks elsewhere) or the
             bytes one (rows, V) logits buffer may take.

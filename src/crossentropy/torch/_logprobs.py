@@ -59,11 +59,11 @@ def _check_values(fn: str, name: str, ok: Tensor, what: str) -> None:
 
 def _prepare(
     fn: str,
-    hidden: object,
-    weight: object,
+    input: object,
+    linear_weight: object,
     target: object,
     *,
-    bias: object,
+    linear_bias: object,
     temperature: object,
     softcap: object,
     logit_scale: object,
@@ -88,8 +88,8 @@ def _prepare(
     for flag, name in ((return_entropy, "return_entropy"), (fp32_head, "fp32_head")):
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{fn}: {name} must be a bool; got {flag!r}")
-    x, rows = V.flatten_linear(fn, hidden, weight, target, bias)
-    w = weight
+    x, rows = V.flatten_linear(fn, input, linear_weight, target, linear_bias)
+    w = linear_weight
     assert isinstance(w, Tensor)
     if rows.is_prob:
         raise TypeError(
@@ -98,7 +98,7 @@ def _prepare(
         )
     shape = rows.out_shape
     vocab = w.shape[0]
-    slots: dict[str, Tensor | None] = {"x": x, "w": w, "b": bias, "target": rows.target}  # type: ignore[dict-item]
+    slots: dict[str, Tensor | None] = {"x": x, "w": w, "b": linear_bias, "target": rows.target}  # type: ignore[dict-item]
     params: dict[str, Any] = {
         "ignore_index": ignore,
         "entropy": bool(return_entropy),
@@ -149,7 +149,7 @@ def _prepare(
             f"{fn}: top_k, top_p and allowed need whole vocabulary rows (a global sort); they "
             "are not supported with process_group"
         )
-    b = bias if isinstance(bias, Tensor) else None
+    b = linear_bias if isinstance(linear_bias, Tensor) else None
     prec: Precision
     if fp32_head:
         prec = exact_fp32(x.device, x.dtype, w.dtype, b.dtype if b is not None else None)
@@ -192,7 +192,7 @@ def _plan(*args: Any, **kwargs: Any) -> D.Plan:
 
 
 _DEFAULTS: dict[str, Any] = dict(
-    bias=None,
+    linear_bias=None,
     temperature=1.0,
     softcap=None,
     logit_scale=1.0,
@@ -211,11 +211,11 @@ _DEFAULTS: dict[str, Any] = dict(
 
 @overload
 def linear_logprobs(
-    hidden: Tensor,
-    weight: Tensor,
+    input: Tensor,
+    linear_weight: Tensor,
     target: Tensor,
     *,
-    bias: Tensor | None = ...,
+    linear_bias: Tensor | None = ...,
     temperature: float | Tensor = ...,
     softcap: float | None = ...,
     logit_scale: float = ...,
@@ -232,11 +232,11 @@ def linear_logprobs(
 ) -> Tensor: ...
 @overload
 def linear_logprobs(
-    hidden: Tensor,
-    weight: Tensor,
+    input: Tensor,
+    linear_weight: Tensor,
     target: Tensor,
     *,
-    bias: Tensor | None = ...,
+    linear_bias: Tensor | None = ...,
     temperature: float | Tensor = ...,
     softcap: float | None = ...,
     logit_scale: float = ...,
@@ -253,11 +253,11 @@ def linear_logprobs(
 ) -> LogProbs: ...
 @overload
 def linear_logprobs(
-    hidden: Tensor,
-    weight: Tensor,
+    input: Tensor,
+    linear_weight: Tensor,
     target: Tensor,
     *,
-    bias: Tensor | None = ...,
+    linear_bias: Tensor | None = ...,
     temperature: float | Tensor = ...,
     softcap: float | None = ...,
     logit_scale: float = ...,
@@ -273,11 +273,11 @@ def linear_logprobs(
     chunk_size: int | None = ...,
 ) -> Tensor | LogProbs: ...
 def linear_logprobs(
-    hidden: Tensor,
-    weight: Tensor,
+    input: Tensor,
+    linear_weight: Tensor,
     target: Tensor,
     *,
-    bias: Tensor | None = None,
+    linear_bias: Tensor | None = None,
     temperature: float | Tensor = 1.0,
     softcap: float | None = None,
     logit_scale: float = 1.0,
@@ -306,7 +306,7 @@ def linear_logprobs(
     :func:`linear_cross_entropy`). Log-probabilities are never above 0 and entropies never below 0
     (rounding could otherwise give a hair of either, as fused kernels elsewhere have).
 
-    Gradients reach ``hidden``, ``weight`` and ``bias`` from any upstream gradients of the
+    Gradients reach ``input``, ``linear_weight`` and ``linear_bias`` from any upstream gradients of the
     log-probabilities *and* of the entropy (an entropy bonus needs the latter; a detached entropy
     costs nothing in the backward):
     :math:`\partial/\partial z_c = g\,([c = t] - p_c) - h\,p_c(\log p_c + H)`. The temperature gets
@@ -322,10 +322,10 @@ def linear_logprobs(
     logit of extra memory in that block).
 
     Args:
-        hidden: (..., D) hidden states; any float dtype.
-        weight: (V, D) output head (``lm_head.weight``).
+        input: (..., D) hidden states; any float dtype.
+        linear_weight: (V, D) output head (``lm_head.weight``).
         target: (...) integer token ids (the sampled tokens).
-        bias: (V,) or None.
+        linear_bias: (V,) or None.
         temperature: T > 0, a float or a tensor of the target's shape (one per token).
         softcap: c > 0 or None.
         logit_scale: s > 0 applied before the softcap (Cohere-style scaled heads).
@@ -339,7 +339,7 @@ def linear_logprobs(
             fp32 and multiplied with full fp32 products (no TF32), for RL trainers that must match
             a rollout engine's fp32 head. Costs an fp32 GEMM (on an H100, fp32 peak is about a
             fifteenth of bf16's dense peak by the datasheet; not measured here).
-        process_group: vocab parallel: ``weight`` (and ``bias``) are this rank's contiguous shard
+        process_group: vocab parallel: ``linear_weight`` (and ``linear_bias``) are this rank's contiguous shard
             of the vocabulary, ``target`` holds global ids, identical on every rank.
         impl, memory, chunk_size: as in :func:`linear_cross_entropy` (the row math here is torch
             on every device; on CUDA its GEMMs use tensor cores).
@@ -364,7 +364,7 @@ def linear_logprobs(
     """
     fn = "linear_logprobs"
     kwargs: dict[str, Any] = dict(
-        bias=bias,
+        linear_bias=linear_bias,
         temperature=temperature,
         softcap=softcap,
         logit_scale=logit_scale,
@@ -378,18 +378,24 @@ def linear_logprobs(
         memory=memory,
         chunk_size=chunk_size,
     )
-    if _dtensor.any_dtensor((hidden, weight, target, bias, temperature, top_k, top_p, allowed)):
+    if _dtensor.any_dtensor(
+        (input, linear_weight, target, linear_bias, temperature, top_k, top_p, allowed)
+    ):
         return _dtensor.dtensor_call(  # type: ignore[no-any-return]  # FSDP2 / tensor parallel
             linear_logprobs,
             _dtensor.LINEAR_LOGPROBS,
             dict(
-                hidden=hidden, weight=weight, target=target, process_group=process_group, **kwargs
+                input=input,
+                linear_weight=linear_weight,
+                target=target,
+                process_group=process_group,
+                **kwargs,
             ),
         )
     if process_group is not None:
         fn = f"{fn}(process_group=...)"
     return _pass.execute(  # type: ignore[no-any-return]
         fn,
-        lambda group: _prepare(fn, hidden, weight, target, group=group, **kwargs),
+        lambda group: _prepare(fn, input, linear_weight, target, group=group, **kwargs),
         process_group,
     )

@@ -42,14 +42,14 @@ and ``linear_distillation_loss``) and make its first lines
 
 .. code-block:: python
 
-    def linear_distillation_loss(student_hidden, student_weight, teacher_hidden, teacher_weight,
+    def linear_distillation_loss(student_input, student_linear_weight, teacher_input, teacher_linear_weight,
                                  *, ..., process_group=None, ...):
-        if _dtensor.any_dtensor((student_hidden, student_weight, teacher_hidden, teacher_weight,
-                                 student_bias, teacher_bias, target, mask)):
+        if _dtensor.any_dtensor((student_input, student_linear_weight, teacher_input, teacher_linear_weight,
+                                 student_linear_bias, teacher_linear_bias, target, mask)):
             return _dtensor.dtensor_call(
                 linear_distillation_loss,
                 _dtensor.LINEAR_DISTILLATION,
-                dict(student_hidden=student_hidden, ..., process_group=process_group, ...),
+                dict(student_input=student_input, ..., process_group=process_group, ...),
             )
         ...
 
@@ -126,14 +126,14 @@ LINEAR_CROSS_ENTROPY = ShardSpec(
 )
 LINEAR_LOGPROBS = ShardSpec(
     "linear_logprobs",
-    heads=(("hidden", "weight", "bias"),),
+    heads=(("input", "linear_weight", "linear_bias"),),
     rows=("target", "temperature", "top_k", "top_p", "allowed"),
 )
 LINEAR_DISTILLATION = ShardSpec(
     "linear_distillation_loss",
     heads=(
-        ("student_hidden", "student_weight", "student_bias"),
-        ("teacher_hidden", "teacher_weight", "teacher_bias"),
+        ("student_input", "student_linear_weight", "student_linear_bias"),
+        ("teacher_input", "teacher_linear_weight", "teacher_linear_bias"),
     ),
     rows=("target", "mask"),
 )
