@@ -122,6 +122,13 @@ def bad_cases(group: Any) -> dict[str, Any]:
             if rank != last
             else linear_cross_entropy(x, W, y, process_group=group)
         ),
+        # probability rows that sum to 2 over the whole vocabulary (each shard alone looks fine)
+        "probabilities-not-normalised": lambda: linear_cross_entropy(
+            x,
+            W,
+            2 * full_logits.softmax(1)[:, off : off + size],
+            process_group=group,
+        ),
         "float-class-ids": lambda: cross_entropy(logits, y.double(), process_group=group),
         # global_valid_count with float targets on one rank only: the others must not hang
         "count-float-target-one-rank": lambda: global_valid_count(

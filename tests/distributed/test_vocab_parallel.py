@@ -231,6 +231,7 @@ BAD_EXPECTED = {
     "different-functions": ("ValueError", "different vocab-parallel functions"),
     # float class ids are a dtype error, raised as TypeError on every rank (each sees it locally)
     "float-class-ids": ("TypeError", "integer dtype"),
+    "probabilities-not-normalised": ("ValueError", "probability distribution over the 9 classes"),
     "count-float-target-one-rank": ("TypeError", "integer class ids"),
     "count-bad-weight-one-rank": ("ValueError", "1-d float tensor"),
 }

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossentropy.hf._errors import UnsupportedModelError
 from crossentropy.hf._patch import _STATE_ATTR, _fsdp_trace, is_patched, patch, unpatch
 from crossentropy.hf._probe import LogitTransform, Trace, logit_transform
 
@@ -20,6 +21,29 @@ __all__ = [
     "distillation_loss",
     "token_logprobs",
 ]
+
+
+def _check_vocab(fn: str, model: nn.Module, input_ids: torch.Tensor) -> None:
+    """Token ids inside the model's input vocabulary (torch's own error, "index out of range in
+    self", names neither the id nor the size): at once on the CPU, on the device on a GPU."""
+    get = getattr(model, "get_input_embeddings", None)
+    size = getattr(get(), "num_embeddings", None) if callable(get) else None
+    if not isinstance(size, int) or input_ids.numel() == 0:
+        return
+    bad = (input_ids < 0) | (input_ids >= size)
+    where = f"crossentropy.hf.{fn}: input_ids"
+    if input_ids.device.type == "cpu":
+        if bool(bad.any()):
+            pos = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"{where} holds token id {int(input_ids[pos])} at {pos}, outside the vocabulary "
+                f"of {type(model).__name__} (its input embeddings have {size} rows: ids 0 to "
+                f"{size - 1})"
+            )
+        return
+    torch._assert_async(
+        ~bad.any(), f"{where} holds a token id outside the model's vocabulary of {size}"
+    )
 
 
 def _check_ids(fn: str, input_ids: object, attention_mask: object) -> torch.Tensor:
@@ -46,15 +70,23 @@ def _check_ids(fn: str, input_ids: object, attention_mask: object) -> torch.Tens
 
 
 def _capture(
+    fn: str,
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     kwargs: dict[str, Any],
 ) -> tuple[Trace, LogitTransform]:
     """The model's final hidden states, head and logit transform for ``input_ids``."""
+    _check_vocab(fn, model, input_ids)
     temporary = not is_patched(model)
     if temporary:
-        patch(model)
+        try:
+            patch(model)
+        except UnsupportedModelError as exc:
+            # the caller called this function, not patch: the message names it
+            raise UnsupportedModelError(
+                str(exc).replace("crossentropy.hf.patch", f"crossentropy.hf.{fn}", 1)
+            ) from None
     state = model.__dict__[_STATE_ATTR]
     state.capture = []
     try:
@@ -137,7 +169,7 @@ def token_logprobs(
     from crossentropy.torch import linear_logprobs
 
     input_ids = _check_ids("token_logprobs", input_ids, attention_mask)
-    trace, transform = _capture(model, input_ids, attention_mask, model_kwargs)
+    trace, transform = _capture("token_logprobs", model, input_ids, attention_mask, model_kwargs)
     hidden, weight, bias = _rows(trace)
     return linear_logprobs(
         hidden,
@@ -200,9 +232,9 @@ def distillation_loss(
         raise ValueError(
             f"crossentropy.hf.distillation_loss: labels must have input_ids' shape {tuple(input_ids.shape)}"
         )
-    s_trace, s_form = _capture(student, input_ids, attention_mask, {})
+    s_trace, s_form = _capture("distillation_loss", student, input_ids, attention_mask, {})
     with torch.set_grad_enabled(teacher_requires_grad and torch.is_grad_enabled()):
-        t_trace, t_form = _capture(teacher, input_ids, attention_mask, {})
+        t_trace, t_form = _capture("distillation_loss", teacher, input_ids, attention_mask, {})
     hs, ws, bs = _rows(s_trace)
     ht, wt, bt = _rows(t_trace)
     return linear_distillation_loss(

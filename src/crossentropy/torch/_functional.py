@@ -133,7 +133,8 @@ def _prepare_cross_entropy(
         weight=weight,
         z_loss=zl,
         return_aux=return_aux,
-        native=(input, target),
+        # F.cross_entropy takes int64 class ids only: every integer dtype is converted first
+        native=(input, target if rows.is_prob else target.long()),
     )
 
 
@@ -185,7 +186,8 @@ def _fast_cross_entropy(
         return torch.where((target != ignore_index).any(), loss, 0.0)
     # torch's mean is NaN when nothing is counted (0 / 0); a NaN from NaN logits stays NaN
     if math.isnan(loss.item()) and not bool((target != ignore_index).any()):
-        return (input.sum() * 0.0).to(loss.dtype)  # 0 with zero gradients, on the graph
+        # 0 with zero gradients, on the graph (+ 0.0: a negative input sum times 0 is -0.0)
+        return (input.sum() * 0.0 + 0.0).to(loss.dtype)
     return loss
 
 
@@ -253,8 +255,9 @@ def cross_entropy(
 
     Args:
         input: logits (N, C), (N, C, d1, ...) or (C,); any float dtype, any strides.
-        target: class ids (N,), (N, d1, ...) or () of an integer dtype, or class probabilities
-            with the input's shape.
+        target: class ids (N,), (N, d1, ...) or () of any integer dtype, or class probabilities
+            with the input's shape. As in torch, probability targets are not checked: any real
+            values are taken (negative or unnormalised rows give what the formula gives).
         weight: (C,) class weights, or None.
         ignore_index: class id whose positions are skipped (class-index targets only).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
@@ -392,6 +395,8 @@ def _prepare_linear(
         V.check_weight(fn, weight, vocab)
         if rows.is_prob:
             V.check_prob_ignore_index(fn, ignore)
+            # unlike cross_entropy (torch's semantics), the fused losses take distributions only
+            V.check_probability_target(fn, rows.target, vocab)
     prec = resolve_precision(
         x.device,
         x.dtype,
@@ -542,7 +547,11 @@ def linear_cross_entropy(
     Args:
         input: hidden states (..., D); any float dtype, any strides.
         linear_weight: (V, D) output projection (like ``torch.nn.Linear.weight``).
-        target: class ids (...) of an integer dtype, or probabilities (..., V).
+        target: class ids (...) of any integer dtype, or probabilities (..., V). Unlike
+            :func:`cross_entropy` (torch's semantics), probability rows must be distributions:
+            entries >= 0 summing to 1 within :func:`crossentropy.row_sum_tolerance` of the
+            target's dtype, checked at once on the CPU and on the device (no host
+            synchronisation) on a GPU; in vocab parallel, over the whole vocabulary.
         linear_bias: (V,) or None.
         weight, reduction, label_smoothing, z_loss, softcap, return_aux, process_group,
             impl: as in :func:`cross_entropy`.

@@ -21,6 +21,8 @@ from crossentropy.torch.engine._checks import (
     functorch_active,
     is_compiling,
     kernel_fallback,
+    probability_rows_problem,
+    report_bad_rows,
 )
 
 __all__ = [
@@ -237,6 +239,23 @@ def check_prob_ignore_index(fn: str, ignore_index: int) -> None:
             f"{fn}: ignore_index applies to class-index targets only; got ignore_index="
             f"{ignore_index} with probability targets (leave it at -100)"
         )
+
+
+def check_probability_target(fn: str, target: Tensor, n_classes: int) -> None:
+    """Probability targets of the fused losses: every row a distribution (non-negative, summing
+    to 1 within the target dtype's tolerance). ``cross_entropy`` keeps torch's semantics and does
+    not call this."""
+    if target.numel() == 0:
+        return
+    bad = probability_rows_problem(target, n_classes)
+    report_bad_rows(
+        fn,
+        "target",
+        bad,
+        f"a probability distribution over the {n_classes} classes (entries >= 0 summing to 1; "
+        "normalise it, or use cross_entropy on the logits, which takes any target as torch does)",
+        target,
+    )
 
 
 def flatten_logits(fn: str, input: object, target: object) -> tuple[Tensor, Rows]:

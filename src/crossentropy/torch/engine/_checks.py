@@ -14,6 +14,8 @@ __all__ = [
     "functorch_active",
     "is_compiling",
     "kernel_fallback",
+    "probability_rows_problem",
+    "report_bad_rows",
 ]
 
 
@@ -74,3 +76,32 @@ def check_target_values(fn: str, target: Tensor, num_classes: int, ignore_index:
         f"{fn}: target holds a class index outside [0, {num_classes}) that is not "
         f"ignore_index={ignore_index}",
     )
+
+
+def probability_rows_problem(target: Tensor, n_classes: int) -> Tensor:
+    """(N,) bool: rows of ``target`` that are not a distribution over ``n_classes`` classes (a
+    negative entry, or a sum off 1 by more than :func:`crossentropy.row_sum_tolerance` allows for
+    the target's own dtype). Computed on the device; the caller decides how to report it."""
+    from crossentropy import row_sum_tolerance
+
+    t = target.detach()
+    tol = row_sum_tolerance(str(t.dtype).replace("torch.", ""), n_classes)
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    off = (t.sum(-1, dtype=acc) - 1.0).abs() > tol
+    return off | (t < 0).any(-1)
+
+
+def report_bad_rows(fn: str, name: str, bad: Tensor, what: str, values: Tensor | None) -> None:
+    """Raise (CPU: at once, naming the first bad row) or assert on the device (no host sync)."""
+    if bad.numel() == 0 or _functorch_active():
+        return
+    if bad.device.type == "cpu" and not is_compiling():
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            shown = ""
+            if values is not None:
+                r = values[row].detach()
+                shown = f" (sum {float(r.double().sum()):.9g}, min {float(r.min()):.9g})"
+            raise ValueError(f"{fn}: {name} row {row} is not {what}{shown}")
+        return
+    torch._assert_async(~bad.any(), f"{fn}: a row of {name} is not {what}")

@@ -265,4 +265,5 @@ def _native_cross_entropy(call: PreparedCall) -> Tensor:
     flat = call.target
     assert flat is not None
     counts = count_rows(flat, weight=call.weight, ignore_index=ignore, dtype=loss.dtype)
-    return loss / counts.denom
+    # + 0.0: torch's sum over only ignored rows is -0.0; an empty mean is +0
+    return loss / counts.denom + 0.0

@@ -49,6 +49,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from crossentropy.torch.engine import _run as R
+from crossentropy.torch.engine._checks import report_bad_rows
 from crossentropy.torch.engine._dispatch import Plan
 from crossentropy.torch.engine._reduce import Counts
 
@@ -560,6 +561,8 @@ def agree(fn: str, process_group: Any, prepare: Callable[[Any], R.PreparedCall])
     call.composable = None
     call.vocab = layout.v_max
     call.params["offset"] = layout.offset
+    if call.math == "ce" and call.kind == "linear" and call.target is not None:
+        _check_probability_shards(call, layout, group)
     if call.math == "ce":
         call.params["num_classes"] = layout.v_total
         call.params["weight_total"] = layout.weight_sum
@@ -574,6 +577,32 @@ def agree(fn: str, process_group: Any, prepare: Callable[[Any], R.PreparedCall])
             call.prec.compute,
         )
     return call
+
+
+def _check_probability_shards(call: R.PreparedCall, layout: _Layout, group: Any) -> None:
+    """Probability targets of the linear loss, each rank holding a shard of every row: a row is a
+    distribution when no shard has a negative entry and the shards' sums add up to 1 (one
+    all-reduce of 2 N floats; every rank then decides, and raises, alike)."""
+    from crossentropy import row_sum_tolerance
+
+    target = call.target
+    assert target is not None
+    if not target.is_floating_point() or target.numel() == 0:
+        return
+    t = target.detach()
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    stats = torch.stack([t.sum(-1, dtype=acc), (t < 0).any(-1).to(acc)], 1)
+    dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=group)
+    tol = row_sum_tolerance(str(t.dtype).replace("torch.", ""), layout.v_total)
+    bad = ((stats[:, 0] - 1.0).abs() > tol) | (stats[:, 1] > 0)
+    report_bad_rows(
+        call.fn,
+        "target",
+        bad,
+        f"a probability distribution over the {layout.v_total} classes of all shards (entries "
+        ">= 0 summing to 1)",
+        None,
+    )
 
 
 def run(call: R.PreparedCall, plan: Plan) -> R.Result:
