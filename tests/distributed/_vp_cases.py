@@ -47,6 +47,7 @@ def _case(cid: str, **kw: Any) -> Case:
         "aux": False,
         "all_ignored": False,
         "mask_inf": False,
+        "token_weight": False,
     }
     base.update(kw)
     return base
@@ -79,6 +80,10 @@ def good_cases() -> list[Case]:
         ("scalar-target", {"batch": (), "ignore_frac": 0.0}),
         # -inf logits (a vocabulary mask): a whole shard of one row, all but the target of another.
         ("masked-neg-inf", {"mask_inf": True, "z_loss": 1e-2}),
+        # per-position loss weights (signed, as RL advantages), with class weights and z-loss
+        ("token-weight-mean", {"token_weight": True, "weight": True, "z_loss": 1e-2}),
+        ("token-weight-none", {"token_weight": True, "reduction": "none"}),
+        ("token-weight-probs-sum", {"token_weight": True, "probs": True, "reduction": "sum"}),
     ]
     # bfloat16: a few configurations, fp32 math inside, gradients rounded to bf16 at the end.
     low = ("weight-smooth-mean", "none-softcap-zloss", "probs-none", "kdim-none")
@@ -130,6 +135,9 @@ def full_inputs(case: Case, seed: int) -> dict[str, Any]:
         if case["mask_inf"]:
             out["target"][0], out["target"][1] = v - 1, 2
     out["weight"] = torch.rand((v,), generator=g, dtype=f64) + 0.25 if case["weight"] else None
+    out["token_weight"] = (
+        torch.randn(batch, generator=g, dtype=f64) + 0.5 if case["token_weight"] else None
+    )
     shape = () if case["reduction"] != "none" else batch
     out["upstream"] = torch.randn(shape, generator=g, dtype=f64)
     return out

@@ -44,6 +44,7 @@ def run_case(case: Case, seed: int, group: Any) -> dict[str, Any]:
         "softcap": case["softcap"],
         "return_aux": case["aux"],
         "process_group": group,
+        "token_weight": None if full["token_weight"] is None else full["token_weight"].to(dtype),
     }
     grads: dict[str, torch.Tensor | None]
     if case["path"] == "ce":

@@ -129,18 +129,31 @@ def reference(case: Case, seed: int) -> dict[str, Any]:
                 target = target.movedim(-1, 1)
     if case["softcap"] is not None:
         z = case["softcap"] * torch.tanh(z / case["softcap"])
+    tw = full["token_weight"]
     ce = F.cross_entropy(
         z,
         target,
         weight=weight,
         ignore_index=case["ignore_index"],
-        reduction=case["reduction"],
+        reduction=case["reduction"] if tw is None else "none",
         label_smoothing=case["smoothing"],
     )
     lse = torch.logsumexp(z, dim=cdim)
     valid = (
         torch.ones_like(lse, dtype=torch.bool) if case["probs"] else target != case["ignore_index"]
     )
+    if tw is not None:
+        # each position's cross-entropy weighted by hand; mean divides by the counted positions'
+        # weights times their class weights
+        tw = tw.to(getattr(torch, case["dtype"])).double()
+        ce = ce * tw
+        row_w = torch.where(valid, tw, 0.0)
+        if weight is not None and not case["probs"]:
+            row_w = row_w * weight[torch.where(valid, target, 0)]
+        if case["reduction"] == "sum":
+            ce = ce.sum()
+        elif case["reduction"] == "mean":
+            ce = ce.sum() / row_w.sum()
     z_rows = case["z_loss"] * torch.where(valid, lse, 0.0) ** 2
     if case["reduction"] == "none":
         z_term = z_rows

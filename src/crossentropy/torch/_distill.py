@@ -170,6 +170,7 @@ def _prepare(fn: str, args: tuple[Any, ...], kw: dict[str, Any], group: Any) -> 
                 f"got {m.dtype} of shape {tuple(m.shape)}"
             )
         m_flat = m.reshape(-1)
+    tw = V.check_token_weight(fn, kw["token_weight"], shape, math.prod(shape))
     d_s, d_t = hs.shape[-1], ht.shape[-1]
     xs, xt = hs.reshape(-1, d_s), ht.reshape(-1, d_t)
     if not teacher_grad:
@@ -227,6 +228,7 @@ def _prepare(fn: str, args: tuple[Any, ...], kw: dict[str, Any], group: Any) -> 
         id_range=vocab if t_flat is not None and hard > 0.0 else None,
         valid=valid,
         batch=shape[0] if shape else 1,
+        token_weight=tw,
     )
 
 
@@ -256,6 +258,7 @@ _DEFAULTS: dict[str, Any] = dict(
     target=None,
     ignore_index=-100,
     mask=None,
+    token_weight=None,
     soft_weight=1.0,
     hard_weight=0.0,
     reduction="mean",
@@ -287,6 +290,7 @@ def linear_distillation_loss(
     target: Tensor | None = None,
     ignore_index: int = -100,
     mask: Tensor | None = None,
+    token_weight: Tensor | None = None,
     soft_weight: float = 1.0,
     hard_weight: float = 0.0,
     reduction: str = "mean",
@@ -354,6 +358,10 @@ def linear_distillation_loss(
         target: (...) class ids for the hard-label term and for ``ignore_index``, or None.
         ignore_index: target value of positions that do not count.
         mask: (...) bool, True where a position counts, or None.
+        token_weight: (...) per-position loss weights, or None: each position's loss is
+            multiplied by its weight; ``mean`` divides by the sum of the counted positions'
+            weights (see :func:`~crossentropy.torch.cross_entropy`); ``batchmean`` still by the
+            batch size. NaN and inf are refused.
         soft_weight, hard_weight: weights of the divergence and of the hard-label CE (>= 0).
         reduction: ``"mean"``, ``"sum"``, ``"none"`` or ``"batchmean"``.
         vocab_size: compare the first K ids of both heads, or None (sizes must match).
@@ -396,6 +404,7 @@ def linear_distillation_loss(
         target=target,
         ignore_index=ignore_index,
         mask=mask,
+        token_weight=token_weight,
         soft_weight=soft_weight,
         hard_weight=hard_weight,
         reduction=reduction,
@@ -407,7 +416,8 @@ def linear_distillation_loss(
         chunk_size=chunk_size,
     )
     heads = (student_input, student_linear_weight, teacher_input, teacher_linear_weight)
-    if _dtensor.any_dtensor((*heads, student_linear_bias, teacher_linear_bias, target, mask)):
+    rowwise = (target, mask, token_weight)
+    if _dtensor.any_dtensor((*heads, student_linear_bias, teacher_linear_bias, *rowwise)):
         return _dtensor.dtensor_call(  # type: ignore[no-any-return]  # FSDP2 / tensor parallel
             linear_distillation_loss,
             _dtensor.LINEAR_DISTILLATION,

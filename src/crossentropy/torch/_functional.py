@@ -68,6 +68,7 @@ def _native_problem(
     z_loss: float,
     softcap: float | None,
     return_aux: bool,
+    token_weight: Tensor | None = None,
 ) -> str | None:
     """None when ``F.cross_entropy`` itself computes this call exactly (and in fp32/fp64)."""
     if is_prob:
@@ -77,8 +78,8 @@ def _native_problem(
         return f"{logits.dtype} logits (the softmax math here is fp32)"
     if weight is not None and weight.dtype != logits.dtype:
         return "a class weight of another dtype"
-    if z_loss != 0.0 or softcap is not None or return_aux:
-        return "z_loss, softcap or return_aux"
+    if z_loss != 0.0 or softcap is not None or return_aux or token_weight is not None:
+        return "z_loss, softcap, token_weight or return_aux"
     if logits.numel() == 0:
         return "an empty batch"
     return None
@@ -95,6 +96,7 @@ def _prepare_cross_entropy(
     *,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    token_weight: Tensor | None = None,
     return_aux: bool = False,
     impl: str = "auto",
     group: Any = None,
@@ -104,6 +106,7 @@ def _prepare_cross_entropy(
     )
     logits, rows = V.flatten_logits(fn, input, target)
     num_classes = logits.shape[1]
+    tw = V.check_token_weight(fn, token_weight, rows.out_shape, logits.shape[0])
     if group is not None:
         weight = VP.check_shard(fn, rows, num_classes, ignore, weight, {"input": input})
     else:
@@ -127,12 +130,13 @@ def _prepare_cross_entropy(
         blocks=2 if cap is not None else 1,
         impl=impl,
         dtypes_ok=V.kernel_dtype_problem({"logits": logits}, weight),
-        native_ok=_native_problem(logits, weight, rows.is_prob, zl, cap, return_aux),
+        native_ok=_native_problem(logits, weight, rows.is_prob, zl, cap, return_aux, tw),
         composable=V.composable_reason(logits, weight, target=rows.target),
         id_range=None if rows.is_prob else num_classes,
         weight=weight,
         z_loss=zl,
         return_aux=return_aux,
+        token_weight=tw,
         # F.cross_entropy takes int64 class ids only: every integer dtype is converted first
         native=(input, target if rows.is_prob else target.long()),
     )
@@ -202,6 +206,7 @@ def cross_entropy(
     *,
     z_loss: float = ...,
     softcap: float | None = ...,
+    token_weight: Tensor | None = ...,
     return_aux: Literal[False] = ...,
     process_group: Any = ...,
     impl: str = ...,
@@ -217,6 +222,7 @@ def cross_entropy(
     *,
     z_loss: float = ...,
     softcap: float | None = ...,
+    token_weight: Tensor | None = ...,
     return_aux: Literal[True],
     process_group: Any = ...,
     impl: str = ...,
@@ -231,6 +237,7 @@ def cross_entropy(
     *,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    token_weight: Tensor | None = None,
     return_aux: bool = False,
     process_group: Any = None,
     impl: str = "auto",
@@ -265,6 +272,15 @@ def cross_entropy(
         z_loss: :math:`\lambda \ge 0`, coefficient of :math:`\mathrm{lse}^2` (PaLM, Chowdhery et al.,
             2022).
         softcap: :math:`c > 0` soft-capping logits before the softmax (Gemma 2), or None.
+        token_weight: per-position loss weights, the target's positions' shape (or (N,)), or
+            None. Each position's cross-entropy is multiplied by its weight, and ``mean``
+            divides by the sum of the counted positions' weights (times their class weights, when
+            both are given), as class weights do. Weights may be zero or negative (per-token RL
+            advantages: then take ``reduction="sum"`` and divide by your token count, e.g.
+            :func:`global_valid_count`, since a sum of signed weights is no divisor); NaN and
+            inf are refused (at once on the CPU, on the device on a GPU). The z-loss term is
+            not weighted. On the fused paths the weights enter each row's coefficient, so the
+            gradients are still formed in the forward pass (6NDV).
         return_aux: return :class:`CrossEntropyAux` (loss, lse, z_loss, n_valid) instead.
         process_group: shard the class dimension over this group (vocab parallel); ``input`` holds
             this rank's contiguous slice of classes, ``target`` global class ids.
@@ -305,6 +321,7 @@ def cross_entropy(
         and not return_aux
         and z_loss == 0.0
         and softcap is None
+        and token_weight is None
         and not input.is_cuda
         and input.dim() == 2
         and target.dim() == 1
@@ -332,6 +349,7 @@ def cross_entropy(
                 label_smoothing=label_smoothing,
                 z_loss=z_loss,
                 softcap=softcap,
+                token_weight=token_weight,
                 return_aux=return_aux,
                 process_group=process_group,
                 impl=impl,
@@ -350,6 +368,7 @@ def cross_entropy(
             label_smoothing,
             z_loss=z_loss,
             softcap=softcap,
+            token_weight=token_weight,
             return_aux=return_aux,
             impl=impl,
             group=group,
@@ -375,6 +394,7 @@ def _prepare_linear(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    token_weight: Tensor | None = None,
     return_aux: bool = False,
     impl: str = "auto",
     chunk_size: int | None = None,
@@ -388,6 +408,7 @@ def _prepare_linear(
     mem = D.check_memory(fn, memory)
     x, rows = V.flatten_linear(fn, input, linear_weight, target, linear_bias)
     vocab = linear_weight.shape[0]
+    tw = V.check_token_weight(fn, token_weight, rows.out_shape, x.shape[0])
     if group is not None:
         tensors = {"input": input, "linear_weight": linear_weight, "linear_bias": linear_bias}
         weight = VP.check_shard(fn, rows, vocab, ignore, weight, tensors)
@@ -441,6 +462,7 @@ def _prepare_linear(
         weight=weight,
         z_loss=zl,
         return_aux=return_aux,
+        token_weight=tw,
     )
 
 
@@ -464,6 +486,7 @@ def linear_cross_entropy(
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
+    token_weight: Tensor | None = ...,
     return_aux: Literal[False] = ...,
     process_group: Any = ...,
     impl: str = ...,
@@ -483,6 +506,7 @@ def linear_cross_entropy(
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
+    token_weight: Tensor | None = ...,
     return_aux: Literal[True],
     process_group: Any = ...,
     impl: str = ...,
@@ -501,6 +525,7 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    token_weight: Tensor | None = None,
     return_aux: bool = False,
     process_group: Any = None,
     impl: str = "auto",
@@ -553,8 +578,8 @@ def linear_cross_entropy(
             target's dtype, checked at once on the CPU and on the device (no host
             synchronisation) on a GPU; in vocab parallel, over the whole vocabulary.
         linear_bias: (V,) or None.
-        weight, reduction, label_smoothing, z_loss, softcap, return_aux, process_group,
-            impl: as in :func:`cross_entropy`.
+        weight, reduction, label_smoothing, z_loss, softcap, token_weight, return_aux,
+            process_group, impl: as in :func:`cross_entropy`.
         ignore_index: class id whose positions are skipped; -100 by default, as
             ``F.cross_entropy`` (torch's own ``F.linear_cross_entropy`` defaults to None).
         chunk_size: rows per block (default: from ``memory``).
@@ -592,6 +617,7 @@ def linear_cross_entropy(
                 label_smoothing=label_smoothing,
                 z_loss=z_loss,
                 softcap=softcap,
+                token_weight=token_weight,
                 return_aux=return_aux,
                 process_group=process_group,
                 impl=impl,
@@ -616,6 +642,7 @@ def linear_cross_entropy(
             label_smoothing=label_smoothing,
             z_loss=z_loss,
             softcap=softcap,
+            token_weight=token_weight,
             return_aux=return_aux,
             impl=impl,
             chunk_size=chunk_size,

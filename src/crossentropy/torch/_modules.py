@@ -86,12 +86,13 @@ class CrossEntropyLoss(nn.Module):
             impl=self.impl,
         )
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return cross_entropy(input, target, **self._kwargs())
+    def forward(self, input: Tensor, target: Tensor, token_weight: Tensor | None = None) -> Tensor:
+        """The loss; ``token_weight``: per-position weights (see :func:`cross_entropy`)."""
+        return cross_entropy(input, target, token_weight=token_weight, **self._kwargs())
 
-    def explain(self, input: Tensor, target: Tensor) -> Plan:
+    def explain(self, input: Tensor, target: Tensor, token_weight: Tensor | None = None) -> Plan:
         """Which engine ``self(input, target)`` runs on, and why (see :func:`explain`)."""
-        return explain(cross_entropy, input, target, **self._kwargs())
+        return explain(cross_entropy, input, target, token_weight=token_weight, **self._kwargs())
 
     def extra_repr(self) -> str:
         return (
@@ -155,9 +156,16 @@ class LinearCrossEntropyLoss(nn.Module):
         linear_weight: Tensor,
         target: Tensor,
         linear_bias: Tensor | None = None,
+        token_weight: Tensor | None = None,
     ) -> Tensor:
+        """The loss; ``token_weight``: per-position weights (see :func:`linear_cross_entropy`)."""
         return linear_cross_entropy(
-            input, linear_weight, target, linear_bias=linear_bias, **self._kwargs()
+            input,
+            linear_weight,
+            target,
+            linear_bias=linear_bias,
+            token_weight=token_weight,
+            **self._kwargs(),
         )
 
     def _kwargs(self) -> dict[str, Any]:
@@ -179,6 +187,7 @@ class LinearCrossEntropyLoss(nn.Module):
         linear_weight: Tensor,
         target: Tensor,
         linear_bias: Tensor | None = None,
+        token_weight: Tensor | None = None,
     ) -> Plan:
         """Which engine ``self(input, linear_weight, target)`` runs on, and why."""
         return explain(
@@ -187,6 +196,7 @@ class LinearCrossEntropyLoss(nn.Module):
             linear_weight,
             target,
             linear_bias=linear_bias,
+            token_weight=token_weight,
             **self._kwargs(),
         )
 

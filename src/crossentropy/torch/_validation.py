@@ -241,6 +241,26 @@ def check_prob_ignore_index(fn: str, ignore_index: int) -> None:
         )
 
 
+def check_token_weight(
+    fn: str, token_weight: object, positions: tuple[int, ...], n_rows: int
+) -> Tensor | None:
+    """Per-position loss weights: None, or a floating tensor with the positions' shape (the
+    ``"none"`` output's, e.g. (B, T)) or (N,) for the N flattened rows; finite (NaN and inf are
+    refused at once on the CPU, by a device assertion on a GPU). Returns them as (N,)."""
+    if token_weight is None:
+        return None
+    tw = _check_tensor(fn, "token_weight", token_weight)
+    _check_float(fn, "token_weight", tw)
+    if tuple(tw.shape) not in (positions, (n_rows,)):
+        raise ValueError(
+            f"{fn}: token_weight must have the positions' shape {positions} (one weight per "
+            f"position) or ({n_rows},); got {tuple(tw.shape)}"
+        )
+    flat = tw.reshape(-1)
+    report_bad_rows(fn, "token_weight", ~torch.isfinite(flat.detach()), "finite (NaN or inf)", None)
+    return flat
+
+
 def check_probability_target(fn: str, target: Tensor, n_classes: int) -> None:
     """Probability targets of the fused losses: every row a distribution (non-negative, summing
     to 1 within the target dtype's tolerance). ``cross_entropy`` keeps torch's semantics and does

@@ -63,32 +63,48 @@ class Counts(NamedTuple):
     denom: Tensor  # scalar: divisor of the ce sum for ``mean`` (0 replaced by 1)
     n_valid: Tensor  # int64 scalar: number of counted rows
     n_safe: Tensor  # scalar: n_valid as a float, 0 replaced by 1
+    token_weight: Tensor | None = None  # (N,) per-row loss weights, in the counts' dtype
 
 
 def count_rows(
-    target: Tensor, *, weight: Tensor | None, ignore_index: int, dtype: torch.dtype
+    target: Tensor,
+    *,
+    weight: Tensor | None,
+    ignore_index: int,
+    dtype: torch.dtype,
+    token_weight: Tensor | None = None,
 ) -> Counts:
-    """Counted rows and the ``mean`` divisors for (N,) class ids or (N, V) probabilities."""
+    """Counted rows and the ``mean`` divisors for (N,) class ids or (N, V) probabilities.
+
+    ``mean`` divides by the sum over counted rows of each row's weight: ``weight[target]`` (class
+    weights, class ids only, as torch) times ``token_weight`` (per-row weights), 1 where absent.
+    """
     n = target.shape[0]
+    tw = token_weight.to(dtype) if token_weight is not None else None
     if target.is_floating_point():
         valid = torch.ones(n, dtype=torch.bool, device=target.device)
         n_valid = torch.tensor(n, dtype=torch.int64, device=target.device)
-        denom = torch.tensor(float(max(n, 1)), dtype=dtype, device=target.device)
-        return Counts(valid, denom, n_valid, denom)
-    valid = target != ignore_index
-    n_valid = valid.sum()
-    n_float = n_valid.to(dtype)
-    if weight is None:
-        denom = n_float
+        count = torch.tensor(float(max(n, 1)), dtype=dtype, device=target.device)
+        if tw is None:
+            return Counts(valid, count, n_valid, count)
+        denom = tw.sum()
     else:
-        w_t = weight.to(dtype)[torch.where(valid, target, 0).long()]
-        denom = torch.where(valid, w_t, 0.0).sum()
+        valid = target != ignore_index
+        n_valid = valid.sum()
+        count = n_valid.to(dtype)
+        if weight is None:
+            row_w = tw
+        else:
+            w_t = weight.to(dtype)[torch.where(valid, target, 0).long()]
+            row_w = w_t if tw is None else w_t * tw
+        denom = count if row_w is None else torch.where(valid, row_w, 0.0).sum()
     one = torch.ones((), dtype=dtype, device=target.device)
     return Counts(
         valid,
         torch.where(denom != 0, denom, one),
         n_valid,
-        torch.where(n_float > 0, n_float, one),
+        torch.where(count > 0, count, one),
+        tw,
     )
 
 
@@ -104,6 +120,9 @@ def row_coefficients(
         coef = torch.ones((), dtype=dtype, device=device).expand(n)
     else:
         raise ValueError(f"row_coefficients: reduction must be 'mean' or 'sum'; got {reduction!r}")
+    if counts.token_weight is not None:
+        # the per-row weights enter the fused pass's coefficients (ignored rows: ce is 0 there)
+        coef = coef * torch.where(counts.valid, counts.token_weight.to(dtype), 0.0)
     if z_loss == 0.0:
         return coef, None
     zcoef = counts.valid.to(dtype) * z_loss
@@ -146,6 +165,10 @@ def reduce_rows(
     if counts is None:
         counts = count_rows(target, weight=weight, ignore_index=ignore_index, dtype=dtype)
     z_rows = _z_rows(lse_rows, counts.valid) if z_loss != 0.0 else None
+    if counts.token_weight is not None:
+        # the cross-entropy of each row, weighted (the z-loss is a regulariser of every counted
+        # row, never weighted: a negative weight must not push the logsumexp up)
+        ce_rows = ce_rows * torch.where(counts.valid, counts.token_weight.to(dtype), 0.0)
     if reduction == "none":
         z_term = (z_loss * z_rows if z_rows is not None else torch.zeros_like(ce_rows)).reshape(
             out_shape

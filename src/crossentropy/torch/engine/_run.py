@@ -62,6 +62,7 @@ class PreparedCall:
             no check here, e.g. probability targets, or vocab parallel, whose agreement checks
             them across ranks).
         weight, z_loss, return_aux: cross-entropy's class weights and reduction extras.
+        token_weight: (N,) per-row loss weights (cross-entropy, distillation), or None.
         native: the caller's own ``(input, target)``, for ``F.cross_entropy`` itself.
         entropy: log-probabilities: the entropy is a second output.
         valid, batch: distillation: counted rows (None: all) and the batch size (``batchmean``).
@@ -90,6 +91,7 @@ class PreparedCall:
     weight: Tensor | None = None
     z_loss: float = 0.0
     return_aux: bool = False
+    token_weight: Tensor | None = None
     native: tuple[Tensor, Tensor] | None = None
     entropy: bool = False
     valid: Tensor | None = None
@@ -171,23 +173,34 @@ def _counts(call: PreparedCall, dtype: torch.dtype) -> Counts:
     target = call.target
     assert target is not None
     return count_rows(
-        target, weight=call.weight, ignore_index=int(call.params["ignore_index"]), dtype=dtype
+        target,
+        weight=call.weight,
+        ignore_index=int(call.params["ignore_index"]),
+        dtype=dtype,
+        token_weight=call.token_weight,
     )
 
 
 def _distill_coefficients(call: PreparedCall, dtype: torch.dtype, n: int) -> Tensor:
-    """Per-row weights of a distillation loss: sum, mean over counted rows, or / batch size."""
+    """Per-row weights of a distillation loss: sum, mean over counted rows (or over their token
+    weights), or / batch size; times each row's token weight."""
     x = call.slots["x"]
     assert x is not None
     device = x.device
+    tw = call.token_weight.to(dtype) if call.token_weight is not None else None
     if call.reduction == "sum":
-        return torch.ones(1, n, dtype=dtype, device=device)
-    if call.reduction == "batchmean":
-        return torch.full((1, n), 1.0 / max(call.batch, 1), dtype=dtype, device=device)
-    if call.valid is None:
-        return torch.full((1, n), 1.0 / max(n, 1), dtype=dtype, device=device)
-    count = call.valid.sum().to(dtype)
-    return (1.0 / torch.where(count > 0, count, 1.0)).expand(1, n)
+        coef = torch.ones(1, n, dtype=dtype, device=device)
+    elif call.reduction == "batchmean":
+        coef = torch.full((1, n), 1.0 / max(call.batch, 1), dtype=dtype, device=device)
+    elif call.valid is None and tw is None:
+        coef = torch.full((1, n), 1.0 / max(n, 1), dtype=dtype, device=device)
+    else:
+        valid = (
+            call.valid if call.valid is not None else torch.ones(n, dtype=torch.bool, device=device)
+        )
+        total = torch.where(valid, tw, 0.0).sum() if tw is not None else valid.sum().to(dtype)
+        coef = (1.0 / torch.where(total != 0, total, 1.0)).expand(1, n)
+    return coef * tw if tw is not None else coef
 
 
 def _coefficients(call: PreparedCall) -> tuple[Tensor, Tensor | None]:
@@ -219,19 +232,21 @@ def reduce(call: PreparedCall, result: Result) -> Any:
             ce,
             lse,
             target,
-            weight=call.weight if call.counts is None else None,
+            weight=None,
             ignore_index=int(call.params["ignore_index"]),
             reduction=call.reduction,
             z_loss=call.z_loss,
             return_aux=call.return_aux,
             out_shape=call.out_shape,
-            counts=call.counts,
+            counts=_counts(call, ce.dtype),
         )
     if call.math == "logprob":
         shaped = [o.reshape(call.out_shape) for o in outs]
         return LogProbs(shaped[0], shaped[1]) if call.entropy else shaped[0]
     (rows,) = outs
     if call.reduction == "none":
+        if call.token_weight is not None:
+            rows = rows * call.token_weight.to(rows.dtype)
         return rows.reshape(call.out_shape)
     return (rows * _distill_coefficients(call, rows.dtype, rows.shape[0])[0]).sum()
 

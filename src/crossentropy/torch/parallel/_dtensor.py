@@ -117,11 +117,13 @@ class ShardSpec:
         return (*named, *self.rows, *self.classes)
 
 
-CROSS_ENTROPY = ShardSpec("cross_entropy", logits="input", rows=("target",), classes=("weight",))
+CROSS_ENTROPY = ShardSpec(
+    "cross_entropy", logits="input", rows=("target", "token_weight"), classes=("weight",)
+)
 LINEAR_CROSS_ENTROPY = ShardSpec(
     "linear_cross_entropy",
     heads=(("input", "linear_weight", "linear_bias"),),
-    rows=("target",),
+    rows=("target", "token_weight"),
     classes=("weight",),
 )
 LINEAR_LOGPROBS = ShardSpec(
@@ -135,7 +137,7 @@ LINEAR_DISTILLATION = ShardSpec(
         ("student_input", "student_linear_weight", "student_linear_bias"),
         ("teacher_input", "teacher_linear_weight", "teacher_linear_bias"),
     ),
-    rows=("target", "mask"),
+    rows=("target", "mask", "token_weight"),
 )
 
 

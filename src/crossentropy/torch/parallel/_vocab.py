@@ -51,7 +51,7 @@ from torch import Tensor
 from crossentropy.torch.engine import _run as R
 from crossentropy.torch.engine._checks import report_bad_rows
 from crossentropy.torch.engine._dispatch import Plan
-from crossentropy.torch.engine._reduce import Counts
+from crossentropy.torch.engine._reduce import Counts, count_rows
 
 __all__ = [
     "agree",
@@ -253,6 +253,7 @@ def _agree(
                 "batch_shape": "the batch shape of input and target",
                 "grad_flags": "which tensors require grad (or whether grad mode is on)",
                 "dtype": "the dtypes of the inputs",
+                "options": "the per-position token weights or the function's own options",
             }.get(name, name)
             per_rank = ", ".join(f"rank {i}: {v}" for i, v in enumerate(shown))
             raise ValueError(
@@ -378,33 +379,27 @@ def _shard_counts(
     ignore_index: int,
     cfg_group: Any,
     dtype: torch.dtype,
+    token_weight: Tensor | None = None,
 ) -> Counts:
-    """The ``mean`` divisors: sum of the *global* w[y] over counted rows (all-reduced when the class
-    weights are sharded), or the number of counted rows."""
-    n = target.shape[0]
-    one = torch.ones((), dtype=dtype, device=target.device)
-    if target.is_floating_point():
-        valid = torch.ones(n, dtype=torch.bool, device=target.device)
-        denom = torch.full((), float(max(n, 1)), dtype=dtype, device=target.device)
-        nv = torch.tensor(n, dtype=torch.int64, device=target.device)
-        return Counts(valid, denom, nv, denom)
+    """The ``mean`` divisors: the sum over counted rows of the *global* w[y] (all-reduced, the
+    class weights being sharded) times the rows' token weights, or their count."""
+    if weight is None or target.is_floating_point():
+        return count_rows(
+            target, weight=None, ignore_index=ignore_index, dtype=dtype, token_weight=token_weight
+        )
     valid = target != ignore_index
-    n_valid = valid.sum()
-    n_float = n_valid.to(dtype)
-    if weight is None:
-        denom = n_float
-    else:
-        local = target - layout.offset
-        inside = valid & (local >= 0) & (local < layout.v_local)
-        w_t = torch.where(inside, weight.to(dtype)[torch.where(inside, local, 0)], 0.0)
-        dist.all_reduce(w_t, op=dist.ReduceOp.SUM, group=cfg_group)
-        denom = w_t.sum()
-    return Counts(
-        valid,
-        torch.where(denom != 0, denom, one),
-        n_valid,
-        torch.where(n_float > 0, n_float, one),
+    local = target - layout.offset
+    inside = valid & (local >= 0) & (local < layout.v_local)
+    w_t = torch.where(inside, weight.to(dtype)[torch.where(inside, local, 0)], 0.0)
+    dist.all_reduce(w_t, op=dist.ReduceOp.SUM, group=cfg_group)
+    # the class-weight-free counts, then the whole vocabulary's w[y] folded into the divisor
+    base = count_rows(
+        target, weight=None, ignore_index=ignore_index, dtype=dtype, token_weight=token_weight
     )
+    row_w = w_t if base.token_weight is None else w_t * base.token_weight
+    denom = torch.where(valid, row_w, 0.0).sum()
+    one = torch.ones((), dtype=dtype, device=target.device)
+    return base._replace(denom=torch.where(denom != 0, denom, one))
 
 
 class _SumShards(torch.autograd.Function):
@@ -489,6 +484,15 @@ def _dtype_code(t: Tensor | None) -> int:
     return _DTYPES.index(t.dtype) if t is not None and t.dtype in _DTYPES else 0
 
 
+def _weights_hash(tw: Tensor | None) -> int:
+    """Two sums that differ when ranks pass different per-position weights (one device sync)."""
+    if tw is None:
+        return 0
+    pos = torch.arange(tw.numel(), device=tw.device, dtype=torch.float64) % 1009 + 1
+    w = tw.detach().double()
+    return options_hash(*torch.stack([w.sum(), (w * pos).sum()]).tolist())
+
+
 def _fields(call: R.PreparedCall) -> dict[str, int]:
     """This rank's metadata row: what every rank must agree on (see ``_AGREED``)."""
     x, w, b, target = (call.slots.get(k) for k in ("x", "w", "b", "target"))
@@ -497,7 +501,10 @@ def _fields(call: R.PreparedCall) -> dict[str, int]:
     if call.math != "ce":
         heads = [call.slots.get(k) for k in ("x", "w", "b", "x2", "w2", "b2")]
         opts = options_hash(
-            *(v for _, v in sorted(call.params.items())), call.reduction, call.prec.exact
+            *(v for _, v in sorted(call.params.items())),
+            call.reduction,
+            call.prec.exact,
+            _weights_hash(call.token_weight),
         )
         return shard_fields(
             v_local=w.shape[0] if w is not None else x.shape[1],
@@ -513,6 +520,8 @@ def _fields(call: R.PreparedCall) -> dict[str, int]:
     cw = call.weight
     is_prob = target.is_floating_point()
     return {
+        # per-position weights are replicated like the targets: every rank must pass the same
+        "options": _weights_hash(call.token_weight),
         "v_local": w.shape[0] if w is not None else x.shape[1],
         "features": x.shape[1] if w is not None else -1,
         "rows": x.shape[0],
@@ -575,6 +584,7 @@ def agree(fn: str, process_group: Any, prepare: Callable[[Any], R.PreparedCall])
             int(call.params["ignore_index"]),
             group,
             call.prec.compute,
+            call.token_weight,
         )
     return call
 
