@@ -46,6 +46,14 @@ _DESCRIBE = {
     "memory": "memory",
     "device": "the device type",
 }
+_DECODE = {
+    "kind": lambda v: _KINDS[v],
+    "reduction": lambda v: V.REDUCTIONS[v],
+    "scale": R.bits_float,
+    "bias": lambda v: None if v == -1 else R.bits_float(v),
+    "dtypes": lambda v: f"a {_DTYPES[v % 4]} / b {_DTYPES[v // 4]}",
+    "chunk": lambda v: None if v < 0 else v,
+}
 
 
 @dataclass
@@ -333,7 +341,7 @@ def contrastive_loss(
     else:
         prepared, error = R.guard(prepare)
         fields_or_none = None if prepared is None else prepared[1]
-        layout = R.agree(_FN, group, fields_or_none, error, _DESCRIBE)
+        layout = R.agree(_FN, group, fields_or_none, error, _DESCRIBE, _DECODE)
         prep = prepared[0]
     return _compute(prep, layout, kind, bool(symmetric), bool(exclude_self), reduction)
 

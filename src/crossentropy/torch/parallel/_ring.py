@@ -43,7 +43,7 @@ from torch.autograd.function import once_differentiable
 from crossentropy.torch.engine import _contrastive as E
 from crossentropy.torch.engine._gemm import Precision
 
-__all__ = ["Layout", "RingCall", "agree", "float_bits", "run"]
+__all__ = ["Layout", "RingCall", "agree", "bits_float", "float_bits", "guard", "run"]
 
 _CALL = 0x434C_4950  # "CLIP": tells contrastive calls apart from other functions' exchanges
 _FWD, _BWD = 1, 2
@@ -52,6 +52,10 @@ _BLOCK, _IDS, _COEF, _STATS, _ACC = 0, 1, 2, 3, 4
 
 def float_bits(x: float) -> int:
     return int(struct.unpack("<q", struct.pack("<d", float(x)))[0])
+
+
+def bits_float(b: int) -> float:
+    return float(struct.unpack("<d", struct.pack("<q", int(b)))[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,10 +94,11 @@ def agree(
     fields: dict[str, int] | None,
     error: BaseException | None,
     describe: dict[str, str],
+    decode: dict[str, Callable[[int], object]] | None = None,
 ) -> Layout:
     """All-gather every rank's fields (``n`` and ``m`` may differ, the others must not) and raise
     the same kind of error on every rank. ``fields`` is None when this rank's input was rejected
-    (``error``); ``describe`` names a field in the messages."""
+    (``error``); ``describe`` names a field in the messages, ``decode`` shows its value."""
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     # the field names are the same on every rank that passed its checks; a rank that failed sends
@@ -127,7 +132,8 @@ def agree(
         if k in ("n", "m"):
             continue
         if len(set(cols[k])) > 1:
-            per_rank = ", ".join(f"rank {i}: {v}" for i, v in enumerate(cols[k]))
+            show = (decode or {}).get(k, lambda v: v)
+            per_rank = ", ".join(f"rank {i}: {show(v)}" for i, v in enumerate(cols[k]))
             raise ValueError(
                 f"{fn}: the ranks disagree on {describe.get(k, k)} ({per_rank}); every rank of the "
                 "process group must pass the same options, feature size, dtypes and scale"
