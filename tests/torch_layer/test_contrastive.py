@@ -179,7 +179,7 @@ def test_large_logits_stay_finite() -> None:
         loss = contrastive_loss(a, b, logit_scale=100.0, kind=kind, chunk_size=3)
         loss.backward()
         ref = reference_float64(a.detach(), b.detach(), kind)
-        assert torch.isfinite(loss) and abs(float(loss) - ref) <= 1e-5 * max(1.0, abs(ref))
+        assert torch.isfinite(loss) and abs(float(loss.detach()) - ref) <= 1e-5 * max(1.0, abs(ref))
         assert a.grad is not None and torch.isfinite(a.grad).all()
         a.grad = b.grad = None
 
@@ -210,10 +210,33 @@ def test_low_precision_inputs(dtype: torch.dtype) -> None:
     y = torch.arange(12)
     ref = (F.cross_entropy(s, y) + F.cross_entropy(s.T, y)) / 2
     ref.backward()
-    assert abs(float(loss) - float(ref)) <= 1e-5
+    assert abs(float(loss.detach()) - float(ref.detach())) <= 1e-5
     assert ar.grad is not None
     rounding = 2**-8 if dtype == torch.bfloat16 else 1e-6
     assert float((a.grad.double() - ar.grad).abs().max()) <= rounding * float(ar.grad.abs().max())
+
+
+def test_autocast_rounds_both_towers_like_a_matmul() -> None:
+    # under CPU autocast (bfloat16) the logits GEMM multiplies bf16-rounded a and b, as a @ b.T
+    # would, with fp32 softmax math; an enclosing autocast must not recast the tiles' GEMMs
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn(10, 8, generator=g, requires_grad=True)
+    b = torch.randn(12, 8, generator=g, requires_grad=True)
+    for kind in ("softmax", "sigmoid"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = contrastive_loss(a, b, logit_scale=3.0, logit_bias=-1.0, kind=kind)
+        loss.backward()
+        assert loss.dtype == torch.float32 and a.grad is not None and a.grad.dtype == torch.float32
+        ar, br = a.detach().bfloat16().double(), b.detach().bfloat16().double()
+        s = 3.0 * ar @ br.T
+        if kind == "softmax":
+            y = torch.arange(10)
+            ref = (F.cross_entropy(s, y) + F.cross_entropy(s[:, :10].T, y)) / 2
+        else:
+            sign = torch.where(torch.eye(10, 12, dtype=torch.bool), 1.0, -1.0).double()
+            ref = -F.logsigmoid(sign * (s - 1.0)).sum() / 10
+        assert abs(float(loss.detach()) - float(ref)) <= 1e-5 * max(1.0, abs(float(ref)))
+        a.grad = b.grad = None
 
 
 def test_module_initialises_as_clip_and_siglip_and_learns_the_scale() -> None:

@@ -230,11 +230,19 @@ def _operand(t: Tensor, prec: Precision) -> Tensor:
     return t if prec.tensor_cores else t.to(prec.compute)
 
 
+def _scaled_operand(a: Tensor, scale: float, prec: Precision) -> Tensor:
+    """``t a`` as the logits GEMM's operand: scaled in the compute dtype and rounded to the operand
+    dtype on tensor cores; elsewhere ``a`` rounded to the operand dtype (autocast) and scaled in
+    the compute dtype, as ``b`` is rounded."""
+    if prec.tensor_cores:
+        return (a.to(prec.compute) * scale).to(prec.operand)
+    return _operand(a, prec) * scale
+
+
 def _forward(call: RingCall, a: Tensor, b: Tensor, bias: Tensor | None) -> tuple:
     spec, lay, prec = call.spec, call.layout, call.prec
     comp, dev = prec.compute, a.device
-    a_s = a.to(comp) * call.scale
-    a_side = E.Side(a_s.to(prec.operand) if prec.tensor_cores else a_s, call.a_ids)
+    a_side = E.Side(_scaled_operand(a, call.scale, prec), call.a_ids)
     rows = E.new_stats(spec, a.shape[0], comp, dev)
     ring = _Ring(lay)
     blk, ids = b, call.b_ids
@@ -307,9 +315,8 @@ def _backward(
     spec, lay, prec = call.spec, call.layout, call.prec
     comp, dev = prec.compute, a.device
     need_a, need_b, need_t, need_bias = need
-    a_c = a.to(comp)
-    a_s = a_c * call.scale
-    a_side = E.Side(a_s.to(prec.operand) if prec.tensor_cores else a_s, call.a_ids)
+    a_c = _operand(a, prec).to(comp)  # the values the GEMMs multiply (rounded under autocast)
+    a_side = E.Side(_scaled_operand(a, call.scale, prec), call.a_ids)
     rc = _coef(spec, rows, g_a, comp)
     # symmetric softmax: d/dt has a part from each direction, and the columns' part belongs to the
     # block's owner (it travels home with d b); otherwise every term is this rank's own
@@ -420,7 +427,10 @@ class _ContrastiveRing(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, a: Tensor, b: Tensor, scale: Tensor, bias: Tensor | None, call: RingCall
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        rows, own_cols = _forward(call, a, b, bias)
+        # the precision was resolved at the entry (autocast included); the GEMMs here must not be
+        # recast by an enclosing autocast region
+        with torch.autocast(a.device.type, enabled=False):
+            rows, own_cols = _forward(call, a, b, bias)
         loss_a, valid_a, _ = _row_losses(call.spec, rows)
         if own_cols is not None:
             loss_b, valid_b, _ = _row_losses(call.spec, own_cols)
@@ -443,7 +453,8 @@ class _ContrastiveRing(torch.autograd.Function):
             ctx.needs_input_grad[2],
             ctx.needs_input_grad[3] if bias is not None else False,
         )
-        grads = _backward(call, a, b, bias, rows, own_cols, g_a, g_b, need)
+        with torch.autocast(a.device.type, enabled=False):
+            grads = _backward(call, a, b, bias, rows, own_cols, g_a, g_b, need)
         grad_t = grads[2].reshape(()) if grads[2] is not None else None
         grad_bias = grads[3].reshape(()) if grads[3] is not None else None
         return grads[0], grads[1], grad_t, grad_bias, None
