@@ -246,6 +246,11 @@ def main() -> None:
             result["grid"] = [(c, run_case(c, world, rank, group)) for c in cases]
         if world == 4:
             result["bad"] = bad_calls(world, rank)
+            # a 2-rank subgroup of global ranks 1 and 2: group ranks differ from global ranks
+            sub = dist.new_group([1, 2])
+            if rank in (1, 2):
+                picked = [c for i, c in enumerate(grid()) if i % 5 == 0]
+                result["subgroup"] = [(c, run_case(c, 2, rank - 1, sub)) for c in picked]
     except Exception:
         traceback.print_exc()
         dist.destroy_process_group()

@@ -16,6 +16,8 @@ world of its own) run ``_clip_worker.py`` once per session. Checked here:
 * memory: the largest tensor allocated during forward and backward at 4 ranks is no larger than at
   2 (while open_clip's grows with the world: the meter can see growth).
 * bad input on one rank raises ValueError/TypeError on every rank, and the group works afterwards.
+* a 2-rank subgroup (global ranks 1 and 2) against the reference: the ring's P2P peers are group
+  ranks, not global ranks.
 """
 
 from __future__ import annotations
@@ -88,6 +90,23 @@ def test_grid_matches_float64_reference(
                         1.0, float(want.abs().max())
                     )
                 assert err <= tol + 1e-15, f"world {world} rank {r} {case}: {k} off by {err}"
+
+
+def test_a_subgroup_whose_ranks_are_not_the_global_ranks(
+    worlds: dict[int, list[dict[str, Any]]],
+) -> None:
+    # global ranks 1 and 2 of the 4-process world as group ranks 0 and 1
+    members = [worlds[4][1], worlds[4][2]]
+    assert len(members[0]["subgroup"]) >= 9
+    for ci, (case, _) in enumerate(members[0]["subgroup"]):
+        ref = reference(case, 2)
+        for r, res in enumerate(members):
+            got = res["subgroup"][ci][1]
+            for k in ("loss", "a", "b", "t", "beta"):
+                if ref[r][k] is None or (k == "b" and case.layout == "self"):
+                    continue
+                err = float((got[k] - ref[r][k]).abs().max())
+                assert err <= 1e-12 * max(1.0, float(ref[r][k].abs().max())), (case, r, k, err)
 
 
 def test_grid_covers_uneven_batches_and_hard_negatives(

@@ -267,7 +267,8 @@ def contrastive_loss(
     open_clip gives with ``ClipLoss(local_loss=True, gather_with_grad=True)`` (softmax) and
     ``SigLipLoss`` (sigmoid); DDP's averaging then gives the gradient of the global-batch loss.
     Every rank must call it, with the same options, and run the backward pass. Ranks may hold
-    different batch sizes.
+    different batch sizes. The ring runs eagerly (an autograd Function with P2P communication
+    inside, not yet a custom op): ``torch.compile`` breaks its graph around the call.
 
     Args:
         a: (n, d) embeddings of one side (images, queries, anchors); float64, float32, bfloat16
@@ -328,6 +329,8 @@ def contrastive_loss(
                 f"{_FN}: process_group must be a torch.distributed.ProcessGroup; got "
                 f"{type(group).__name__}"
             )
+        if dist.get_rank(group) < 0:
+            raise ValueError(f"{_FN}: this process is not a member of process_group")
 
     def prepare() -> tuple[_Prepared, dict[str, int]]:
         return _prepare(

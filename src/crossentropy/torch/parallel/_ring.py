@@ -169,11 +169,16 @@ class _Ring:
         if not ops:
             return []
         works = dist.batch_isend_irecv(ops)
-        if len(works) != len(ops):  # a coalesced backend returns one work for the batch
-            self.pending.extend(works)
-            return []
+        if len(works) != len(ops):
+            # a coalesced batch (NCCL) has one work for all its ops: the caller waits on it before
+            # reading what was received
+            return list(works) if n_send < len(ops) else self._keep(works)
         self.pending.extend(works[:n_send])
         return works[n_send:]
+
+    def _keep(self, works: Sequence[Any]) -> list:
+        self.pending.extend(works)
+        return []
 
     def finish(self) -> None:
         for w in self.pending:
