@@ -14,8 +14,13 @@ UPGRADE_FLAGS ?=
 PIP_INSTALL = $(BIN)/python -m pip install -q $(UPGRADE_FLAGS) $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 LOCK_TORCH ?= 2.13.0
 PYTEST_ARGS ?=
+# Test peers installed without their dependencies, pinned by constraints.txt like the rest.
+# open-clip-torch: the tests load only its loss.py (torch alone); its package imports torchvision
+# and timm, and PyPI's torchvision cannot load beside the CPU build of torch ("operator
+# torchvision::nms does not exist"), which then also breaks transformers' model imports.
+NODEPS_TEST ?= open-clip-torch
 # Benchmarks `make bench` runs: the CPU ones here, all of them (GPU kernels too) on a CUDA machine.
-BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory ce_overhead rl_cpu sharded_cpu)
+BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory ce_overhead rl_cpu sharded_cpu contrastive_cpu)
 
 .PHONY: demo test test-latest lock lint typecheck pytest bench docs clean gpu-bundle gpu-dry-run
 
@@ -25,6 +30,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP_INSTALL) --no-deps $(NODEPS_TEST)
 	touch $(STAMP) $(DEMO_STAMP)
 
 # A current full install (`make test`'s) already has everything the demo needs.
@@ -60,6 +66,7 @@ lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install -q --upgrade pip
 	.venv-lock/bin/python -m pip install -q -e ".[dev]" "torch==$(LOCK_TORCH)"
+	.venv-lock/bin/python -m pip install -q --no-deps $(NODEPS_TEST)
 	{ sed -n '1,3p' constraints.txt; .venv-lock/bin/python -m pip freeze --exclude-editable \
 	  | grep -v '^crossentropy' | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > constraints.new
 	mv constraints.new constraints.txt

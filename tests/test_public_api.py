@@ -7,12 +7,14 @@ import pytest
 PUBLIC = {
     "crossentropy.torch": [
         "BCEWithLogitsLoss",
+        "ContrastiveLoss",
         "CrossEntropyAux",
         "CrossEntropyLoss",
         "FocalLoss",
         "LinearCrossEntropyLoss",
         "LogProbs",
         "binary_cross_entropy_with_logits",
+        "contrastive_loss",
         "cross_entropy",
         "explain",
         "focal_loss",

@@ -29,6 +29,7 @@ if _dist.is_available():
     # hold None. (2.8 ms, 8 small modules.)
     import torch.distributed.nn.functional  # noqa: F401
 
+from crossentropy.torch._contrastive import ContrastiveLoss, contrastive_loss
 from crossentropy.torch._distill import linear_distillation_loss
 from crossentropy.torch._extras import bce_with_logits as binary_cross_entropy_with_logits
 from crossentropy.torch._extras import focal_loss
@@ -46,12 +47,14 @@ from crossentropy.torch.parallel._data import global_valid_count
 
 __all__ = [
     "BCEWithLogitsLoss",
+    "ContrastiveLoss",
     "CrossEntropyAux",
     "CrossEntropyLoss",
     "FocalLoss",
     "LinearCrossEntropyLoss",
     "LogProbs",
     "binary_cross_entropy_with_logits",
+    "contrastive_loss",
     "cross_entropy",
     "explain",
     "focal_loss",
