@@ -1,10 +1,10 @@
 """Train a tiny two-tower (CLIP-style) retrieval model in 2 CPU processes with contrastive_loss.
 
-Run it as is (it starts 2 gloo processes itself)::
+Needs: crossentropy[torch]
+Run: python examples/contrastive_two_towers.py [--steps 300] [--batch 256] [--world 2]
 
-    python examples/contrastive_two_towers.py
-
-or under torchrun (``torchrun --nproc-per-node 2 examples/contrastive_two_towers.py``).
+It starts its 2 gloo processes itself; under torchrun it takes the ones torchrun starts
+(``torchrun --nproc-per-node 2 examples/contrastive_two_towers.py``).
 
 The data are synthetic pairs: a hidden vector z gives two "modalities", x = z A + noise and
 y = tanh(z B) + noise. Each tower (a small MLP) embeds one modality, and the symmetric CLIP loss

@@ -84,7 +84,16 @@ def _vocab_parallel(tmp: Path) -> tuple[list[str], Callable[[str], None]]:
     return ["--steps", "2", "--vocab", "101", "--tokens", "64"], check
 
 
+def _contrastive(tmp: Path) -> tuple[list[str], Callable[[str], None]]:
+    # the accuracy's rise and the loss check in two processes: tests/test_example_contrastive.py
+    def check(out: str) -> None:
+        assert "retrieval top-1" in out and "one-process loss" in out
+
+    return ["--steps", "10", "--every", "10", "--batch", "32", "--held-out", "64"], check
+
+
 SHORT: dict[str, Callable[[Path], tuple[list[str], Callable[[str], None]]]] = {
+    "contrastive_two_towers.py": _contrastive,
     "distill.py": _distill,
     "grpo_step.py": _grpo,
     "make_predictions.py": _predictions,
