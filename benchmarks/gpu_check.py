@@ -183,19 +183,12 @@ def _time_ms(fn: Callable[[], Any], reps: int = 5) -> float:
 def _peak_extra_mib(fn: Callable[[], Any]) -> float:
     """Peak allocated memory during ``fn`` above what was allocated before (outputs included);
     NaN on the CPU, which has no such counter."""
-    import torch
-
     if DEVICE == "cpu":
         fn()
         return float("nan")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    out = fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
-    del out
-    return peak / 2**20
+    from benchmarks.gpu_kernels import _peak_extra_mib as on_cuda
+
+    return on_cuda(fn)
 
 
 def _linear_inputs(n: int, d: int, v: int, std: float, seed: int) -> tuple[Any, Any, Any]:
@@ -1061,19 +1054,12 @@ def _hf_stage(sec: report.Section, ctx: Ctx, setup: str) -> Any:
         return ("skipped", "no CUDA")
     import torch
 
+    from benchmarks.hf_gpu import llama_config
     from crossentropy import hf
 
     cfg = HF_SETUPS[setup]
     vocab, hidden, length = ctx.shape("llama")
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=cfg["layers"],
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        max_position_embeddings=length,
-    )
+    config = llama_config(vocab, hidden, length, cfg["layers"])
     torch.manual_seed(0)
     with torch.device(DEVICE):  # initialised where it runs: no 700M-parameter copy
         model = transformers.LlamaForCausalLM(config)

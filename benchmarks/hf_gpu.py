@@ -34,6 +34,21 @@ SETUPS = {
 VARIANTS = ("unpatched", "patched", "patched memory=low", "liger")
 
 
+def llama_config(vocab: int, hidden: int, length: int, layers: int) -> Any:
+    """The Llama of the training-step benchmarks (this one and gpu_check's)."""
+    import transformers
+
+    return transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        max_position_embeddings=length,
+    )
+
+
 def _child(setup: str, variant: str, quick: bool) -> dict[str, Any]:
     import torch
     import transformers
@@ -41,15 +56,7 @@ def _child(setup: str, variant: str, quick: bool) -> dict[str, Any]:
     cfg = SETUPS[setup]
     vocab, hidden, length = (32000, 512, 512) if quick else (128256, 2048, 2048)
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=cfg["layers"],
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        max_position_embeddings=length,
-    )
+    config = llama_config(vocab, hidden, length, cfg["layers"])
     model = transformers.LlamaForCausalLM(config).cuda()
     if not cfg["autocast"]:
         model = model.to(torch.bfloat16)
