@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from crossentropy.torch import _distill_topk
 from crossentropy.torch import _validation as V
 from crossentropy.torch.engine import _dispatch as D
 from crossentropy.torch.engine import _ops
@@ -355,6 +356,9 @@ def linear_distillation_loss(
     impl: str = "auto",
     memory: str | int = "auto",
     chunk_size: int | None = None,
+    teacher_topk_ids: Tensor | None = None,
+    teacher_topk_logprobs: Tensor | None = None,
+    topk: str | None = None,
 ) -> Tensor:
     r"""Distillation loss between two linear heads' next-token distributions, without logits.
 
@@ -419,6 +423,12 @@ def linear_distillation_loss(
             split the same way; hidden states and targets are identical on every rank.
         impl, memory, chunk_size: as in :func:`linear_cross_entropy`. The two heads' GEMMs use one
             operand dtype, the wider of the two sides'.
+        teacher_topk_ids, teacher_topk_logprobs: (..., k) the teacher as its saved top-k ids and
+            log-probabilities (vLLM's ``logprobs=k``) instead of its head: pass None for
+            ``teacher_hidden`` and ``teacher_weight``; see
+            :func:`crossentropy.torch._distill_topk.linear_topk_distillation_loss`.
+        topk: with the top-k teacher, ``"tail"`` (k + 1 bins, the default) or
+            ``"renormalized"`` (both sides restricted to the k ids).
 
     Returns:
         The loss, float32 (float64 for float64 inputs): a scalar, or the positions' shape for
@@ -438,6 +448,9 @@ def linear_distillation_loss(
         >>> float(linear_distillation_loss(hs, Ws, hs, Ws, divergence="jsd", beta=0.3))
         0.0
     """
+    if teacher_topk_ids is not None or teacher_topk_logprobs is not None or topk is not None:
+        # the teacher as saved top-k log-probabilities: every argument, by name, to _distill_topk
+        return _distill_topk.from_linear_distillation_loss(locals())
     fn = "linear_distillation_loss"
     kw: dict[str, Any] = dict(
         divergence=divergence,
