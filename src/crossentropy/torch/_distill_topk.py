@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crossentropy._tolerance import row_sum_tolerance
+from crossentropy._tolerance import sum_tolerance
 from crossentropy.torch import _validation as V
 from crossentropy.torch.engine import _dispatch as D
 from crossentropy.torch.engine import _ops
@@ -196,7 +196,9 @@ def check_teacher_topk(
     lp = logprobs.to(wide or torch.float32)
     above = on_counted(~(lp <= 0))  # NaN too
     total = lp.exp().sum(1)
-    tol = row_sum_tolerance(logprobs.dtype, k)
+    # crossentropy.row_sum_tolerance(dtype, k), the core's row-sum rule, from torch's epsilon of
+    # the dtype (the core reads it so for a torch dtype; spelled so that torch.compile traces it)
+    tol = sum_tolerance(k, eps=float(torch.finfo(logprobs.dtype).eps))
     heavy = total > 1.0 + tol
     if counted is not None:
         heavy = heavy & counted
