@@ -15,7 +15,7 @@ PIP_INSTALL = $(BIN)/python -m pip install -q $(UPGRADE_FLAGS) $(if $(CONSTRAINT
 LOCK_TORCH ?= 2.13.0
 PYTEST_ARGS ?=
 # Benchmarks `make bench` runs: the CPU ones here, all of them (GPU kernels too) on a CUDA machine.
-BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory ce_overhead rl_cpu sharded_cpu)
+BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory ce_overhead rl_cpu sharded_cpu topk_cpu)
 
 .PHONY: demo test test-latest lock lint typecheck pytest bench docs clean gpu-bundle gpu-dry-run
 

@@ -31,8 +31,6 @@ lives on ``K``). No host synchronisation; single process only (no vocabulary sha
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -67,54 +65,70 @@ def _safe_mul(w: Tensor, keep: Tensor, x: Tensor) -> Tensor:
     return w * torch.where(keep, x, 0.0)
 
 
-def bin_divergence(div: str, beta: float, la: Tensor, lb: Tensor) -> Tensor:
-    """Per-row divergence between bin distributions with log-probabilities ``la`` (teacher) and
-    ``lb`` (student), ``-inf`` for empty bins; 0 log 0 = 0. Differentiable (used by the reference
-    path, and by the engine for the value)."""
-    a, b = la.exp(), lb.exp()
-    apos, bpos = a > 0, b > 0
-    if div == "kl":
-        return _safe_mul(a, apos, la - lb).sum(1)
-    if div == "cross_entropy":
-        return -_safe_mul(a, apos, lb).sum(1)
-    if div == "reverse_kl":
-        return _safe_mul(b, bpos, lb - la).sum(1)
-    # m = beta a + (1 - beta) b in log space; bins empty on both sides are given finite
-    # stand-ins first (their terms are 0), so that logaddexp's gradient is not 0 * NaN there
-    empty = ~(apos | bpos)
-    la0, lb0 = la.masked_fill(empty, 0.0), lb.masked_fill(empty, 0.0)
-    lm = torch.logaddexp(la0 + math.log(beta), lb0 + math.log(1.0 - beta))
-    kl_a = _safe_mul(a, apos, la0 - lm).sum(1)
-    kl_b = _safe_mul(b, bpos, lb0 - lm).sum(1)
-    return beta * kl_a + (1.0 - beta) * kl_b
+def bin_divergence(
+    div: str, beta: float, la: Tensor, lb: Tensor, a: Tensor, b: Tensor, grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Per-row divergence between bin distributions ``a`` (teacher) and ``b`` (student) given
+    with their logs (``-inf`` for empty bins; 0 log 0 = 0), and with ``grad`` also
+    ``g_j = dD/d(log b_j)`` for every bin. Differentiable (the reference path uses the value).
 
-
-def bin_gradient(div: str, beta: float, la: Tensor, lb: Tensor, value: Tensor) -> Tensor:
-    """``g_j = dD/d(log b_j)`` for every bin, given the row's divergence ``value``.
-
-    Since sum_j b_j = 1, terms proportional to b_j contribute nothing to d/du (their sum
-    over the bins is d(sum_j b_j)/du = 0); each form below subtracts one where that keeps the
-    numbers small, as ``DistillRows`` does:
+    Since sum_j b_j = 1, terms proportional to b_j contribute nothing to d/du (their sum over the
+    bins is d(sum_j b_j)/du = 0); each gradient below subtracts one where that keeps the numbers
+    small, as ``DistillRows`` does:
       kl, cross_entropy:  g_j = -a_j
-      reverse_kl:         g_j = b_j (log b_j - log a_j + 1)      -> b_j (lb_j - la_j - D)
-      jsd:                g_j = (1 - beta) b_j log(b_j / m_j)   -> (1 - beta) b_j (rho_j - KL(b||m))
+      reverse_kl:         g_j = b_j (log b_j - log a_j + 1)     -> b_j (lb_j - la_j - D)
+      jsd:                g_j = (1 - beta) b_j log(b_j / m_j)  -> (1 - beta) b_j (rho_j - KL(b||m))
     (d/db_j of beta KL(a||m) + (1 - beta) KL(b||m) is (1 - beta) log(b_j / m_j): the
-    -beta a_j (1 - beta) / m_j and -(1 - beta) b_j (1 - beta) / m_j terms add up to -(1 - beta).)
+    -beta (1 - beta) a_j / m_j and -(1 - beta)^2 b_j / m_j terms add up to -(1 - beta).)
     """
-    a, b = la.exp(), lb.exp()
+    apos, bpos = a > 0, b > 0
+    g: Tensor | None = None
     if div in ("kl", "cross_entropy"):
-        return -a
-    bpos = b > 0
+        value = _safe_mul(a, apos, la - lb if div == "kl" else -lb).sum(1)
+        if grad:
+            g = -a
+        return value, g
     if div == "reverse_kl":
         d = torch.where(bpos, lb - la, 0.0)
-        return b * (d - value.unsqueeze(1))
-    apos = a > 0
-    empty = ~(apos | bpos)
-    la0, lb0 = la.masked_fill(empty, 0.0), lb.masked_fill(empty, 0.0)
-    lm = torch.logaddexp(la0 + math.log(beta), lb0 + math.log(1.0 - beta))
-    rho = torch.where(bpos, lb0 - lm, 0.0)
-    kl_b = (b * rho).sum(1, keepdim=True)
-    return (1.0 - beta) * b * (rho - kl_b)
+        value = (b * d).sum(1)
+        if grad:
+            g = b * (d - value.unsqueeze(1))
+        return value, g
+    # m = beta a + (1 - beta) b; bins empty on both sides take m = 1 (their terms are 0), so
+    # that the log's gradient is not 0 * inf there
+    m = beta * a + (1.0 - beta) * b
+    lm = torch.log(torch.where(apos | bpos, m, 1.0))
+    rho = torch.where(bpos, lb - lm, 0.0)  # log(b / m)
+    kl_a = _safe_mul(a, apos, la - lm).sum(1)
+    kl_b = (b * rho).sum(1)
+    if grad:
+        g = (1.0 - beta) * b * (rho - kl_b.unsqueeze(1))
+    return beta * kl_a + (1.0 - beta) * kl_b, g
+
+
+class _Teacher:
+    """Per-row statistics of the teacher's top-k, formed once per call for all N rows (they do
+    not depend on the student): log p and p on the kept ids (-inf and 0 elsewhere), log P, and
+    the tail 1 - P with its log (P may exceed 1 by the tolerance: the tail is then 0)."""
+
+    def __init__(self, logprobs: Tensor, kept: Tensor) -> None:
+        self.lp = torch.where(kept, logprobs, _NEG_INF)
+        self.p = self.lp.exp()
+        big_p = self.p.sum(1)
+        self.log_p = big_p.log()
+        self.tail = (1.0 - big_p).clamp(min=0.0)
+        # log(1 - P) = log(-expm1(log P)), accurate also when P is near 0
+        self.log_tail = torch.log(-torch.expm1(self.log_p.clamp(max=0.0)))
+
+
+def _softmax_k(lu_k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(exp(lu_k - m), its row sums, their logsumexp) of logits with -inf at dropped entries;
+    the logsumexp is -inf for a row with nothing kept."""
+    m = _finite_max(lu_k)
+    e = (lu_k - m.unsqueeze(1)).exp()
+    s = e.sum(1)
+    some = s > 0  # the log of a stand-in 1 where the sum is 0, for a finite gradient
+    return e, s, torch.where(some, m + torch.where(some, s, 1.0).log(), _NEG_INF)
 
 
 class TopKDistillRows(RowMath):
@@ -175,6 +189,12 @@ class TopKDistillRows(RowMath):
         self.blocks = topk_blocks(
             mode, lmap.softcap is not None, self.hard != 0.0, self.temperature
         )
+        n = ids.shape[0]
+        self.valid = self._valid(0, n, n, ids.device)
+        self.kept = (ids >= 0) & self.valid.unsqueeze(1)
+        # dropped entries read class 0 and later add 0 to it: a no-op, whatever class 0 is
+        self.idx = ids.clamp(min=0)
+        self.teacher = _Teacher(logprobs, self.kept)
 
     def _valid(self, i0: int, i1: int, n: int, device: torch.device) -> Tensor:
         valid = torch.ones(n, dtype=torch.bool, device=device)
@@ -184,39 +204,62 @@ class TopKDistillRows(RowMath):
             valid = valid & self.mask[i0:i1]
         return valid
 
-    def _teacher(self, i0: int, i1: int, kept: Tensor) -> tuple[Tensor, Tensor]:
-        """(log p on K, -inf elsewhere; log P)."""
-        lp = torch.where(kept, self.logprobs[i0:i1], _NEG_INF)
-        return lp, torch.logsumexp(lp, 1)
-
     def _bins(
-        self, lu_k: Tensor, lse_k: Tensor, lp_k: Tensor, lse_p: Tensor, tail: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(la, lb, lse, live): the bins' log-probabilities (k, or k + 1 with the tail last), the
-        student's log-normaliser and the rows whose comparison is defined.
+        self,
+        i0: int,
+        i1: int,
+        lu_k: Tensor,
+        e_k: Tensor,
+        s_k: Tensor,
+        lse_k: Tensor,
+        tail: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(la, lb, a, b, lse, live) of rows i0:i1: both sides' bins (k, or k + 1 with the tail
+        last) as logs and probabilities, the student's log-normaliser, and the rows whose
+        comparison is defined. Every quantity a row that is not live would divide by is
+        replaced first, so that no gradient is NaN (the reference path differentiates this).
 
-        ``lu_k``: the student's tempered logits at the kept ids (-inf elsewhere) and ``lse_k``
-        their logsumexp; ``tail``: the logsumexp of the tempered logits outside K (tail mode;
-        -inf when there is no such class).
+        ``lu_k``: the student's tempered logits at the kept ids (-inf elsewhere); ``e_k``,
+        ``s_k``, ``lse_k``: :func:`_softmax_k` of them; ``tail``: the logsumexp of the tempered
+        logits outside K (tail mode; -inf when there is no such class).
         """
+        th = self.teacher
+        lp_k, p_k, log_p = th.lp[i0:i1], th.p[i0:i1], th.log_p[i0:i1]
+        some_k = s_k > 0
+        s_safe = torch.where(some_k, s_k, 1.0)
         if tail is None:  # renormalised: softmax over K on both sides
-            live = (lse_p > _NEG_INF) & (lse_k > _NEG_INF)
-            lb = torch.where(live.unsqueeze(1), lu_k - lse_k.unsqueeze(1), _NEG_INF)
-            la = torch.where(live.unsqueeze(1), lp_k - lse_p.unsqueeze(1), _NEG_INF)
-            return la, lb, lse_k, live
+            live = (log_p > _NEG_INF) & some_k
+            col = live.unsqueeze(1)
+            r_p = torch.where(live, log_p, 0.0)
+            la = torch.where(col, lp_k - r_p.unsqueeze(1), _NEG_INF)
+            a = torch.where(col, p_k * torch.exp(-r_p).unsqueeze(1), 0.0)
+            lse = torch.where(live, lse_k, 0.0)
+            lb = torch.where(col, lu_k - lse.unsqueeze(1), _NEG_INF)
+            b = torch.where(col, e_k / s_safe.unsqueeze(1), 0.0)
+            return la, lb, a, b, lse_k, live
         has_tail = tail > _NEG_INF
-        live = has_tail | (lse_p > _NEG_INF)
+        live = has_tail | (log_p > _NEG_INF)
         lse = torch.logaddexp(tail, lse_k)
-        lb_k = lu_k - lse.unsqueeze(1)  # log q_i
-        lb_t = tail - lse  # log(1 - Q), computed from the tail's own sum: no cancellation
-        # the teacher's tail 1 - P = -expm1(log P); P may exceed 1 by the tolerance: clamped
-        la_t = torch.where(has_tail, torch.log(-torch.expm1(lse_p.clamp(max=0.0))), _NEG_INF)
-        # no tail bin: the teacher's k bins renormalised (its 1 - P has nowhere to go)
-        renorm = torch.where(has_tail | ~live, 0.0, lse_p).unsqueeze(1)
-        la_k = torch.where(live.unsqueeze(1), lp_k - renorm, _NEG_INF)
+        lse_safe = torch.where(has_tail | some_k, lse, 0.0)
+        # q_i = e_i exp(lse_K - lse) / s_K, and log(1 - Q) from the tail's own sum: neither
+        # subtracts Q from 1, so neither loses precision when K holds nearly all the mass
+        lse_k_safe = torch.where(some_k, lse_k, lse_safe)
+        q_scale = torch.where(some_k, torch.exp(lse_k_safe - lse_safe) / s_safe, 0.0)
+        b_k = e_k * q_scale.unsqueeze(1)
+        lb_k = lu_k - lse_safe.unsqueeze(1)
+        lb_t = torch.where(has_tail, tail - lse_safe, _NEG_INF)
+        # the teacher: (p_K, 1 - P); without a tail bin, p_K renormalised (1 - P has nowhere
+        # to go: rounding, or mass on ids the student lacks)
+        r_p = torch.where(has_tail | ~live, 0.0, log_p)
+        la_k = lp_k - r_p.unsqueeze(1)
+        a_k = p_k * torch.exp(-r_p).unsqueeze(1)
+        la_t = torch.where(has_tail, th.log_tail[i0:i1], _NEG_INF)
+        a_t = torch.where(has_tail, th.tail[i0:i1], 0.0)
         la = torch.cat([la_k, la_t.unsqueeze(1)], 1)
         lb = torch.cat([lb_k, lb_t.unsqueeze(1)], 1)
-        return la, lb, lse, live
+        a = torch.cat([a_k, a_t.unsqueeze(1)], 1)
+        b = torch.cat([b_k, lb_t.exp().unsqueeze(1)], 1)
+        return la, lb, a, b, lse, live
 
     def _hard(self, z: Tensor, col: Tensor, in_place: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Hard-label CE at T = 1 of the mapped logits ``z``: (ce, exp(z - M), sum of it)."""
@@ -237,29 +280,24 @@ class TopKDistillRows(RowMath):
     ) -> tuple[list[Tensor], list[Tensor | None]]:
         want = heads[0] if upstream is not None else False
         z, fac = self.lmap.apply_(raws[0], i0, i1, keep_factor=want)
-        n = z.shape[0]
-        valid = self._valid(i0, i1, n, z.device)
-        ids = self.ids[i0:i1]
-        kept = (ids >= 0) & valid.unsqueeze(1)
-        # dropped entries read class 0 and later add 0 to it: a no-op, whatever class 0 is
-        idx = ids.clamp(min=0)
+        valid = self.valid[i0:i1]
+        kept = self.kept[i0:i1]
+        idx = self.idx[i0:i1]
         t = self.temperature
         tail_mode = self.mode == "tail"
         hard = self.hard != 0.0
         # the hard term folds into the tail's pass when u = z (T = 1); else it has its own pass
         fold = hard and tail_mode and t == 1.0
-        col = tin = None
+        col = None
         if hard:
             assert self.target is not None
-            tt = self.target[i0:i1]
-            tin = valid  # counted rows: their target is a class id (checked at the boundary)
-            col = torch.where(tin, tt, 0).long().unsqueeze(1)
+            # counted rows' targets are class ids (checked at the boundary)
+            col = torch.where(valid, self.target[i0:i1], 0).long().unsqueeze(1)
         u_k = z.gather(1, idx)
         if t != 1.0:
             u_k = u_k / t
         lu_k = torch.where(kept, u_k, _NEG_INF)
-        lse_k = torch.logsumexp(lu_k, 1)
-        lp_k, lse_p = self._teacher(i0, i1, kept)
+        e_k, s_k, lse_k = _softmax_k(lu_k)
         hard_ce = e1 = se1 = None
         z_t = None
         tail = m_t = tsum = e = None
@@ -281,9 +319,9 @@ class TopKDistillRows(RowMath):
         elif hard:
             # the full row serves the hard term alone (u_K is gathered): in place
             hard_ce, e1, se1 = self._hard(z, col, in_place=True)  # type: ignore[arg-type]
-        la, lb, lse, live = self._bins(lu_k, lse_k, lp_k, lse_p, tail)
-        div = torch.where(live, bin_divergence(self.div, self.beta, la, lb), 0.0)
-        div = div.clamp(min=0.0)  # rounding: a divergence of distributions is >= 0
+        la, lb, a, b, lse, live = self._bins(i0, i1, lu_k, e_k, s_k, lse_k, tail)
+        div, g = bin_divergence(self.div, self.beta, la, lb, a, b, grad=want)
+        div = torch.where(live, div, 0.0).clamp(min=0.0)  # >= 0 but for rounding
         loss = self.soft * div
         if fold:
             assert z_t is not None
@@ -294,15 +332,16 @@ class TopKDistillRows(RowMath):
         if upstream is None or not want:
             return [loss], [None]
 
+        assert g is not None
         g_up = _zero_if_none(upstream([loss])[0], loss) * valid.to(loss.dtype)
         gs = g_up * (self.soft / t)  # the soft term's weight, with du/dz = 1/T folded in
-        g = bin_gradient(self.div, self.beta, la, lb, div)
         g = torch.where(live.unsqueeze(1), g, 0.0)
-        k = ids.shape[1]
+        k = idx.shape[1]
         g_k = g[:, :k]  # 0 on bins outside K (a = b = 0 there)
         big_g = g_k.sum(1)
+        b_k = b[:, :k]
         if tail_mode:
-            assert e is not None and tsum is not None and m_t is not None and tail is not None
+            assert e is not None and tsum is not None and m_t is not None
             # With D a function of the bins' log-probabilities and g_j = dD/d(log b_j):
             #   d log q_i / du_c = [c = i] - q_c                           (i in K)
             #   d log(1 - Q) / du_c = -q_c ([c in K] - Q) / (1 - Q)
@@ -314,23 +353,22 @@ class TopKDistillRows(RowMath):
             g_t = g[:, k]
             has_tail = tsum > 0
             s = torch.where(has_tail, torch.exp(m_t - lse), 0.0)
-            big_q = torch.exp(lse_k - lse)
-            coef = gs * (torch.where(has_tail, g_t * big_q / tsum.clamp(min=1.0), 0.0) - big_g * s)
-            q_k = lb[:, :k].exp()
-            vals = gs.unsqueeze(1) * (g_k + q_k * (-big_g - g_t).unsqueeze(1))
+            big_q = b_k.sum(1)
+            tail_coef = torch.where(has_tail, g_t * big_q / tsum.clamp(min=1.0), 0.0)
+            coef = gs * (tail_coef - big_g * s)
+            vals = gs.unsqueeze(1) * (g_k + b_k * (-big_g - g_t).unsqueeze(1))
             if fold:
                 # + hard (q_c - [c = t]) at T = 1: q_c = e_c s on the tail, q_i on K
                 gh = g_up * self.hard
                 coef = coef + gh * s
-                vals = vals + gh.unsqueeze(1) * q_k
+                vals = vals + gh.unsqueeze(1) * b_k
             dz = e.mul_(coef.unsqueeze(1))  # e is 0 on K: the K entries are exactly vals
         else:
             # b_i = q_i / Q depends on u_K alone: dD/du_c = g_c - b_c G on K, 0 elsewhere
-            b_k = lb.exp()
             vals = gs.unsqueeze(1) * (g_k - b_k * big_g.unsqueeze(1))
             dz = z.zero_() if e1 is None else e1  # e1 (z's buffer) is scaled below first
         if hard:
-            assert col is not None and tin is not None
+            assert col is not None
             gh = g_up * self.hard
             if not fold:
                 assert e1 is not None and se1 is not None
@@ -338,7 +376,7 @@ class TopKDistillRows(RowMath):
                 hard_dz = e1.mul_((gh / se1).unsqueeze(1))
                 if hard_dz is not dz:
                     dz.add_(hard_dz)
-            dz.scatter_add_(1, col, torch.where(tin, -gh, 0.0).unsqueeze(1))
+            dz.scatter_add_(1, col, torch.where(valid, -gh, 0.0).unsqueeze(1))
         dz.scatter_add_(1, idx, torch.where(kept, vals, 0.0))
         return [loss], [self.lmap.chain_(dz, fac, i0, i1)]
 
@@ -374,28 +412,23 @@ class TopKDistillRows(RowMath):
     def reference(self, logits: list[Tensor]) -> list[Tensor]:
         z = self.lmap.reference(logits[0])
         n = z.shape[0]
-        valid = self._valid(0, n, n, z.device)
-        kept = (self.ids >= 0) & valid.unsqueeze(1)
-        idx = self.ids.clamp(min=0)
+        idx = self.idx
         u = z / self.temperature
-        u_k = u.gather(1, idx)
-        lu_k = torch.where(kept, u_k, _NEG_INF)
-        lse_k = torch.logsumexp(lu_k.masked_fill(~kept.any(1, keepdim=True), 0.0), 1)
-        lse_k = torch.where(kept.any(1), lse_k, _NEG_INF)
-        lp_k, lse_p = self._teacher(0, n, kept)
+        lu_k = torch.where(self.kept, u.gather(1, idx), _NEG_INF)
+        e_k, s_k, lse_k = _softmax_k(lu_k)
         tail = None
         if self.mode == "tail":
-            in_k = torch.zeros_like(u).scatter_add_(1, idx, kept.to(u.dtype)) > 0
+            in_k = torch.zeros_like(u).scatter_add_(1, idx, self.kept.to(u.dtype)) > 0
             outside = ~in_k & (u > _NEG_INF)
             has_tail = outside.any(1, keepdim=True)
             # rows without a tail take a finite stand-in, so the logsumexp's gradient is not NaN
             ut = torch.where(outside, u, _NEG_INF).masked_fill(~has_tail, 0.0)
             tail = torch.where(has_tail.squeeze(1), torch.logsumexp(ut, 1), _NEG_INF)
-        la, lb, _, live = self._bins(lu_k, lse_k, lp_k, lse_p, tail)
-        div = torch.where(live, bin_divergence(self.div, self.beta, la, lb), 0.0)
-        loss = self.soft * div
+        la, lb, a, b, _, live = self._bins(0, n, lu_k, e_k, s_k, lse_k, tail)
+        div, _ = bin_divergence(self.div, self.beta, la, lb, a, b, grad=False)
+        loss = self.soft * torch.where(live, div, 0.0)
         if self.hard != 0.0 and self.target is not None:
-            col = torch.where(valid, self.target, 0).long().unsqueeze(1)
+            col = torch.where(self.valid, self.target, 0).long().unsqueeze(1)
             ce = -torch.log_softmax(z, 1).gather(1, col).squeeze(1)
             loss = loss + self.hard * ce
-        return [torch.where(valid, loss, 0.0)]
+        return [torch.where(self.valid, loss, 0.0)]
