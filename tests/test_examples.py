@@ -10,6 +10,7 @@ from types import ModuleType
 import pytest
 
 pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -36,3 +37,17 @@ def test_distillation_example_lowers_the_students_kl(tmp_path: Path) -> None:
     assert kl[-1] < 0.7 * kl[0]
     assert (tmp_path / "distill.png").stat().st_size > 1000
     assert json.loads((tmp_path / "distill.json").read_text())["held_out_kl"] == kl
+
+
+def test_offline_topk_distillation_example_lowers_the_students_kl(tmp_path: Path) -> None:
+    result = _load("distill_topk").main(
+        ["--steps", "50", "--sequences", "256", "--out", str(tmp_path)]
+    )
+    topk, full = result["held_out_kl_topk"], result["held_out_kl_full"]
+    assert topk[0] == full[0]  # the same initial student, measured the same way
+    assert topk[-1] < 0.75 * topk[0]  # trained from the file alone
+    assert full[-1] < topk[-1]  # the whole teacher tells more than its top-20
+    saved = torch.load(tmp_path / "teacher_top20.pt")
+    assert saved["topk_ids"].shape == (256, 31, 20) and saved["topk_ids"].dtype == torch.int32
+    assert (tmp_path / "distill_topk.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "distill_topk.json").read_text())["held_out_kl_topk"] == topk
