@@ -684,3 +684,48 @@ def test_two_head_call_is_unchanged_by_the_new_arguments():
 def _reference_two_head(hs, ws, ht, wt):
     lq, lp = F.log_softmax(hs @ ws.T, -1), F.log_softmax(ht @ wt.T, -1)
     return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def test_the_plan_is_the_chunked_engine():
+    from crossentropy.torch._distill_topk import plan_from_linear_distillation_loss
+
+    h, w, ids, lp = _good()
+    args = dict(
+        student_hidden=h,
+        student_weight=w,
+        teacher_hidden=None,
+        teacher_weight=None,
+        teacher_topk_ids=ids,
+        teacher_topk_logprobs=lp,
+        divergence="kl",
+    )
+    plan = plan_from_linear_distillation_loss(args)
+    assert (plan.engine, plan.mode) == ("chunked", "fused")
+    plan = plan_from_linear_distillation_loss({**args, "reduction": "none"})
+    assert plan.mode == "rows"
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda ids, lp: ids.__setitem__((2, 1), ids[2, 0]),
+        lambda ids, lp: ids.__setitem__((0, 0), 12),
+        lambda ids, lp: lp.__setitem__((1, 0), 0.5),
+        lambda ids, lp: lp.__setitem__((3, slice(None)), -0.2),
+    ],
+    ids=["duplicate", "out-of-range", "positive", "mass>1"],
+)
+def test_the_device_path_asserts_without_reading_values_on_the_host(corrupt, monkeypatch):
+    # on a GPU (or while compiling) the checks are torch._assert_async: no host synchronisation;
+    # on CPU tensors the same assertion fails at once, which exercises that path here
+    from crossentropy.torch import _validation
+
+    h, w, ids, lp = _good()
+    _ours(h, w, None, ids, lp, divergence="kl")  # the clean data pass
+    monkeypatch.setattr(_validation, "is_compiling", lambda: True)
+    _ours(h, w, None, ids, lp, divergence="kl")
+    corrupt(ids, lp)
+    with pytest.raises(
+        RuntimeError, match="linear_distillation_loss: a counted row of teacher_topk"
+    ):
+        _ours(h, w, None, ids, lp, divergence="kl")

@@ -8,6 +8,7 @@ checks the arguments once (the teacher's data included), plans the engine and ru
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "TOPK_MODES",
     "from_linear_distillation_loss",
     "linear_topk_distillation_loss",
+    "plan_from_linear_distillation_loss",
 ]
 
 REDUCTIONS = ("mean", "sum", "none", "batchmean")
@@ -88,6 +90,16 @@ _TAKEN = (
 def from_linear_distillation_loss(args: dict[str, Any]) -> Tensor:
     """Run :func:`linear_topk_distillation_loss` from ``linear_distillation_loss``'s arguments
     (all of them, by name), refusing the teacher-head options that have no meaning here."""
+    return _run(_prepare(**_translate(args)))
+
+
+def plan_from_linear_distillation_loss(args: dict[str, Any]) -> D.Plan:
+    """The engine plan of such a call, without running it (for ``explain``)."""
+    return _prepare(**_translate(args)).plan
+
+
+def _translate(args: dict[str, Any]) -> dict[str, Any]:
+    """``linear_distillation_loss``'s arguments as :func:`linear_topk_distillation_loss`'s."""
     kw = {_STUDENT_NAMES.get(k, k): v for k, v in args.items()}
     for name in _TEACHER_HEAD:
         value = kw.pop(name, None)
@@ -118,17 +130,14 @@ def from_linear_distillation_loss(args: dict[str, Any]) -> Tensor:
         )
     if kw.get("topk") is None:
         kw["topk"] = "tail"
-    taken = {k: kw[k] for k in _TAKEN if k in kw}
-    head = [
-        taken.pop(k)
-        for k in (
-            "student_input",
-            "student_linear_weight",
-            "teacher_topk_ids",
-            "teacher_topk_logprobs",
-        )
-    ]
-    return linear_topk_distillation_loss(*head, **taken)
+    given = {k: kw[k] for k in _TAKEN if k in kw}
+    return {**_defaults(), **given}
+
+
+def _defaults() -> dict[str, Any]:
+    """The keyword defaults of :func:`linear_topk_distillation_loss` (stated once, there)."""
+    params = inspect.signature(linear_topk_distillation_loss).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def _describe(value: object) -> str:
@@ -401,6 +410,49 @@ def linear_topk_distillation_loss(
         >>> bool(torch.allclose(loss, ref, atol=1e-5))
         True
     """
+    return _run(_prepare(**locals()))
+
+
+class _Prepared:
+    """One call, checked and planned: what :func:`_run` needs."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+    plan: D.Plan
+    call: _ops.Call
+    slots: dict[str, Tensor | None]
+    shape: tuple[int, ...]
+    reduction: str
+    valid: Tensor | None
+
+
+def _prepare(
+    *,
+    student_input: Tensor,
+    student_linear_weight: Tensor,
+    teacher_topk_ids: Tensor,
+    teacher_topk_logprobs: Tensor,
+    divergence: str,
+    topk: str,
+    beta: float,
+    temperature: float,
+    t2_scaling: bool,
+    student_linear_bias: Tensor | None,
+    student_softcap: float | None,
+    student_logit_scale: float,
+    target: Tensor | None,
+    ignore_index: int,
+    mask: Tensor | None,
+    soft_weight: float,
+    hard_weight: float,
+    reduction: str,
+    vocab_size: int | None,
+    impl: str,
+    memory: str | int,
+    chunk_size: int | None,
+) -> _Prepared:
+    """Every check of the call (the teacher's data included), and its engine plan."""
     heads = (student_input, student_linear_weight, student_linear_bias)
     tensors = (*heads, teacher_topk_ids, teacher_topk_logprobs, target, mask)
     if _sharded.any_dtensor(tensors):
@@ -580,14 +632,29 @@ def linear_topk_distillation_loss(
     )
     assert plan.precision is not None
     call = _ops.Call("topk_distill", tuple(sorted(params.items())), plan.precision, plan.chunk or 1)
+    return _Prepared(
+        plan=plan, call=call, slots=slots, shape=shape, reduction=reduction, valid=valid
+    )
+
+
+def _run(prep: _Prepared) -> Tensor:
+    call, slots, shape, reduction, valid = (
+        prep.call,
+        prep.slots,
+        prep.shape,
+        prep.reduction,
+        prep.valid,
+    )
+    xs = slots["x"]
+    assert xs is not None and call.prec is not None
     n = xs.shape[0]
     batch = shape[0] if shape else 1
-    if plan.engine == "plain":
+    if prep.plan.engine == "plain":
         (rows,) = _ops.reference_outputs(call, {**dict.fromkeys(_ops.SLOTS), **slots})
     elif reduction == "none":
         (rows,) = _ops.call_rows(call, slots)
     else:
-        lin = _coefficients(reduction, n, batch, valid, plan.precision.compute, xs.device)
+        lin = _coefficients(reduction, n, batch, valid, call.prec.compute, xs.device)
         loss, _ = _ops.call_fused(call, slots, lin, None)
         return loss
     if reduction == "none":
