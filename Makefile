@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 # torchvision::nms does not exist"), which then also breaks transformers' model imports.
 NODEPS_TEST ?= open-clip-torch
 # Benchmarks `make bench` runs: the CPU ones here, all of them (GPU kernels too) on a CUDA machine.
-BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory ce_overhead rl_cpu sharded_cpu contrastive_cpu)
+BENCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,info metrics linear_ce_cpu score_rss hf_memory ce_overhead rl_cpu sharded_cpu contrastive_cpu topk_cpu)
 
 .PHONY: demo test test-latest lock lint typecheck pytest bench docs clean gpu-bundle gpu-dry-run
 

@@ -57,6 +57,20 @@ def _distill(tmp: Path) -> tuple[list[str], Callable[[str], None]]:
     return ["--steps", "50", "--out", str(tmp)], check
 
 
+def _distill_topk(tmp: Path) -> tuple[list[str], Callable[[str], None]]:
+    def check(out: str) -> None:
+        saved = json.loads((tmp / "distill_topk.json").read_text())
+        topk, full = saved["held_out_kl_topk"], saved["held_out_kl_full"]
+        assert topk[0] == full[0]  # the same initial student, measured the same way
+        assert topk[-1] < 0.75 * topk[0]  # trained from the file alone
+        assert full[-1] < topk[-1]  # the whole teacher tells more than its top-20
+        assert (tmp / "teacher_top20.pt").stat().st_size > 0
+        assert (tmp / "distill_topk.png").stat().st_size > 1000
+        assert "wrote the teacher's top-20" in out
+
+    return ["--steps", "50", "--sequences", "256", "--out", str(tmp)], check
+
+
 def _grpo(tmp: Path) -> tuple[list[str], Callable[[str], None]]:
     def check(out: str) -> None:
         rows = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
@@ -95,6 +109,7 @@ def _contrastive(tmp: Path) -> tuple[list[str], Callable[[str], None]]:
 SHORT: dict[str, Callable[[Path], tuple[list[str], Callable[[str], None]]]] = {
     "contrastive_two_towers.py": _contrastive,
     "distill.py": _distill,
+    "distill_topk.py": _distill_topk,
     "grpo_step.py": _grpo,
     "make_predictions.py": _predictions,
     "vocab_parallel.py": _vocab_parallel,

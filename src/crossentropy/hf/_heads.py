@@ -191,12 +191,13 @@ def token_logprobs(
 
 def distillation_loss(
     student: nn.Module,
-    teacher: nn.Module,
-    input_ids: torch.Tensor,
+    teacher: nn.Module | torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     *,
     divergence: str,
+    teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
     teacher_requires_grad: bool = False,
     **options: Any,
 ) -> torch.Tensor:
@@ -208,23 +209,66 @@ def distillation_loss(
     every position that has a next token (not padding, not a ``-100`` label). The teacher runs
     under ``torch.no_grad`` unless ``teacher_requires_grad=True``.
 
+    Offline distillation: ``distillation_loss(student, input_ids, teacher_topk=(ids, logprobs),
+    ...)`` takes the teacher as its saved top-k instead of a model (no teacher in memory), and
+    compares it with the student's distribution at each position (``topk="tail"`` or
+    ``"renormalized"``, see ``linear_distillation_loss``). ``ids`` and ``logprobs`` have shape
+    (B, T-1, k): entry ``t`` is the teacher's top-k for the token that follows position ``t``, i.e.
+    ``input_ids[:, t + 1]``. vLLM's ``prompt_logprobs=k`` for a sequence of T tokens give T entries,
+    the first ``None`` (no prediction for the first token): drop it and the rest line up.
+
     Args:
-        student, teacher: transformers ``*ForCausalLM`` models sharing a tokenizer.
+        student: a transformers ``*ForCausalLM`` model.
+        teacher: a ``*ForCausalLM`` model sharing the student's tokenizer; leave it out (or pass
+            the input ids in its place) when ``teacher_topk`` is given.
         input_ids: (B, T) token ids.
         attention_mask: (B, T) 1/0, or None.
         labels: (B, T) labels (``-100`` where a position is not scored, e.g. the prompt), or None:
             then every next token counts; also the hard labels of ``hard_weight``.
         divergence: ``"kl"``, ``"reverse_kl"``, ``"jsd"`` or ``"cross_entropy"``.
+        teacher_topk: ``(ids, logprobs)``, each (B, T-1, k): the teacher's saved top-k ids and
+            log-probabilities for each next token, instead of a teacher model.
         teacher_requires_grad: also differentiate the teacher (co-training).
         options: the other options of :func:`crossentropy.torch.linear_distillation_loss`
             (``beta``, ``temperature``, ``t2_scaling``, ``hard_weight``, ``soft_weight``,
-            ``reduction``, ``vocab_size``, ``impl``, ``memory``, ``chunk_size``).
+            ``reduction``, ``vocab_size``, ``topk``, ``impl``, ``memory``, ``chunk_size``).
 
     Returns:
         The loss (see ``reduction``; ``"none"`` gives (B, T-1)).
     """
     from crossentropy.torch import linear_distillation_loss
 
+    fn = "crossentropy.hf.distillation_loss"
+    if teacher_topk is not None:
+        if isinstance(teacher, torch.Tensor):
+            # distillation_loss(student, input_ids, [attention_mask, [labels]], teacher_topk=...):
+            # the positional arguments sit one slot early; keywords are where they belong
+            mask: torch.Tensor | None
+            if input_ids is not None:  # the attention mask, given positionally
+                if attention_mask is not None and labels is not None:
+                    raise TypeError(
+                        f"{fn}: with teacher_topk, pass (student, input_ids, attention_mask, "
+                        "labels): one positional argument too many"
+                    )
+                mask, labels = input_ids, labels if labels is not None else attention_mask
+            else:
+                mask = attention_mask
+            teacher, input_ids, attention_mask = None, teacher, mask
+        if teacher is not None:
+            raise ValueError(
+                f"{fn}: give the teacher either as a model or as teacher_topk, not both"
+            )
+        if teacher_requires_grad:
+            raise ValueError(f"{fn}: teacher_requires_grad needs a teacher model, not teacher_topk")
+        if not isinstance(teacher_topk, (tuple, list)) or len(teacher_topk) != 2:
+            raise TypeError(
+                f"{fn}: teacher_topk must be a pair (ids, logprobs); got {type(teacher_topk).__name__}"
+            )
+    elif not isinstance(teacher, nn.Module):
+        raise TypeError(
+            f"{fn}: teacher must be a *ForCausalLM model (or pass teacher_topk=(ids, logprobs)); "
+            f"got {type(teacher).__name__}"
+        )
     input_ids = _check_ids("distillation_loss", input_ids, attention_mask)
     if labels is not None and (
         not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape
@@ -233,9 +277,27 @@ def distillation_loss(
             f"crossentropy.hf.distillation_loss: labels must have input_ids' shape {tuple(input_ids.shape)}"
         )
     s_trace, s_form = _capture("distillation_loss", student, input_ids, attention_mask, {})
+    hs, ws, bs = _rows(s_trace)
+    target = _next_token_targets(input_ids, attention_mask, labels).to(hs.device)
+    if teacher_topk is not None:
+        ids, logprobs = teacher_topk
+        return linear_distillation_loss(
+            hs,
+            ws,
+            None,  # no teacher head: the teacher is its top-k
+            None,
+            divergence=divergence,
+            teacher_topk_ids=ids,
+            teacher_topk_logprobs=logprobs,
+            student_linear_bias=bs,
+            student_softcap=s_form.softcap,
+            student_logit_scale=s_form.input_scale,
+            target=target,
+            **options,
+        )
+    assert isinstance(teacher, nn.Module)
     with torch.set_grad_enabled(teacher_requires_grad and torch.is_grad_enabled()):
         t_trace, t_form = _capture("distillation_loss", teacher, input_ids, attention_mask, {})
-    hs, ws, bs = _rows(s_trace)
     ht, wt, bt = _rows(t_trace)
     return linear_distillation_loss(
         hs,
@@ -249,7 +311,7 @@ def distillation_loss(
         teacher_softcap=t_form.softcap,
         student_logit_scale=s_form.input_scale,
         teacher_logit_scale=t_form.input_scale,
-        target=_next_token_targets(input_ids, attention_mask, labels).to(hs.device),
+        target=target,
         teacher_requires_grad=teacher_requires_grad,
         **options,
     )

@@ -8,6 +8,7 @@ divergence (and, for ``mean``/``sum``/``batchmean``, its gradients), and drops t
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crossentropy.torch import _pass
+from crossentropy.torch import _distill_topk, _pass
 from crossentropy.torch import _validation as V
 from crossentropy.torch.engine import _dispatch as D
 from crossentropy.torch.engine._gemm import resolve_precision
@@ -235,6 +236,9 @@ def _prepare(fn: str, args: tuple[Any, ...], kw: dict[str, Any], group: Any) -> 
 @D.register_planner("linear_distillation_loss")
 def _plan(*args: Any, **kwargs: Any) -> D.Plan:
     kw = {**_DEFAULTS, **kwargs}
+    if kw.get("teacher_topk_ids") is not None:
+        names = ("student_input", "student_linear_weight", "teacher_input", "teacher_linear_weight")
+        return _distill_topk.plan_from_linear_distillation_loss({**dict(zip(names, args)), **kw})
     if kw["process_group"] is not None:
         return D.Plan(
             "linear_distillation_loss",
@@ -274,8 +278,8 @@ _DEFAULTS: dict[str, Any] = dict(
 def linear_distillation_loss(
     student_input: Tensor,
     student_linear_weight: Tensor,
-    teacher_input: Tensor,
-    teacher_linear_weight: Tensor,
+    teacher_input: Tensor | None = None,
+    teacher_linear_weight: Tensor | None = None,
     *,
     divergence: str,
     beta: float = 0.5,
@@ -300,6 +304,9 @@ def linear_distillation_loss(
     impl: str = "auto",
     memory: str | int = "auto",
     chunk_size: int | None = None,
+    teacher_topk_ids: Tensor | None = None,
+    teacher_topk_logprobs: Tensor | None = None,
+    topk: str | None = None,
 ) -> Tensor:
     r"""Distillation loss between two linear heads' next-token distributions, without logits.
 
@@ -370,6 +377,12 @@ def linear_distillation_loss(
             split the same way; hidden states and targets are identical on every rank.
         impl, memory, chunk_size: as in :func:`linear_cross_entropy`. The two heads' GEMMs use one
             operand dtype, the wider of the two sides'.
+        teacher_topk_ids, teacher_topk_logprobs: (..., k) the teacher as its saved top-k ids and
+            log-probabilities (vLLM's ``logprobs=k``) instead of its head: pass None for
+            ``teacher_input`` and ``teacher_linear_weight``; see
+            :func:`crossentropy.torch._distill_topk.linear_topk_distillation_loss`.
+        topk: with the top-k teacher, ``"tail"`` (k + 1 bins, the default) or
+            ``"renormalized"`` (both sides restricted to the k ids).
 
     Returns:
         The loss, float32 (float64 for float64 inputs): a scalar, or the positions' shape for
@@ -389,7 +402,15 @@ def linear_distillation_loss(
         >>> float(linear_distillation_loss(hs, Ws, hs, Ws, divergence="jsd", beta=0.3))
         0.0
     """
+    if teacher_topk_ids is not None or teacher_topk_logprobs is not None or topk is not None:
+        # the teacher as saved top-k log-probabilities: every argument, by name, to _distill_topk
+        return _distill_topk.from_linear_distillation_loss(locals())
     fn = "linear_distillation_loss"
+    if teacher_input is None or teacher_linear_weight is None:
+        raise TypeError(
+            f"{fn}: the teacher is needed: teacher_input and teacher_linear_weight (its hidden "
+            "states and head), or teacher_topk_ids and teacher_topk_logprobs (its saved top-k)"
+        )
     kw: dict[str, Any] = dict(
         divergence=divergence,
         beta=beta,
@@ -436,6 +457,8 @@ def linear_distillation_loss(
         )
     if process_group is not None:
         fn = f"{fn}(process_group=...)"
+    # a partial, not a closure: this function hands its locals() to the top-k path, which
+    # torch.compile cannot do while a closure cell is unbound
     return _pass.execute(  # type: ignore[no-any-return]
-        fn, lambda group: _prepare(fn, heads, kw, group), process_group
+        fn, functools.partial(_prepare, fn, heads, kw), process_group
     )

@@ -43,6 +43,7 @@ from crossentropy.torch.engine._rowmath import (
     Merge,
     RowMath,
 )
+from crossentropy.torch.engine._topk import TopKDistillRows
 
 __all__ = [
     "SLOTS",
@@ -66,6 +67,9 @@ SLOTS = (
     "top_p",
     "allowed",
     "mask",
+    # distillation from a teacher's saved top-k (engine/_topk.py): (N, k) ids and log-probs
+    "topk_ids",
+    "topk_logprobs",
 )
 _HEAD_SLOTS = 6
 _DTYPES = {
@@ -90,7 +94,7 @@ _NO_DOUBLE_BACKWARD_VP = (
 class Call:
     """Everything about a call except its tensors (its ``repr`` is the ops' ``spec``)."""
 
-    math: str  # "ce" | "logprob" | "distill"
+    math: str  # "ce" | "logprob" | "distill" | "topk_distill"
     params: tuple[tuple[str, Any], ...]
     prec: Precision
     chunk: int
@@ -238,6 +242,25 @@ def build_math(call: Call, t: dict[str, Tensor | None]) -> RowMath:
             mask=t["mask"],
             lmaps=(_lmap(call, "s_"), _lmap(call, "t_")),
             offset=int(call.param("offset", 0)),
+        )
+    if call.math == "topk_distill":
+        # the teacher as saved top-k ids and log-probabilities; one head, the student's
+        ids, logprobs = t["topk_ids"], t["topk_logprobs"]
+        assert ids is not None and logprobs is not None
+        return TopKDistillRows(
+            ids=ids,
+            logprobs=logprobs.to(comp),
+            mode=str(call.param("mode")),
+            divergence=str(call.param("divergence")),
+            beta=float(call.param("beta", 0.5)),
+            temperature=float(call.param("temperature", 1.0)),
+            t2=bool(call.param("t2", False)),
+            soft_weight=float(call.param("soft_weight", 1.0)),
+            hard_weight=float(call.param("hard_weight", 0.0)),
+            target=t["target"],
+            ignore_index=int(call.param("ignore_index", -100)),
+            mask=t["mask"],
+            lmap=_lmap(call),
         )
     raise ValueError(f"unknown row math {call.math!r}")
 
@@ -683,7 +706,8 @@ def _triton_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...])
 def _triton_autograd(ctx: Any, g_ce: Tensor | None, g_lse: Tensor | None, _g_a: Any) -> Any:
     x, w, b, target, cweight, lse, big_a = ctx.saved_tensors
     if torch.is_grad_enabled():
-        slots: list[Any] = [x, w, b, None, None, None, target, cweight] + [None] * 5
+        slots: list[Any] = [x, w, b, None, None, None, target, cweight]
+        slots += [None] * (len(SLOTS) - len(slots))
         res = _double_backward(ctx, slots, [g_ce, g_lse])
         return (*res[:3], None, None, None)
     bits = _needs_bits(ctx.needs_input_grad[:3])

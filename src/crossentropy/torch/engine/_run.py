@@ -46,7 +46,7 @@ class PreparedCall:
 
     Attributes:
         fn: the function's name, for messages.
-        math: the row math: ``"ce"``, ``"logprob"`` or ``"distill"``.
+        math: the row math: ``"ce"``, ``"logprob"``, ``"distill"`` or ``"topk_distill"``.
         kind: ``"linear"`` (hidden states and a head) or ``"logits"`` (given logits).
         slots: the custom ops' tensors by slot name (``_ops.SLOTS``): flattened to rows.
         params: the row math's options (the ops' spec).
@@ -208,7 +208,7 @@ def _coefficients(call: PreparedCall) -> tuple[Tensor, Tensor | None]:
     comp = call.prec.compute
     x = call.slots["x"]
     assert x is not None
-    if call.math == "distill":
+    if call.math in ("distill", "topk_distill"):
         return _distill_coefficients(call, comp, x.shape[0]), None
     counts = _counts(call, comp)
     coef, zcoef = row_coefficients(counts, reduction=call.reduction, z_loss=call.z_loss, dtype=comp)
