@@ -35,11 +35,16 @@ def _status(module: str, dist: str) -> tuple[str, bool]:
     except importlib.metadata.PackageNotFoundError:
         return "not installed", False
     try:
-        importlib.import_module(module)
+        imported = importlib.import_module(module)
     except Exception as exc:  # installed but broken, e.g. keras without its default backend
         reason = " ".join(str(exc).split())[:120] or type(exc).__name__
         hint = "; KERAS_BACKEND=torch selects PyTorch" if module == "keras" else ""
         return f"{version} (installed, import failed: {reason}{hint})", False
+    # the module's own version names its build where the wheel's metadata does not (PyPI's
+    # CUDA torch: metadata 2.14.1, torch.__version__ 2.14.1+cu130)
+    built = getattr(imported, "__version__", None)
+    if isinstance(built, str) and built.startswith(version):
+        version = built
     return version, True
 
 
