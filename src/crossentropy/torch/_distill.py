@@ -148,29 +148,9 @@ def _prepare(fn: str, args: tuple[Any, ...], kw: dict[str, Any], group: Any) -> 
         bs = bs[:k] if bs is not None else None
         bt = bt[:k] if bt is not None else None
     vocab = ws.shape[0]
-    target = kw["target"]
-    if hard > 0.0 and target is None:
-        raise ValueError(f"{fn}: hard_weight > 0 needs target (the hard labels)")
-    t_flat = None
-    if target is not None:
-        t = V._check_tensor(fn, "target", target)
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(f"{fn}: target must hold integer class ids; got dtype {t.dtype}")
-        if tuple(t.shape) != shape:
-            raise ValueError(
-                f"{fn}: target must have shape {shape} (the positions); got {tuple(t.shape)}"
-            )
-        t_flat = t.reshape(-1)
-    mask = kw["mask"]
-    m_flat = None
-    if mask is not None:
-        m = V._check_tensor(fn, "mask", mask)
-        if m.dtype != torch.bool or tuple(m.shape) != shape:
-            raise ValueError(
-                f"{fn}: mask must be a bool tensor of shape {shape} (True where a position counts); "
-                f"got {m.dtype} of shape {tuple(m.shape)}"
-            )
-        m_flat = m.reshape(-1)
+    t_flat, m_flat, valid = V.distillation_positions(
+        fn, kw["target"], kw["mask"], shape, ignore, hard
+    )
     tw = V.check_token_weight(fn, kw["token_weight"], shape, math.prod(shape))
     d_s, d_t = hs.shape[-1], ht.shape[-1]
     xs, xt = hs.reshape(-1, d_s), ht.reshape(-1, d_t)
@@ -204,11 +184,6 @@ def _prepare(fn: str, args: tuple[Any, ...], kw: dict[str, Any], group: Any) -> 
         "target": t_flat,
         "mask": m_flat,
     }
-    valid = None
-    if t_flat is not None:
-        valid = t_flat != ignore
-    if m_flat is not None:
-        valid = m_flat if valid is None else valid & m_flat
     return PreparedCall(
         fn=fn,
         math="distill",

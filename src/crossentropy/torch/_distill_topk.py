@@ -525,32 +525,7 @@ def _prepare(
         w = w[:kv]  # the first K rows: views, no copies
         bias = bias[:kv] if bias is not None else None
 
-    if hard > 0.0 and target is None:
-        raise ValueError(f"{FN}: hard_weight > 0 needs target (the hard labels)")
-    t_flat = None
-    if target is not None:
-        t = V._check_tensor(FN, "target", target)
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(f"{FN}: target must hold integer class ids; got dtype {t.dtype}")
-        if tuple(t.shape) != shape:
-            raise ValueError(
-                f"{FN}: target must have shape {shape} (the positions); got {tuple(t.shape)}"
-            )
-        t_flat = t.reshape(-1)
-    m_flat = None
-    if mask is not None:
-        m = V._check_tensor(FN, "mask", mask)
-        if m.dtype != torch.bool or tuple(m.shape) != shape:
-            raise ValueError(
-                f"{FN}: mask must be a bool tensor of shape {shape} (True where a position "
-                f"counts); got {m.dtype} of shape {tuple(m.shape)}"
-            )
-        m_flat = m.reshape(-1)
-    valid = None
-    if t_flat is not None:
-        valid = t_flat != ignore
-    if m_flat is not None:
-        valid = m_flat if valid is None else valid & m_flat
+    t_flat, m_flat, valid = V.distillation_positions(FN, target, mask, shape, ignore, hard)
 
     k = ids.shape[-1]
     ids2 = ids.reshape(-1, k)

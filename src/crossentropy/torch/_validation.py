@@ -241,6 +241,40 @@ def check_prob_ignore_index(fn: str, ignore_index: int) -> None:
         )
 
 
+def distillation_positions(
+    fn: str, target: object, mask: object, shape: tuple[int, ...], ignore_index: int, hard: float
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The distillation losses' per-position arguments: hard-label class ids and a bool mask,
+    each of the positions' ``shape`` or None. Returns them flattened, and the counted rows
+    (``target != ignore_index`` and ``mask``; None when every row counts)."""
+    if hard > 0.0 and target is None:
+        raise ValueError(f"{fn}: hard_weight > 0 needs target (the hard labels)")
+    t_flat = m_flat = None
+    if target is not None:
+        t = _check_tensor(fn, "target", target)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"{fn}: target must hold integer class ids; got dtype {t.dtype}")
+        if tuple(t.shape) != shape:
+            raise ValueError(
+                f"{fn}: target must have shape {shape} (the positions); got {tuple(t.shape)}"
+            )
+        t_flat = t.reshape(-1)
+    if mask is not None:
+        m = _check_tensor(fn, "mask", mask)
+        if m.dtype != torch.bool or tuple(m.shape) != shape:
+            raise ValueError(
+                f"{fn}: mask must be a bool tensor of shape {shape} (True where a position "
+                f"counts); got {m.dtype} of shape {tuple(m.shape)}"
+            )
+        m_flat = m.reshape(-1)
+    valid = None
+    if t_flat is not None:
+        valid = t_flat != ignore_index
+    if m_flat is not None:
+        valid = m_flat if valid is None else valid & m_flat
+    return t_flat, m_flat, valid
+
+
 def check_token_weight(
     fn: str, token_weight: object, positions: tuple[int, ...], n_rows: int
 ) -> Tensor | None:

@@ -49,6 +49,7 @@ __all__ = [
     "Merge",
     "RowMath",
     "distill_blocks",
+    "divergence_options",
     "logprob_blocks",
 ]
 
@@ -627,6 +628,29 @@ def _mix_logs(d: Tensor, beta: float) -> tuple[Tensor, Tensor]:
     return sigma, rho
 
 
+def divergence_options(
+    divergence: str,
+    beta: float,
+    temperature: float,
+    t2: bool,
+    soft_weight: float,
+    hard_weight: float,
+    target: Tensor | None,
+) -> tuple[str, float, float, float, float]:
+    """(divergence, beta, T, soft, hard) as the distillation row maths use them: the JSD at
+    beta = 0 and 1 is the forward and the reverse KL; the soft weight carries T^2 when asked;
+    no hard term without targets."""
+    div = divergence
+    if divergence == "jsd" and beta == 0.0:
+        div = "kl"
+    elif divergence == "jsd" and beta == 1.0:
+        div = "reverse_kl"
+    t = float(temperature)
+    soft = float(soft_weight) * (t**2 if t2 else 1.0)
+    hard = float(hard_weight) if target is not None else 0.0
+    return div, float(beta), t, soft, hard
+
+
 def distill_blocks(divergence: str, beta: float, teacher_grad: bool = False) -> int:
     """(n, V) buffers a block of :class:`DistillRows` holds at once: both heads' logits, their
     exponentials, a gradient temporary, and for the JSD its mixture terms (``_mix_logs``'s d and
@@ -672,15 +696,9 @@ class DistillRows(RowMath):
         lmaps: tuple[LogitMap, LogitMap],
         offset: int = 0,
     ) -> None:
-        self.div = divergence
-        if divergence == "jsd" and beta == 0.0:
-            self.div = "kl"
-        elif divergence == "jsd" and beta == 1.0:
-            self.div = "reverse_kl"
-        self.beta = float(beta)
-        self.temperature = float(temperature)
-        self.soft = float(soft_weight) * (self.temperature**2 if t2 else 1.0)
-        self.hard = float(hard_weight) if target is not None else 0.0
+        self.div, self.beta, self.temperature, self.soft, self.hard = divergence_options(
+            divergence, beta, temperature, t2, soft_weight, hard_weight, target
+        )
         self.target = target
         self.ignore_index = ignore_index
         self.mask = mask

@@ -41,6 +41,7 @@ from crossentropy.torch.engine._rowmath import (
     Upstream,
     _finite_max,
     _zero_if_none,
+    divergence_options,
 )
 
 __all__ = [
@@ -173,15 +174,9 @@ class TopKDistillRows(RowMath):
         self.ids = ids
         self.logprobs = logprobs
         self.mode = mode
-        self.div = divergence
-        if divergence == "jsd" and beta == 0.0:
-            self.div = "kl"
-        elif divergence == "jsd" and beta == 1.0:
-            self.div = "reverse_kl"
-        self.beta = float(beta)
-        self.temperature = float(temperature)
-        self.soft = float(soft_weight) * (self.temperature**2 if t2 else 1.0)
-        self.hard = float(hard_weight) if target is not None else 0.0
+        self.div, self.beta, self.temperature, self.soft, self.hard = divergence_options(
+            divergence, beta, temperature, t2, soft_weight, hard_weight, target
+        )
         self.target = target
         self.ignore_index = ignore_index
         self.mask = mask
